@@ -1,0 +1,5 @@
+import sys
+
+from agentrouter.cli import main
+
+sys.exit(main())

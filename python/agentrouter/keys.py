@@ -1,0 +1,264 @@
+"""The key service: every change to API keys goes through here (CLI, management API).
+
+It keeps three things in step: the store (source of truth), the shared limiter
+region (slot ownership, revoked flags, the key-set generation) and the digests.
+A change is visible to every running gateway process on its next request:
+deletion through the shared revoked flag, everything else through the generation
+counter, which makes each process reload its key table once.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import msgspec
+
+from agentrouter._core import Digester, RateLimiter, display_prefix, generate_key
+from agentrouter.store import KeyRow, Store
+from agentrouter.store.models import SCOPES
+
+MAX_REQUESTS: Final = 2**32 - 1
+MAX_INTERVAL: Final = 10 * 365 * 86400.0  # ten years, the limiter's bound
+DEFAULT_INTERVAL: Final = 60.0
+MAX_NAME: Final = 200
+
+
+class KeyInputError(ValueError):
+    """Bad input for a key operation; nothing was written."""
+
+
+class KeyNotFound(LookupError):
+    """No active key has that id."""
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset()
+
+
+class CreatedKey(msgspec.Struct, kw_only=True):
+    """A new key and its row. ``key`` is the only time the plaintext exists."""
+
+    key: str
+    row: KeyRow
+
+
+class KeyService:
+    def __init__(
+        self,
+        store: Store,
+        limiter: RateLimiter,
+        digester: Digester,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._limiter = limiter
+        self._digester = digester
+        self._clock = clock
+
+    async def create(
+        self,
+        *,
+        name: str | None = None,
+        requests: int | None = None,
+        interval: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        expires_in: float | None = None,
+        scope: str = "inference",
+        owner: str | None = None,
+    ) -> CreatedKey:
+        now = self._clock()
+        requests, interval = validate_limit(requests, interval)
+        if expires_in is not None and not (expires_in > 0 and math.isfinite(expires_in)):
+            raise KeyInputError("expires_in must be a positive duration")
+        return await self._insert(
+            name=validate_name(name),
+            requests=requests,
+            interval=interval,
+            metadata=validate_metadata(metadata if metadata is not None else {}),
+            scope=validate_scope(scope),
+            owner=owner,
+            expires_at=None if expires_in is None else now + expires_in,
+            now=now,
+        )
+
+    async def _insert(
+        self,
+        *,
+        name: str | None,
+        requests: int | None,
+        interval: float | None,
+        metadata: dict[str, Any],
+        scope: str,
+        owner: str | None,
+        expires_at: float | None,
+        now: float,
+        before_commit: Any = None,
+        key_id: str | None = None,
+    ) -> CreatedKey:
+        raw = generate_key()
+        tag = secrets.randbits(63) | 1  # non-zero, fits SQLite's signed 64-bit integer
+        row = await self._store.insert_key(
+            id=key_id or new_key_id(),
+            name=name,
+            prefix=display_prefix(raw),
+            digest=self._digester.digest(raw),
+            tag=tag,
+            requests=requests,
+            interval=interval,
+            metadata=metadata,
+            scope=scope,
+            owner=owner,
+            created_at=now,
+            expires_at=expires_at,
+            slot_capacity=self._limiter.capacity,
+            claim=lambda slot: self._limiter.claim_slot(slot, tag),
+            before_commit=before_commit,
+        )
+        self._limiter.bump_generation()
+        return CreatedKey(key=raw, row=row)
+
+    async def list(self, *, include_deleted: bool = False) -> list[KeyRow]:
+        return await self._store.list_keys(include_deleted=include_deleted)
+
+    async def get(self, key_id: str) -> KeyRow:
+        row = await self._store.get_key(key_id)
+        if row is None:
+            raise KeyNotFound(f"no key with id {key_id!r}")
+        return row
+
+    async def update(
+        self,
+        key_id: str,
+        *,
+        name: str | None | _Unset = UNSET,
+        requests: int | None | _Unset = UNSET,
+        interval: float | None | _Unset = UNSET,
+        metadata: Mapping[str, Any] | _Unset = UNSET,
+        expires_at: float | None | _Unset = UNSET,
+    ) -> KeyRow:
+        current = await self.get(key_id)
+        if current.state != "active":
+            raise KeyNotFound(f"key {key_id!r} is deleted")
+        changes: dict[str, Any] = {}
+        if not isinstance(name, _Unset):
+            changes["name"] = validate_name(name)
+        if not isinstance(requests, _Unset) or not isinstance(interval, _Unset):
+            new_requests = current.requests if isinstance(requests, _Unset) else requests
+            new_interval = current.interval if isinstance(interval, _Unset) else interval
+            if new_requests is None and not isinstance(requests, _Unset):
+                new_interval = None  # removing the limit removes its interval too
+            changes["requests"], changes["interval"] = validate_limit(new_requests, new_interval)
+        if not isinstance(metadata, _Unset):
+            changes["metadata"] = validate_metadata(metadata)
+        if not isinstance(expires_at, _Unset):
+            if expires_at is not None and not math.isfinite(expires_at):
+                raise KeyInputError("expires_at must be a finite Unix time")
+            changes["expires_at"] = expires_at
+        row = await self._store.update_key(key_id, changes)
+        if row is None:
+            raise KeyNotFound(f"no active key with id {key_id!r}")
+        self._limiter.bump_generation()
+        return row
+
+    async def delete(self, key_id: str) -> KeyRow:
+        row = await self._store.delete_key(
+            key_id, now=self._clock(), revoke=lambda slot, tag: self._limiter.revoke_slot(slot, tag)
+        )
+        if row is None:
+            raise KeyNotFound(f"no active key with id {key_id!r}")
+        self._limiter.bump_generation()
+        return row
+
+    async def rotate(self, key_id: str, *, grace: float) -> CreatedKey:
+        """A new key with the same settings; the old one works until ``grace`` seconds
+        from now, then it is refused as expired."""
+        if not (grace >= 0 and math.isfinite(grace)):
+            raise KeyInputError("grace must be a duration of zero or more")
+        old = await self.get(key_id)
+        if old.state != "active":
+            raise KeyNotFound(f"key {key_id!r} is deleted")
+        now = self._clock()
+        old_until = now + grace if old.expires_at is None else min(old.expires_at, now + grace)
+        new_id = new_key_id()
+
+        async def retire_old(db: Any) -> None:
+            cur = await db.execute(
+                "UPDATE keys SET expires_at = ?, rotated_to = ? WHERE id = ? AND state = 'active'",
+                (old_until, new_id, key_id),
+            )
+            if cur.rowcount == 0:
+                raise KeyNotFound(f"no active key with id {key_id!r}")
+
+        return await self._insert(
+            name=old.name,
+            requests=old.requests,
+            interval=old.interval,
+            metadata=old.metadata,
+            scope=old.scope,
+            owner=old.owner,
+            expires_at=old.expires_at,
+            now=now,
+            before_commit=retire_old,
+            key_id=new_id,
+        )
+
+
+def new_key_id() -> str:
+    return "key_" + secrets.token_hex(8)
+
+
+def validate_limit(requests: int | None, interval: float | None) -> tuple[int | None, float | None]:
+    """(requests, interval) as stored: both None for no limit."""
+    if requests is None:
+        if interval is not None:
+            raise KeyInputError("an interval needs a request count: give requests too")
+        return None, None
+    if isinstance(requests, bool) or not isinstance(requests, int):
+        raise KeyInputError("requests must be a whole number")
+    if not 1 <= requests <= MAX_REQUESTS:
+        raise KeyInputError(f"requests must be between 1 and {MAX_REQUESTS}")
+    if interval is None:
+        interval = DEFAULT_INTERVAL
+    if isinstance(interval, bool) or not isinstance(interval, int | float):
+        raise KeyInputError("interval must be a number of seconds")
+    if not (0 < interval <= MAX_INTERVAL):
+        raise KeyInputError(f"interval must be more than 0 and at most {int(MAX_INTERVAL)} seconds")
+    return requests, float(interval)
+
+
+def validate_metadata(metadata: object) -> dict[str, Any]:
+    if not isinstance(metadata, Mapping):
+        raise KeyInputError('metadata must be a JSON object, e.g. {"environment": "production"}')
+    if not all(isinstance(k, str) for k in metadata):
+        raise KeyInputError("metadata keys must be strings")
+    try:
+        # Round-trip: refuses values JSON cannot hold and detaches from the caller's object.
+        result: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(dict(metadata)))
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise KeyInputError(f"metadata must be JSON: {exc}") from None
+    return result
+
+
+def validate_name(name: str | None) -> str | None:
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise KeyInputError("name must be text")
+    name = name.strip()
+    if len(name) > MAX_NAME:
+        raise KeyInputError(f"name must be at most {MAX_NAME} characters")
+    return name or None
+
+
+def validate_scope(scope: str) -> str:
+    if scope not in SCOPES:
+        raise KeyInputError(f"scope must be one of: {', '.join(SCOPES)}")
+    return scope
