@@ -7,7 +7,8 @@ put the store, the shared limiter region and the digester together.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from agentrouter._core import Digester, FakeClock, KeyRecord, KeyTable, RateLimiter
@@ -21,13 +22,21 @@ DEFAULT_LIMITER_SLOTS = 65536
 
 class Core:
     def __init__(
-        self, data_dir: Path, store: Store, limiter: RateLimiter, digester: Digester
+        self,
+        data_dir: Path,
+        store: Store,
+        limiter: RateLimiter,
+        digester: Digester,
+        clock: FakeClock | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.store = store
         self.limiter = limiter
         self.digester = digester
-        self.keys = KeyService(store, limiter, digester)
+        # Expiry is judged by the limiter's clock in the key table, so key
+        # operations must read the same clock.
+        self.now: Callable[[], float] = time.time if clock is None else (lambda: clock.unix)
+        self.keys = KeyService(store, limiter, digester, clock=self.now)
 
     @classmethod
     async def open(
@@ -42,7 +51,7 @@ class Core:
         slots = int(env.get("AGENTROUTER_LIMITER_SLOTS", DEFAULT_LIMITER_SLOTS))
         limiter = RateLimiter(data_dir / LIMITER_FILE, capacity=slots, clock=clock)
         store = await Store.open(data_dir / DB_FILE)
-        core = cls(data_dir, store, limiter, Digester(secret))
+        core = cls(data_dir, store, limiter, Digester(secret), clock)
         try:
             await core._sync_slots()
         except BaseException:

@@ -1,0 +1,63 @@
+"""Shared fixtures: a private data directory and an opened Core on a fake clock."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from agentrouter._core import FakeClock
+from agentrouter.core import Core
+
+SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def core(data_dir: Path, clock: FakeClock) -> AsyncIterator[Core]:
+    c = await Core.open(data_dir, env={"AGENTROUTER_SECRET": SECRET}, clock=clock)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+class Cli:
+    """Runs the real ``agentrouter`` command in a subprocess against one data dir."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.env = {**os.environ, "AGENTROUTER_DATA_DIR": str(data_dir)}
+        self.env.pop("AGENTROUTER_SECRET", None)
+
+    def run(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "agentrouter.cli", *args],
+            env=self.env, input=input, capture_output=True, text=True, timeout=60,
+        )
+
+    def json(self, *args: str) -> Any:
+        proc = self.run(*args, "--json")
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        return msgspec.json.decode(proc.stdout)
+
+
+@pytest.fixture
+def cli(data_dir: Path) -> Cli:
+    return Cli(data_dir)

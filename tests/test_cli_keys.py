@@ -1,0 +1,146 @@
+"""The ``agentrouter keys`` CLI, run as a real subprocess on a real SQLite file."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from agentrouter._core import AUTH_OK, AUTH_REVOKED, KeyTable
+from agentrouter.core import Core
+from tests.conftest import Cli
+from tests.test_keys_lifecycle import gateway_auth
+
+
+def test_create_shows_the_key_once_and_list_shows_prefix_and_limit(cli: Cli, data_dir: Path) -> None:
+    proc = cli.run("keys", "create", "--name", "ci-bot", "--requests", "100", "--interval", "60")
+    assert proc.returncode == 0, proc.stderr
+    key = next(w for w in proc.stdout.split() if w.startswith("sk-ar-"))
+    assert len(key) == 44
+    assert "will not be shown again" in proc.stdout
+
+    listing = cli.run("keys", "list")
+    assert listing.returncode == 0
+    assert "ci-bot" in listing.stdout
+    assert key[:12] + "…" in listing.stdout
+    assert "100/1m" in listing.stdout
+    assert key not in listing.stdout  # never shown again
+
+    # At rest only the digest exists: the plaintext is in no file of the data dir.
+    for path in data_dir.iterdir():
+        assert key.encode() not in path.read_bytes(), path
+    secret_mode = stat.S_IMODE((data_dir / "secret").stat().st_mode)
+    assert secret_mode == 0o600
+
+
+def test_json_output_for_scripts(cli: Cli) -> None:
+    created = cli.json("keys", "create", "--name", "a", "--requests", "5", "--interval", "2m",
+                       "--metadata", '{"environment": "production", "team": "eng"}',
+                       "--expires-in", "7d")
+    assert created["key"].startswith("sk-ar-")
+    assert created["prefix"] == created["key"][:12] + "…"
+    assert created["rate_limit"] == {"requests": 5, "interval": 120.0}
+    assert created["metadata"] == {"environment": "production", "team": "eng"}
+    assert created["expires_at"] == pytest.approx(time.time() + 7 * 86400, abs=60)
+    assert created["scope"] == "inference"
+
+    listed = cli.json("keys", "list")
+    assert [k["id"] for k in listed] == [created["id"]]
+    assert "key" not in listed[0] and "digest" not in listed[0]
+    assert listed[0]["usage"]["requests"] == 0
+
+    shown = cli.json("keys", "show", created["id"])
+    assert shown["name"] == "a" and shown["last_used_at"] is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--metadata", "[1, 2]"], "JSON object"),
+        (["--metadata", "{not json"], "not valid JSON"),
+        (["--requests", "0"], "between 1 and"),
+        (["--requests", "-5"], "between 1 and"),
+        (["--requests", "10", "--interval", "0"], "more than 0"),
+        (["--requests", "10", "--interval", "-3"], "duration"),
+        (["--interval", "60"], "--interval needs --requests"),
+        (["--expires-in", "soon"], "not a duration"),
+        (["--requests", "ten"], "invalid int"),
+    ],
+)
+def test_bad_input_says_what_to_fix_and_writes_nothing(cli: Cli, args: list[str], message: str) -> None:
+    proc = cli.run("keys", "create", *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr
+    assert "sk-ar-" not in proc.stdout
+    assert cli.json("keys", "list") == []
+
+
+@pytest.mark.parametrize("action", [["show"], ["delete", "--yes"], ["rotate"], ["update", "--name", "x"]])
+def test_unknown_id_is_an_error(cli: Cli, action: list[str]) -> None:
+    proc = cli.run("keys", action[0], "key_doesnotexist", *action[1:])
+    assert proc.returncode == 1
+    assert "key_doesnotexist" in proc.stderr
+
+
+def test_update_changes_name_limits_metadata_and_expiry(cli: Cli) -> None:
+    k = cli.json("keys", "create", "--name", "old", "--requests", "10")
+    assert k["rate_limit"] == {"requests": 10, "interval": 60.0}
+    u = cli.json("keys", "update", k["id"], "--name", "new", "--requests", "20", "--interval", "1h",
+                 "--metadata", '{"team": "ml"}', "--expires-in", "1d")
+    assert u["name"] == "new"
+    assert u["rate_limit"] == {"requests": 20, "interval": 3600.0}
+    assert u["metadata"] == {"team": "ml"}
+    assert u["expires_at"] == pytest.approx(time.time() + 86400, abs=60)
+    u = cli.json("keys", "update", k["id"], "--no-limit", "--no-expiry")
+    assert u["rate_limit"] is None and u["expires_at"] is None
+    bad = cli.run("keys", "update", k["id"], "--metadata", '"text"')
+    assert bad.returncode == 2
+    assert cli.json("keys", "show", k["id"])["metadata"] == {"team": "ml"}
+    assert cli.run("keys", "update", k["id"]).returncode == 2  # nothing to update
+
+
+def test_delete_asks_unless_yes(cli: Cli) -> None:
+    k = cli.json("keys", "create")
+    refused = cli.run("keys", "delete", k["id"], input="")
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert cli.json("keys", "show", k["id"])["state"] == "active"
+
+    deleted = cli.json("keys", "delete", k["id"], "--yes")
+    assert deleted["state"] == "deleted"
+    assert cli.json("keys", "list") == []
+    assert [x["state"] for x in cli.json("keys", "list", "--all")] == ["deleted"]
+    assert cli.run("keys", "delete", k["id"], "--yes").returncode == 1
+
+
+def test_rotate_keeps_settings_and_gives_a_grace_period(cli: Cli) -> None:
+    old = cli.json("keys", "create", "--name", "svc", "--requests", "7", "--metadata", '{"a": 1}')
+    new = cli.json("keys", "rotate", old["id"], "--grace", "1h")
+    assert new["key"] != old["key"] and new["id"] != old["id"]
+    assert (new["name"], new["rate_limit"], new["metadata"]) == ("svc", old["rate_limit"], {"a": 1})
+    old_now = cli.json("keys", "show", old["id"])
+    assert old_now["rotated_to"] == new["id"]
+    assert old_now["expires_at"] == pytest.approx(time.time() + 3600, abs=60)
+    assert cli.run("keys", "rotate", old["id"], "--grace", "forever").returncode == 2
+
+
+async def test_changes_reach_a_running_process_on_its_next_request(cli: Cli, data_dir: Path) -> None:
+    """Another process (the CLI) creates and deletes keys; this process, holding a
+    table loaded earlier, sees both on its very next authentication."""
+    first = cli.json("keys", "create")
+    core = await Core.open(data_dir, env={k: v for k, v in os.environ.items() if k != "AGENTROUTER_SECRET"})
+    try:
+        table: KeyTable = core.new_table()
+        await core.load_table(table)
+        assert table.authenticate(first["key"])[0] == AUTH_OK
+
+        second = cli.json("keys", "create")
+        assert await gateway_auth(core, table, second["key"]) == AUTH_OK
+
+        cli.json("keys", "delete", first["id"], "--yes")
+        # No reload: the shared revoked flag alone refuses it.
+        assert table.authenticate(first["key"])[0] == AUTH_REVOKED
+    finally:
+        await core.close()
