@@ -1,0 +1,1 @@
+"""End-to-end tests: the real gateway in a subprocess, real SDKs, a fake upstream."""

@@ -1,0 +1,82 @@
+"""SIGTERM under load: in-flight requests (streams included) are drained and their
+usage is flushed, so requests answered == requests stored for the key."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import start_gateway
+from tests.upstream_fake import FakeUpstream
+
+MESSAGES = [{"role": "user", "content": "Hello!"}]
+N = 60
+SPREAD = 1.2
+"""Seconds over which the N requests start; SIGTERM comes half-way."""
+
+
+@pytest.mark.slow
+async def test_sigterm_under_load_loses_no_usage(tmp_path: Path, fake: FakeUpstream, down_url: str) -> None:
+    fake.on("gpt-drain", delay=0.4)
+    fake.on("claude-drain", chunk_delay=0.08, chunks=6)
+    gw = await asyncio.to_thread(start_gateway, tmp_path, fake, down_url)
+    try:
+        created = await asyncio.to_thread(gw.create_key, name="drain")
+        key = created["key"]
+        mark = fake.mark()
+        term_at: list[float] = []
+
+        async def one(i: int) -> tuple[int, float] | None:
+            """(status, time answered), or None when the request was not answered."""
+            await asyncio.sleep(i * SPREAD / N)
+            try:
+                async with httpx.AsyncClient(timeout=30.0) as client:
+                    if i % 2:
+                        resp = await client.post(gw.url + "/v1/chat/completions",
+                                                 json={"model": "gpt-drain", "messages": MESSAGES},
+                                                 headers={"Authorization": f"Bearer {key}"})
+                        if resp.status_code == 200:
+                            assert resp.json()["choices"][0]["message"]["content"]
+                        return resp.status_code, time.monotonic()
+                    async with client.stream(
+                        "POST", gw.url + "/v1/messages",
+                        json={"model": "claude-drain", "max_tokens": 8, "stream": True, "messages": MESSAGES},
+                        headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
+                    ) as resp:
+                        body = await resp.aread()
+                    if resp.status_code == 200:
+                        assert body.rstrip().endswith(b'data: {"type":"message_stop"}'), body[-200:]
+                    return resp.status_code, time.monotonic()
+            except httpx.TransportError:
+                return None
+
+        async def terminate() -> None:
+            await asyncio.sleep(SPREAD / 2)
+            gw.terminate()
+            term_at.append(time.monotonic())
+
+        results, _ = await asyncio.gather(asyncio.gather(*(one(i) for i in range(N))), terminate())
+        returncode = await asyncio.to_thread(gw.wait)
+    finally:
+        await asyncio.to_thread(gw.stop)
+
+    assert returncode == 0, gw.log_tail()
+    answered = [r for r in results if r is not None]
+    ok = [r for r in answered if r[0] == 200]
+    assert len(ok) == len(answered), f"non-200 answers: {[r[0] for r in answered if r[0] != 200]}"
+    assert any(t > term_at[0] for _, t in answered), "no in-flight request was drained after SIGTERM"
+    assert len(answered) < N, "SIGTERM came too late to test anything"
+
+    # The server has exited: what the store holds now is all it will ever hold.
+    usage: dict[str, Any] = (await asyncio.to_thread(gw.show, created["id"]))["usage"]
+    assert usage["requests"] == len(answered)
+    assert usage["successes"] == len(ok)
+    finished = [r for r in fake.since(mark) if r.finished and r.usage is not None]
+    assert len(finished) == len(ok)
+    assert usage["input_tokens"] == sum(r.usage[0] for r in finished)
+    assert usage["output_tokens"] == sum(r.usage[1] for r in finished)
