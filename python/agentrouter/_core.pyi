@@ -4,7 +4,28 @@ Checked against the built module by ``tests/test_core_stub.py`` (mypy.stubtest).
 """
 
 from os import PathLike
-from typing import final
+from typing import Self, final
+
+__all__ = [
+    "AUTH_EXPIRED",
+    "AUTH_MALFORMED",
+    "AUTH_OK",
+    "AUTH_REVOKED",
+    "AUTH_STALE",
+    "AUTH_UNKNOWN",
+    "KEY_LENGTH",
+    "KEY_PREFIX",
+    "Decision",
+    "Digester",
+    "FakeClock",
+    "KeyRecord",
+    "KeyTable",
+    "LimiterError",
+    "RateLimiter",
+    "display_prefix",
+    "generate_key",
+    "is_well_formed",
+]
 
 __version__: str
 
@@ -41,7 +62,7 @@ def display_prefix(raw: str) -> str:
 class Digester:
     """HMAC-SHA256 under the server secret (at least 32 bytes)."""
 
-    def __init__(self, secret: bytes) -> None: ...
+    def __new__(cls, secret: bytes) -> Self: ...
     def digest(self, raw: str) -> bytes:
         """The 32-byte digest of a key: the only form a key is ever stored in."""
 
@@ -49,7 +70,7 @@ class Digester:
 class FakeClock:
     """A clock for tests: time moves only when told to."""
 
-    def __init__(self, monotonic_ns: int = 1_000_000_000, unix: float = 1_700_000_000.0) -> None: ...
+    def __new__(cls, monotonic_ns: int = 1_000_000_000, unix: float = 1_700_000_000.0) -> Self: ...
     def advance(self, seconds: float) -> None: ...
     def advance_ns(self, ns: int) -> None: ...
     @property
@@ -86,15 +107,24 @@ class RateLimiter:
 
     ``RateLimiter()`` keeps the buckets in this process; ``RateLimiter(path=...)``
     maps a file so every process that opens the same path shares one state.
+    Opening an existing file of another capacity or layout raises ``LimiterError``.
+    A region serves either named buckets (``acquire``) or slots, not both.
+
+    Errors: ``ValueError`` for ``cost < 1``, ``requests < 1``, an interval outside
+    (0, 10 years] (ignored when ``requests`` is None) or tag 0; ``IndexError`` for a
+    slot outside ``range(capacity)``; ``LimiterError`` when the named table is full.
+    Decisions are exact when ``R / gcd(R, interval in ns) <= 64``; otherwise the
+    emission interval is rounded up by under a nanosecond (may refuse a hair early,
+    never admits more than R per interval).
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         path: str | PathLike[str] | None = None,
         *,
         capacity: int = 65536,
         clock: FakeClock | None = None,
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def path(self) -> str | None: ...
     @property
@@ -130,8 +160,8 @@ class RateLimiter:
 
 @final
 class KeyRecord:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         id: str,
         slot: int,
         tag: int,
@@ -139,7 +169,7 @@ class KeyRecord:
         interval: float,
         expires_at: float | None,
         scope: str,
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def id(self) -> str: ...
     @property
@@ -162,7 +192,7 @@ class KeyTable:
     A cache of the store, rebuilt by ``replace_all`` when the shared generation moves.
     """
 
-    def __init__(self, digester: Digester, limiter: RateLimiter) -> None: ...
+    def __new__(cls, digester: Digester, limiter: RateLimiter) -> Self: ...
     def __len__(self) -> int: ...
     @property
     def generation(self) -> int:
