@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# The load benchmark of the gateway (issue 3, "Performance"): the same requests sent to
+# a fast local upstream directly and through the gateway, in one run, on loopback only.
+#
+#   upstream   nginx (Debian) serving a canned chat completion and a canned SSE stream
+#   gateway    agentrouter serve --workers 1, pinned to CPU 0; auth, the shared limiter
+#              (a key whose limit is never reached) and usage recording all on
+#   load       wrk (Debian) pinned to CPU 1, next to nginx; driver.py for the time to
+#              the first streamed byte
+#
+# Prints a table of figures and ratios (gateway vs direct) with the targets:
+# >= 4,500 req/s at 16 connections; added latency at 1 connection <= 0.3 ms p50 and
+# <= 1 ms p99; added time to first streamed byte <= 0.5 ms; worker RSS flat over a long
+# run (a million requests, or as many as fit in BENCH_LONG_MAX_SECONDS).
+#
+# Settings (environment): BENCH_SECONDS (each measurement, default 10),
+# BENCH_LONG_REQUESTS (default 1000000), BENCH_LONG_MAX_SECONDS (default 300),
+# BENCH_TTFB_N (default 5000). --quick: 3 s measurements and a 20 s long run.
+#
+# nginx and wrk are bench-only dependencies, installed from Debian when missing.
+# Every process this script starts is stopped by PID on exit (trap).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+HERE=$ROOT/benches/load
+
+SECONDS_EACH=${BENCH_SECONDS:-10}
+LONG_REQUESTS=${BENCH_LONG_REQUESTS:-1000000}
+LONG_MAX_SECONDS=${BENCH_LONG_MAX_SECONDS:-300}
+TTFB_N=${BENCH_TTFB_N:-5000}
+if [ "${1:-}" = "--quick" ]; then
+    SECONDS_EACH=3 LONG_MAX_SECONDS=20 TTFB_N=1500
+fi
+
+# --- dependencies --------------------------------------------------------------
+need=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing bench dependencies from Debian: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+[ -x .venv/bin/python ] || scripts/setup
+PY=$ROOT/.venv/bin/python
+if [ -x .venv/bin/agentrouter ]; then AR=(.venv/bin/agentrouter); else AR=("$PY" -m agentrouter.cli); fi
+
+# --- workspace and cleanup -------------------------------------------------------
+WORK=$(mktemp -d /tmp/agentrouter-load.XXXXXX)
+NGINX_PID="" GW_PID="" WRK_PID=""
+stop_pid() {  # stop_pid PID: SIGTERM, wait up to 30 s, then SIGKILL
+    local pid=$1
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local status=$?
+    stop_pid "$WRK_PID"
+    stop_pid "$GW_PID"
+    stop_pid "$NGINX_PID"
+    wait 2>/dev/null || true
+    if [ $status -ne 0 ]; then
+        echo "--- gateway log (tail) ---" >&2; tail -n 40 "$WORK/gateway.log" 2>/dev/null >&2 || true
+        echo "--- nginx error log ---" >&2; tail -n 20 "$WORK/nginx-error.log" 2>/dev/null >&2 || true
+    fi
+    rm -rf "$WORK"
+    exit $status
+}
+trap cleanup EXIT INT TERM
+
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+NGINX_PORT=$(free_port)
+GW_PORT=$(free_port)
+RESULTS=$WORK/results.txt
+: > "$RESULTS"
+
+wait_http() {  # wait_http URL: up to 30 s for any HTTP answer
+    for _ in $(seq 1 300); do
+        curl -s -o /dev/null -m 1 "$1" && return 0
+        sleep 0.1
+    done
+    echo "no answer from $1" >&2; return 1
+}
+
+# --- nginx, the upstream (CPU 1, beside the load generator) ----------------------------
+sed -e "s|@WORK@|$WORK|g" -e "s|@DIR@|$HERE|g" -e "s|@PORT@|$NGINX_PORT|g" \
+    "$HERE/nginx.conf.in" > "$WORK/nginx.conf"
+taskset -c 1 "$NGINX" -c "$WORK/nginx.conf" -p "$WORK" > "$WORK/nginx.out" 2>&1 &
+NGINX_PID=$!
+wait_http "http://127.0.0.1:$NGINX_PORT/"
+
+# --- the gateway (CPU 0, one worker) ----------------------------------------------------
+export AGENTROUTER_DATA_DIR=$WORK/data
+cat > "$WORK/agentrouter.toml" <<EOF
+[server]
+log_level = "warning"
+access_log = false
+
+[[providers]]
+name = "bench-json"
+type = "openai"
+base_url = "http://127.0.0.1:$NGINX_PORT/json/v1"
+api_key = "sk-bench-upstream"
+models = ["bench-json"]
+
+[[providers]]
+name = "bench-stream"
+type = "openai"
+base_url = "http://127.0.0.1:$NGINX_PORT/sse/v1"
+api_key = "sk-bench-upstream"
+models = ["bench-stream"]
+EOF
+# A limit the run never reaches (2^32 - 1 per second), so the limiter works on every request.
+KEY_JSON=$("${AR[@]}" keys create --name load-bench --requests 4294967295 --interval 1 --json)
+KEY=$(printf '%s' "$KEY_JSON" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+KEY_ID=$(printf '%s' "$KEY_JSON" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+
+taskset -c 0 "${AR[@]}" serve --host 127.0.0.1 --port "$GW_PORT" --workers 1 \
+    --config "$WORK/agentrouter.toml" > "$WORK/gateway.log" 2>&1 &
+GW_PID=$!
+wait_http "http://127.0.0.1:$GW_PORT/v1/models"
+
+# The process that serves: Granian's worker (a child of the server), else the server.
+worker_pid() {
+    local kids
+    kids=$(ps -o pid= --ppid "$GW_PID" 2>/dev/null | tr -d ' ' || true)
+    if [ -n "$kids" ]; then
+        # The child with the largest RSS is the ASGI worker.
+        for k in $kids; do echo "$("$PY" "$HERE/driver.py" rss "$k" 2>/dev/null || echo 0) $k"; done \
+            | sort -n | tail -n 1 | cut -d' ' -f2
+    else
+        echo "$GW_PID"
+    fi
+}
+
+DIRECT_JSON=http://127.0.0.1:$NGINX_PORT/json/v1/chat/completions
+DIRECT_SSE=http://127.0.0.1:$NGINX_PORT/sse/v1/chat/completions
+GW_URL=http://127.0.0.1:$GW_PORT/v1/chat/completions
+
+# --- sanity: the same request works both ways ------------------------------------------
+for url in "$DIRECT_JSON" "$GW_URL"; do
+    code=$(curl -s -o "$WORK/check.out" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+        -H "Authorization: Bearer $KEY" --data-binary @"$HERE/request.json" "$url")
+    [ "$code" = 200 ] || { echo "check $url: HTTP $code: $(head -c 300 "$WORK/check.out")" >&2; exit 1; }
+    cmp -s "$WORK/check.out" "$HERE/chat.json" || { echo "check $url: body differs from chat.json" >&2; exit 1; }
+done
+curl -s -X POST -H "Authorization: Bearer $KEY" --data-binary @"$HERE/request-stream.json" "$GW_URL" \
+    | cmp -s - "$HERE/chat.sse" || { echo "the gateway did not relay the SSE stream byte for byte" >&2; exit 1; }
+
+run_wrk() {  # run_wrk NAME CONNECTIONS SECONDS URL BODY
+    local name=$1 conns=$2 secs=$3 url=$4 body=$5 line
+    BENCH_BODY=$body BENCH_KEY=$KEY taskset -c 1 wrk -t1 -c"$conns" -d"${secs}s" --timeout 10s \
+        -s "$HERE/post.lua" "$url" > "$WORK/wrk-$name.out" 2>&1 &
+    WRK_PID=$!
+    wait "$WRK_PID"
+    WRK_PID=""
+    line=$(grep '^RESULT' "$WORK/wrk-$name.out") || { cat "$WORK/wrk-$name.out" >&2; exit 1; }
+    echo "$name $line" >> "$RESULTS"
+    echo "  $name: $(grep 'Requests/sec' "$WORK/wrk-$name.out" | tr -s ' ')"
+}
+
+echo "load benchmark: gateway pid $GW_PID on CPU 0, nginx and wrk on CPU 1; loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "warm-up"
+run_wrk warm_direct 16 2 "$DIRECT_JSON" "$HERE/request.json"
+run_wrk warm_gw 16 3 "$GW_URL" "$HERE/request.json"
+run_wrk warm_gw_stream 16 2 "$GW_URL" "$HERE/request-stream.json"
+WPID=$(worker_pid)
+WARM_KIB=$("$PY" "$HERE/driver.py" rss "$WPID")
+
+echo "throughput at 16 connections (${SECONDS_EACH}s each)"
+run_wrk direct_tput 16 "$SECONDS_EACH" "$DIRECT_JSON" "$HERE/request.json"
+run_wrk gw_tput 16 "$SECONDS_EACH" "$GW_URL" "$HERE/request.json"
+run_wrk direct_stream_tput 16 "$SECONDS_EACH" "$DIRECT_SSE" "$HERE/request-stream.json"
+run_wrk gw_stream_tput 16 "$SECONDS_EACH" "$GW_URL" "$HERE/request-stream.json"
+
+echo "latency at 1 connection (${SECONDS_EACH}s each)"
+run_wrk direct_lat 1 "$SECONDS_EACH" "$DIRECT_JSON" "$HERE/request.json"
+run_wrk gw_lat 1 "$SECONDS_EACH" "$GW_URL" "$HERE/request.json"
+
+echo "time to first streamed byte (${TTFB_N} requests each, one keep-alive connection)"
+echo "direct_ttfb $(taskset -c 1 "$PY" "$HERE/driver.py" ttfb 127.0.0.1 "$NGINX_PORT" /sse/v1/chat/completions \
+    "$HERE/request-stream.json" "$KEY" --n "$TTFB_N" --max-seconds 30)" >> "$RESULTS"
+echo "gw_ttfb $(taskset -c 1 "$PY" "$HERE/driver.py" ttfb 127.0.0.1 "$GW_PORT" /v1/chat/completions \
+    "$HERE/request-stream.json" "$KEY" --n "$TTFB_N" --max-seconds 30)" >> "$RESULTS"
+
+# --- memory over a long run ---------------------------------------------------------------
+GW_RPS=$(grep '^gw_tput ' "$RESULTS" | sed -E 's/.*requests=([0-9]+) duration_us=([0-9]+).*/\1 \2/' \
+    | awk '{printf "%d", $1 / ($2 / 1e6)}')
+LONG_SECONDS=$(awk -v n="$LONG_REQUESTS" -v r="$GW_RPS" -v m="$LONG_MAX_SECONDS" \
+    'BEGIN { s = int(n / (r > 0 ? r : 1) * 1.03) + 1; if (s > m) s = m; if (s < 4) s = 4; print s }')
+HALF=$(( (LONG_SECONDS + 1) / 2 ))
+BEFORE=$(grep -E '^(warm_gw|warm_gw_stream|gw_tput|gw_stream_tput|gw_lat) ' "$RESULTS" \
+    | sed -E 's/.*requests=([0-9]+).*/\1/' | awk '{s += $1} END {print s + 0}')
+echo "memory: ${LONG_SECONDS}s at 16 connections through the gateway (target ${LONG_REQUESTS} requests at ~${GW_RPS} req/s)"
+run_wrk long1 16 "$HALF" "$GW_URL" "$HERE/request.json"
+MID_KIB=$("$PY" "$HERE/driver.py" rss "$WPID")
+run_wrk long2 16 "$HALF" "$GW_URL" "$HERE/request.json"
+END_KIB=$("$PY" "$HERE/driver.py" rss "$WPID")
+L1=$(grep '^long1 ' "$RESULTS" | sed -E 's/.*requests=([0-9]+).*/\1/')
+L2=$(grep '^long2 ' "$RESULTS" | sed -E 's/.*requests=([0-9]+).*/\1/')
+E1=$(grep '^long1 ' "$RESULTS" | sed -E 's/.*non2xx=([0-9]+).*/\1/')
+E2=$(grep '^long2 ' "$RESULTS" | sed -E 's/.*non2xx=([0-9]+).*/\1/')
+echo "long requests=$((L1 + L2)) duration_us=1 non2xx=$((E1 + E2))" >> "$RESULTS"
+echo "rss {\"warm_kib\": $WARM_KIB, \"mid_kib\": $MID_KIB, \"end_kib\": $END_KIB, \"before_requests\": $BEFORE}" >> "$RESULTS"
+
+# Usage recording was on: the key's stored request count covers the run (flushed on SIGTERM).
+stop_pid "$GW_PID"
+GW_PID=""
+STORED=$("${AR[@]}" keys show "$KEY_ID" --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["usage"]["requests"])')
+SENT=$(grep -E '^(warm_gw|warm_gw_stream|gw_tput|gw_stream_tput|gw_lat|long1|long2) ' "$RESULTS" \
+    | sed -E 's/.*requests=([0-9]+).*/\1/' | awk '{s += $1} END {print s + 0}')
+
+echo
+"$PY" "$HERE/driver.py" report "$RESULTS"
+echo "usage stored for the bench key: $STORED requests (wrk counted $SENT completed; wrk does not count"
+echo "requests cut off at the end of each run, so stored >= counted; plus 3 sanity checks and the TTFB runs)"
+echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), loadavg $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -1,0 +1,88 @@
+"""A cheap smoke test of the load benchmark's driver (not the benchmark itself, which
+``benches/load/run.sh`` runs): the response reader on both framings, the TTFB loop
+against a loopback server, and the report's verdicts."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location("load_driver", Path(__file__).with_name("driver.py"))
+assert _spec and _spec.loader
+driver = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(driver)
+
+SSE = b"data: {}\n\ndata: [DONE]\n\n"
+
+
+def _chunked(body: bytes) -> bytes:
+    return b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in (body[:5], body[5:])) + b"0\r\n\r\n"
+
+
+@pytest.fixture
+def server() -> Iterator[int]:
+    """Answers every request on a keep-alive connection, alternating the two framings."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(10)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            for i in range(20):
+                buf = b""
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, _, body = buf.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                while len(body) < length:
+                    body += conn.recv(65536)
+                if i % 2:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + _chunked(SSE))
+                else:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(SSE) + SSE)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    thread.join(timeout=10)
+    listener.close()
+
+
+def test_ttfb_reads_both_framings(server: int) -> None:
+    result = driver.ttfb("127.0.0.1", server, "/x", b"{}", "sk-ar-test", n=18, max_seconds=10, warmup=2)
+    assert result["n"] == 18
+    assert 0 < result["first_p50_us"] <= result["total_p50_us"]
+
+
+def test_report_verdicts(tmp_path: Path) -> None:
+    lines = [
+        "direct_tput RESULT requests=200000 duration_us=10000000 p50_us=500 p99_us=900 non2xx=0",
+        "gw_tput RESULT requests=50000 duration_us=10000000 p50_us=2000 p99_us=4000 non2xx=0",
+        "direct_lat RESULT requests=50000 duration_us=10000000 p50_us=60 p99_us=120 non2xx=0",
+        "gw_lat RESULT requests=20000 duration_us=10000000 p50_us=300 p99_us=700 non2xx=0",
+        'direct_ttfb {"n": 10, "first_p50_us": 80, "first_p99_us": 150, "total_p50_us": 90, "total_p99_us": 160}',
+        'gw_ttfb {"n": 10, "first_p50_us": 900, "first_p99_us": 1500, "total_p50_us": 950, "total_p99_us": 1600}',
+        'rss {"warm_kib": 60000, "mid_kib": 61000, "end_kib": 61500, "before_requests": 100}',
+    ]
+    results = tmp_path / "results.txt"
+    results.write_text("\n".join(lines) + "\n")
+    table, ok = driver.report(driver.parse_results(results))
+    assert not ok
+    rows = {line.split("  ")[0]: line for line in table.splitlines()}
+    assert rows["JSON req/s @16 conns"].endswith("PASS")
+    assert "0.250x" in rows["JSON req/s @16 conns"]
+    assert rows["latency p50 @1 conn (us)"].endswith("PASS")  # +240 us
+    assert rows["latency p99 @1 conn (us)"].endswith("PASS")  # +580 us
+    assert rows["first streamed byte p50 (us)"].endswith("FAIL")  # +820 us
+    assert rows["worker RSS (MiB) warm/mid/end"].endswith("PASS")
