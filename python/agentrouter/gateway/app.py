@@ -1,0 +1,664 @@
+"""The ASGI app: ``/v1`` in both dialects, on the hot path with no database access.
+
+One request, in order::
+
+    path → route            (dict)
+    headers, one pass       (key headers, Content-Length, what is forwarded)
+    authenticate + limit    (auth.Authenticator: native key table and shared buckets)
+    method, body, peek      (405 / 413 / 400; msgspec reads only "model" and "stream")
+    model → provider        (routing.ModelRouter; 404 unknown, 400 other dialect)
+    forward original bytes  (upstream.UpstreamClient, or the in-process mock)
+    relay                   (JSON in one piece; SSE chunk by chunk as it arrives)
+    usage                   (usage.UsageRecorder, in memory; flushed by its own task)
+
+Every answer to a request whose key was valid carries ``X-RateLimit-Limit``,
+``-Remaining`` and ``-Reset`` (when the key has a limit at all) and counts for the
+key; every answer carries ``x-request-id`` (and ``request-id`` on the Anthropic
+routes, where the SDK reads it).
+
+Lifespan startup opens the core (store, shared limiter, digester), loads the key
+table, starts the usage flusher and the upstream pools. Shutdown (Granian sends it
+once the worker's in-flight requests are done) waits for what is still running, up
+to ``shutdown_timeout`` counted from SIGTERM, cancels the rest, writes the usage and
+closes everything. Every task the app starts is tracked and awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import secrets
+import signal
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import msgspec
+
+from agentrouter.config import Settings
+from agentrouter.gateway import mock
+from agentrouter.gateway.auth import Authenticator
+from agentrouter.gateway.errors import Dialect, ErrorKind, Kinds, error_body
+from agentrouter.gateway.providers import Provider
+from agentrouter.gateway.routing import ROUTES, ModelRouter, Route, RouteKind
+from agentrouter.gateway.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
+from agentrouter.gateway.usage import StreamUsage, UsageRecorder, tokens_from_json
+
+__all__ = ["Gateway", "create_app"]
+
+log = logging.getLogger("agentrouter.gateway")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+CoreOpener = Callable[[Settings], Awaitable[Any]]
+
+# Request headers never forwarded: the caller's credentials, hop-by-hop headers
+# (RFC 9110 §7.6.1), what the client library sets itself, and cookies (an upstream
+# has no business with the caller's cookies).
+_DROP_REQUEST = frozenset({
+    b"host", b"authorization", b"x-api-key", b"content-length", b"connection", b"keep-alive",
+    b"proxy-authorization", b"proxy-authenticate", b"proxy-connection", b"te", b"trailer", b"trailers",
+    b"transfer-encoding", b"upgrade", b"accept-encoding", b"cookie", b"expect",
+})
+# Upstream response headers not relayed: hop-by-hop, the framing (recomputed), what
+# the gateway sets itself, cookies.
+_DROP_RESPONSE = frozenset({
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade", b"content-length", b"date", b"server", b"set-cookie",
+    b"x-ratelimit-limit", b"x-ratelimit-remaining", b"x-ratelimit-reset", b"retry-after-ms",
+})
+_UPSTREAM_ID_HEADERS = frozenset({b"x-request-id", b"request-id"})
+
+_CT_JSON = (b"content-type", b"application/json")
+_SSE_PREFIX = b"text/event-stream"
+_CLIENT_CLOSED = 499  # recorded (nginx's convention) when the caller left before an answer
+
+
+class _Peek(msgspec.Struct):
+    """The only fields of a request body the gateway reads."""
+
+    model: str | None = None
+    stream: bool | None = None
+
+
+_peek = msgspec.json.Decoder(_Peek).decode
+_encode = msgspec.json.Encoder().encode
+
+
+class _BadRequest(Exception):
+    def __init__(self, kind: ErrorKind, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.param = param
+
+
+async def _open_core(settings: Settings) -> Any:
+    from pathlib import Path
+
+    from agentrouter.core import Core
+
+    return await Core.open(Path(settings.data_dir) if settings.data_dir else None)
+
+
+class Gateway:
+    """The ASGI callable. Build it with ``create_app``; one per worker process."""
+
+    def __init__(self, settings: Settings, *, open_core: CoreOpener | None = None, fallback: ASGIApp | None = None):
+        self.settings = settings
+        self._open_core = open_core or _open_core
+        self._fallback = fallback
+        self._max_body = settings.max_body_bytes
+        self._providers = [Provider(p) for p in settings.providers]
+        self._router: ModelRouter[Provider] = ModelRouter([(p, p.settings.models) for p in self._providers])
+        self._clients = {p.name: UpstreamClient(p.settings) for p in self._providers if not p.is_mock}
+        self._models_openai, self._models_anthropic = self._model_lists()
+        self.core: Any = None
+        self.auth: Authenticator | None = None
+        self.usage: UsageRecorder | None = None
+        self._rid_prefix = "req_"
+        self._rid_counter = itertools.count(1)
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()  # watchers and the drain timer
+        self._draining = False
+        self._drain_deadline: float | None = None
+        self._restore_signals: list[Callable[[], None]] = []
+
+    # ------------------------------------------------------------------ ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif self._fallback is not None:
+            await self._fallback(scope, receive, send)
+
+    # ------------------------------------------------------------------ lifespan
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": f"agentrouter start-up failed: {exc}"})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await self.shutdown()
+                except Exception as exc:
+                    log.exception("shutdown failed")
+                    await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        """Open the core, load the key table, start the usage flusher and the pools."""
+        self._rid_prefix = "req_" + secrets.token_hex(6)  # per worker: ids unique across workers
+        core = await self._open_core(self.settings)
+        try:
+            table = core.new_table()
+            await core.load_table(table)
+            for client in self._clients.values():
+                await client.start()
+        except BaseException:
+            await self._close_clients()
+            await core.close()
+            raise
+        self.core = core
+        self.auth = Authenticator(table, core)
+        self.usage = UsageRecorder(core.store.add_usage, self.settings.usage_flush_interval)
+        self.usage.start()
+        self._hook_termination_signals()
+        log.info("gateway ready: %d keys, providers %s", len(table), ", ".join(p.name for p in self._providers))
+
+    async def shutdown(self) -> None:
+        """Drain (up to the deadline), then write usage and close everything."""
+        for restore in self._restore_signals:
+            restore()
+        self._restore_signals.clear()
+        self._draining = True
+        if self._drain_deadline is None:
+            self._drain_deadline = time.monotonic() + self.settings.shutdown_timeout
+        await self._drain()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.usage is not None:
+            await self.usage.close()
+        await self._close_clients()
+        if self.core is not None:
+            await self.core.close()
+            self.core = None
+
+    async def _drain(self) -> None:
+        while self._inflight:
+            left = (self._drain_deadline or 0) - time.monotonic()
+            if left <= 0:
+                log.warning("shutdown timeout: cancelling %d requests still in flight", len(self._inflight))
+                for task in list(self._inflight):
+                    task.cancel()
+                await asyncio.gather(*list(self._inflight), return_exceptions=True)
+                return
+            await asyncio.wait(list(self._inflight), timeout=left)
+
+    async def _close_clients(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+
+    def _hook_termination_signals(self) -> None:
+        """Learn of SIGTERM/SIGINT when Granian does, to start the drain clock then.
+
+        Granian (2.x) stops accepting on the signal, waits for the worker's in-flight
+        requests, and only then sends ``lifespan.shutdown``; a long stream would hold
+        that back until the parent kills the worker. So the app chains its own
+        callback in front of Granian's loop signal handler: from the signal on,
+        requests have ``shutdown_timeout`` seconds, then they are cancelled, Granian
+        proceeds to the lifespan shutdown, and the usage is written.
+
+        asyncio exposes no public getter for an installed handler; the CPython loop
+        keeps them in ``_signal_handlers``. On a loop without it (uvloop), the drain
+        clock starts at ``lifespan.shutdown`` instead and the parent's kill timeout
+        (``server.py``) is the only bound.
+        """
+        loop = asyncio.get_running_loop()
+        handlers = getattr(loop, "_signal_handlers", None)
+        if not isinstance(handlers, dict):
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            handle = handlers.get(sig)
+            if handle is None:
+                continue
+            callback, args = handle._callback, handle._args
+
+            def chained(callback: Any = callback, args: Any = args) -> None:
+                self._on_termination()
+                callback(*args)
+
+            loop.add_signal_handler(sig, chained)
+            self._restore_signals.append(lambda sig=sig, callback=callback, args=args:
+                                         loop.add_signal_handler(sig, callback, *args))
+
+    def _on_termination(self) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        self._drain_deadline = time.monotonic() + self.settings.shutdown_timeout
+        self._track(asyncio.get_running_loop().create_task(self._drain(), name="agentrouter-drain"))
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _request_id(self) -> str:
+        return f"{self._rid_prefix}{next(self._rid_counter):010x}"
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        route = ROUTES.get(path)
+        if route is None:
+            if path.startswith("/v1/models/"):
+                route = _MODEL_DETAIL
+            elif self._fallback is not None and not path.startswith("/v1/"):
+                await self._fallback(scope, receive, send)
+                return
+            else:
+                dialect = Dialect.ANTHROPIC if path.startswith("/v1/messages") else Dialect.OPENAI
+                rid = self._request_id()
+                await _send_error(send, dialect, Kinds.ROUTE_NOT_FOUND, f"Unknown path {path!r}.", rid, None)
+                return
+
+        task = asyncio.current_task()
+        assert task is not None
+        self._inflight.add(task)
+        try:
+            await self._handle(route, scope, receive, send)
+        except Exception:
+            # A bug, or the store failing during a key-table reload: answer 500 in the
+            # dialect if nothing was sent yet (if something was, this send fails too).
+            log.exception("request to %s failed", path)
+            try:
+                await _send_error(send, route.dialect, Kinds.INTERNAL, "Internal error in the gateway.",
+                                  self._request_id(), None)
+            except Exception:
+                pass
+        finally:
+            self._inflight.discard(task)
+
+    async def _handle(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        rid = self._request_id()
+
+        # One pass over the headers.
+        authorization = x_api_key = content_length = connection = None
+        forward: list[tuple[bytes, bytes]] = []
+        anthropic_caller = False
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"x-api-key":
+                x_api_key = value
+            elif name == b"content-length":
+                content_length = value
+            elif name == b"connection":
+                connection = value
+            elif name not in _DROP_REQUEST:
+                forward.append((name, value))
+                if name == b"anthropic-version":
+                    anthropic_caller = True
+
+        dialect = route.dialect
+        if route.kind is RouteKind.MODELS and anthropic_caller:
+            dialect = Dialect.ANTHROPIC
+
+        assert self.auth is not None and self.usage is not None, "lifespan startup has not run"
+        auth = await self.auth.authenticate(authorization, x_api_key)
+        record = auth.record
+        if auth.error is not None:
+            await _send_error(send, dialect, auth.error, auth.message, rid, auth.decision)
+            if record is not None:
+                self._record(record.id, auth.error.status, 0, 0, started, scope)
+            return
+
+        assert record is not None
+        decision = auth.decision
+        try:
+            if scope["method"] != route.method:
+                raise _BadRequest(Kinds.METHOD_NOT_ALLOWED,
+                                  f"Method {scope['method']} is not allowed on {route.path}; use {route.method}.")
+            if route.kind is RouteKind.MODELS:
+                status = await self._models(route, scope, dialect, rid, decision, send)
+                self._record(record.id, status, 0, 0, started, scope)
+                return
+            body = await self._read_body(receive, content_length)
+            model, stream = _peek_body(body)
+            provider = self._router.resolve(model)
+            if provider is None:
+                raise _BadRequest(Kinds.MODEL_NOT_FOUND,
+                                  f"The model '{model}' does not exist or is not served by this gateway.", "model")
+            if not provider.speaks(dialect):
+                raise _BadRequest(Kinds.DIALECT_MISMATCH, _mismatch_message(model, provider, route), "model")
+        except _BadRequest as exc:
+            extra = [route.allow_header] if exc.kind is Kinds.METHOD_NOT_ALLOWED else None
+            await _send_error(send, dialect, exc.kind, str(exc), rid, decision, exc.param, extra)
+            self._record(record.id, exc.kind.status, 0, 0, started, scope)
+            return
+
+        if provider.is_mock:
+            status, inp, out = await self._serve_mock(route, dialect, model, body, rid, decision, send)
+        else:
+            if connection is not None:
+                nominated = {t.strip().lower() for t in connection.split(b",")}
+                forward = [(n, v) for n, v in forward if n not in nominated]
+            status, inp, out = await self._proxy(route, dialect, provider, body, forward, scope, receive, send,
+                                                 rid, decision)
+        self._record(record.id, status, inp, out, started, scope)
+
+    def _record(self, key_id: str, status: int, inp: int, out: int, started: float, scope: Scope) -> None:
+        client = scope.get("client")
+        assert self.usage is not None
+        self.usage.record(key_id, status, inp, out, (time.perf_counter() - started) * 1000.0,
+                          client[0] if client else None)
+
+    async def _read_body(self, receive: Receive, content_length: bytes | None) -> bytes:
+        limit = self._max_body
+        if content_length is not None:
+            try:
+                declared = int(content_length)
+            except ValueError:
+                raise _BadRequest(Kinds.BAD_REQUEST, "Invalid Content-Length header.") from None
+            if declared > limit:
+                raise _BadRequest(Kinds.TOO_LARGE, _too_large(limit))
+        message = await receive()
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            if len(body) > limit:
+                raise _BadRequest(Kinds.TOO_LARGE, _too_large(limit))
+            return body
+        parts = [body]
+        size = len(body)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _BadRequest(Kinds.BAD_REQUEST, "The client closed the connection while sending the body.")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _BadRequest(Kinds.TOO_LARGE, _too_large(limit))
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+
+    # ------------------------------------------------------------------ answers
+
+    async def _models(self, route: Route, scope: Scope, dialect: Dialect, rid: str, decision: Any, send: Send) -> int:
+        if route is _MODEL_DETAIL:
+            name = scope["path"][len("/v1/models/"):]
+            provider = self._router.resolve(name) if name else None
+            if provider is None:
+                raise _BadRequest(Kinds.MODEL_NOT_FOUND, f"The model '{name}' does not exist.", "model")
+            body = _encode(_model_entry(name, provider, dialect))
+        else:
+            body = self._models_anthropic if dialect is Dialect.ANTHROPIC else self._models_openai
+        await _send_response(send, 200, [_CT_JSON], body, rid, dialect, decision)
+        return 200
+
+    def _model_lists(self) -> tuple[bytes, bytes]:
+        names = self._router.exact_names
+        openai_list = {"object": "list", "data": [_model_entry(n, p, Dialect.OPENAI) for n, p in names]}
+        anthropic_entries = [_model_entry(n, p, Dialect.ANTHROPIC) for n, p in names]
+        anthropic_list = {
+            "data": anthropic_entries,
+            "has_more": False,
+            "first_id": anthropic_entries[0]["id"] if anthropic_entries else None,
+            "last_id": anthropic_entries[-1]["id"] if anthropic_entries else None,
+        }
+        return _encode(openai_list), _encode(anthropic_list)
+
+    async def _serve_mock(
+        self, route: Route, dialect: Dialect, model: str, body: bytes, rid: str, decision: Any, send: Send
+    ) -> tuple[int, int, int]:
+        result = mock.handle(route.kind, dialect, model, body, rid)
+        headers = [(b"content-type", result.content_type)]
+        if not result.stream:
+            await _send_response(send, result.status, headers, result.chunks[0], rid, dialect, decision)
+            return result.status, result.input_tokens, result.output_tokens
+        headers.append((b"cache-control", b"no-cache"))
+        await send({"type": "http.response.start", "status": result.status,
+                    "headers": headers + _common_headers(rid, dialect, decision)})
+        for chunk in result.chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await asyncio.sleep(0)  # one event at a time, as a real upstream delivers them
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return result.status, result.input_tokens, result.output_tokens
+
+    async def _proxy(
+        self,
+        route: Route,
+        dialect: Dialect,
+        provider: Provider,
+        body: bytes,
+        forward: list[tuple[bytes, bytes]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        rid: str,
+        decision: Any,
+    ) -> tuple[int, int, int]:
+        client = self._clients[provider.name]
+        url = provider.urls[route.kind]
+        query = scope.get("query_string")
+        if query:
+            url = f"{url}?{query.decode('latin-1')}"
+        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in forward]
+        if provider.default_headers:
+            present = {n for n, _ in forward}
+            headers += [(n, v) for n, v in provider.default_headers if n.encode() not in present]
+        headers += provider.auth_headers
+
+        # The caller may leave at any point from here on: a watcher turns the
+        # disconnect into a cancellation of this task, which closes the upstream request.
+        task = asyncio.current_task()
+        assert task is not None
+        left = _Left()
+        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, left))
+        started_response = False
+        status = 502
+        upstream = None
+        meter: StreamUsage | None = None
+        try:
+            try:
+                upstream = await client.post(url, body, headers)
+            except UpstreamError as exc:
+                kind = Kinds.UPSTREAM_TIMEOUT if isinstance(exc, UpstreamTimeout) else Kinds.UPSTREAM_UNAVAILABLE
+                log.warning("provider %s: %s (%s)", provider.name, exc, rid)
+                message = (f"The upstream provider '{provider.name}' did not answer in time."
+                           if kind is Kinds.UPSTREAM_TIMEOUT else
+                           f"The upstream provider '{provider.name}' cannot be reached.")
+                await _send_error(send, dialect, kind, message, rid, decision)
+                return kind.status, 0, 0
+            status = upstream.status
+            out_headers, is_sse = _relay_headers(upstream.raw_headers)
+            common = _common_headers(rid, dialect, decision)
+            if not is_sse:
+                try:
+                    data = await client.read(upstream)
+                except UpstreamError as exc:
+                    kind = Kinds.UPSTREAM_TIMEOUT if isinstance(exc, UpstreamTimeout) else Kinds.UPSTREAM_UNAVAILABLE
+                    log.warning("provider %s: %s while reading the answer (%s)", provider.name, exc, rid)
+                    await _send_error(send, dialect, kind, f"The upstream provider '{provider.name}' "
+                                      "broke off its answer.", rid, decision)
+                    return kind.status, 0, 0
+                out_headers.append((b"content-length", str(len(data)).encode()))
+                started_response = True
+                await send({"type": "http.response.start", "status": status, "headers": out_headers + common})
+                await send({"type": "http.response.body", "body": data, "more_body": False})
+                if 200 <= status < 300:
+                    return (status, *tokens_from_json(data))
+                return status, 0, 0
+
+            started_response = True
+            await send({"type": "http.response.start", "status": status, "headers": out_headers + common})
+            meter = StreamUsage()
+            try:
+                async for chunk in client.iter_chunks(upstream):
+                    meter.feed(chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except UpstreamError as exc:
+                # Headers are gone already: end the stream; the client sees it cut short.
+                log.warning("provider %s: %s during a stream (%s)", provider.name, exc, rid)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return (504 if isinstance(exc, UpstreamTimeout) else 502), *meter.tokens()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return (status, *meter.tokens())
+        except asyncio.CancelledError:
+            if not (left.gone or self._draining) or task.uncancel() > 0:
+                raise
+            # The caller left, or the shutdown timeout ran out: the upstream request is
+            # closed in `finally`, and the request is counted with what it got.
+            tokens = meter.tokens() if meter is not None else (0, 0)
+            if left.gone:
+                return (status if started_response else _CLIENT_CLOSED), *tokens
+            if started_response:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return status, *tokens
+            kind = Kinds.SHUTTING_DOWN
+            await _send_error(send, dialect, kind, "The gateway is shutting down; retry the request.", rid, decision)
+            return kind.status, 0, 0
+        finally:
+            if upstream is not None:
+                UpstreamClient.release(upstream)
+            if not watcher.done():
+                watcher.cancel()
+                self._track(watcher)
+
+
+class _Left:
+    __slots__ = ("gone",)
+
+    def __init__(self) -> None:
+        self.gone = False
+
+
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], left: _Left) -> None:
+    """Wait for ``http.disconnect`` (the body was read already) and cancel the request."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            left.gone = True
+            task.cancel()
+            return
+
+
+_MODEL_DETAIL = Route(RouteKind.MODELS, Dialect.OPENAI, "GET")
+
+
+def _model_entry(name: str, provider: Provider, dialect: Dialect) -> dict[str, Any]:
+    if dialect is Dialect.ANTHROPIC:
+        return {"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"}
+    return {"id": name, "object": "model", "created": 0, "owned_by": provider.name}
+
+
+def _peek_body(body: bytes) -> tuple[str, bool]:
+    try:
+        peek = _peek(body)
+    except msgspec.ValidationError as exc:
+        raise _BadRequest(Kinds.BAD_REQUEST, f"Invalid request body: {exc}.") from None
+    except msgspec.DecodeError as exc:
+        raise _BadRequest(Kinds.INVALID_JSON, f"The request body is not valid JSON: {exc}.") from None
+    if not peek.model:
+        raise _BadRequest(Kinds.BAD_REQUEST, "You must provide a model parameter.", "model")
+    return peek.model, bool(peek.stream)
+
+
+def _mismatch_message(model: str, provider: Provider, route: Route) -> str:
+    where = "/v1/messages" if route.dialect is Dialect.OPENAI else "the OpenAI-compatible routes (/v1/chat/completions, …)"
+    api = "OpenAI" if route.dialect is Dialect.OPENAI else "Anthropic"
+    return (f"The model '{model}' is served by provider '{provider.name}' ({provider.type}), which does not speak "
+            f"the {api} API of {route.path}; call it on {where}.")
+
+
+def _too_large(limit: int) -> str:
+    return f"The request body is larger than the limit of {limit} bytes."
+
+
+def _relay_headers(raw: tuple[tuple[bytes, bytes], ...]) -> tuple[list[tuple[bytes, bytes]], bool]:
+    out = []
+    sse = False
+    for name, value in raw:
+        lname = name.lower()
+        if lname in _DROP_RESPONSE:
+            continue
+        if lname in _UPSTREAM_ID_HEADERS:
+            out.append((b"x-upstream-request-id", value))
+            continue
+        if lname == b"content-type" and value.startswith(_SSE_PREFIX):
+            sse = True
+        out.append((lname, value))
+    return out, sse
+
+
+def _common_headers(rid: str, dialect: Dialect, decision: Any) -> list[tuple[bytes, bytes]]:
+    rid_b = rid.encode()
+    headers = [(b"x-request-id", rid_b)]
+    if dialect is Dialect.ANTHROPIC:
+        headers.append((b"request-id", rid_b))
+    if decision is not None and decision.limit is not None:
+        headers += [
+            (b"x-ratelimit-limit", b"%d" % decision.limit),
+            (b"x-ratelimit-remaining", b"%d" % (decision.remaining or 0)),
+            (b"x-ratelimit-reset", b"%d" % (decision.reset or 0)),
+        ]
+        if not decision.allowed and decision.retry_after is not None:
+            wait = decision.retry_after
+            headers += [
+                (b"retry-after", b"%d" % max(1, math.ceil(wait))),
+                (b"retry-after-ms", b"%d" % max(1, math.ceil(wait * 1000.0))),
+            ]
+    return headers
+
+
+async def _send_response(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes, rid: str, dialect: Dialect,
+    decision: Any,
+) -> None:
+    headers = headers + _common_headers(rid, dialect, decision)
+    headers.append((b"content-length", b"%d" % len(body)))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _send_error(
+    send: Send,
+    dialect: Dialect,
+    kind: ErrorKind,
+    message: str,
+    rid: str,
+    decision: Any,
+    param: str | None = None,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [_CT_JSON]
+    if extra:
+        headers += extra
+    await _send_response(send, kind.status, headers, error_body(dialect, kind, message, rid, param), rid, dialect,
+                         decision)
+
+
+def create_app(settings: Settings, *, open_core: CoreOpener | None = None, fallback: ASGIApp | None = None) -> Gateway:
+    """The gateway app for ``settings``. ``open_core`` replaces ``Core.open`` (tests);
+    ``fallback`` receives every request outside ``/v1`` (the console, the management API)."""
+    return Gateway(settings, open_core=open_core, fallback=fallback)
+

@@ -1,0 +1,52 @@
+"""A configured provider at run time: its dialects, its URLs and its credentials.
+
+Everything a request needs from its provider is computed here once: the full URL of
+each route, the credential header that replaces the caller's, the timeouts.
+"""
+
+from __future__ import annotations
+
+from agentrouter.config import ProviderSettings
+from agentrouter.gateway.errors import Dialect
+from agentrouter.gateway.routing import ROUTES, RouteKind
+
+__all__ = ["Provider", "DIALECTS"]
+
+DIALECTS: dict[str, frozenset[Dialect]] = {
+    "openai": frozenset({Dialect.OPENAI}),
+    "anthropic": frozenset({Dialect.ANTHROPIC}),
+    # The built-in mock answers in whichever dialect it is asked.
+    "mock": frozenset({Dialect.OPENAI, Dialect.ANTHROPIC}),
+}
+
+
+class Provider:
+    __slots__ = ("name", "type", "settings", "dialects", "is_mock", "urls", "auth_headers", "default_headers")
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        self.name = settings.name
+        self.type = settings.type
+        self.settings = settings
+        self.dialects = DIALECTS[settings.type]
+        self.is_mock = settings.type == "mock"
+        base = (settings.base_url or "").rstrip("/")
+        # base_url names the API root including its version (".../v1"), as the SDKs do.
+        self.urls: dict[RouteKind, str] = {r.kind: base + r.upstream_path for r in ROUTES.values()}
+        key = settings.api_key or ""
+        if settings.type == "openai":
+            self.auth_headers: tuple[tuple[str, str], ...] = (("Authorization", f"Bearer {key}"),) if key else ()
+        elif settings.type == "anthropic":
+            self.auth_headers = (("x-api-key", key),) if key else ()
+        else:
+            self.auth_headers = ()
+        # Headers sent when the caller did not send their own.
+        self.default_headers: tuple[tuple[str, str], ...] = (
+            (("anthropic-version", settings.anthropic_version),) if settings.type == "anthropic" else ()
+        )
+
+    def speaks(self, dialect: Dialect) -> bool:
+        return dialect in self.dialects
+
+    def __repr__(self) -> str:
+        # Never the credentials.
+        return f"Provider({self.name!r}, {self.type})"

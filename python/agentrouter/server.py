@@ -1,0 +1,89 @@
+"""Serve the gateway with Granian: ASGI, N worker processes, one shared socket.
+
+``serve(settings)`` runs in the parent process:
+
+1. opens the core once (creates the data directory, the server secret, the database
+   and its migrations, and the shared limiter region) so that workers never race to
+   create them, then closes it;
+2. starts Granian's process manager with an in-process target loader: each worker
+   builds ``create_app(settings)`` from the same frozen settings (nothing is passed
+   through the environment);
+3. blocks until SIGTERM / SIGINT.
+
+What happens on SIGTERM (Granian 2.x): the parent stops accepting and signals the
+workers; each worker stops accepting, finishes its in-flight requests, then sends the
+app ``lifespan.shutdown``, where the app writes the usage it gathered and closes its
+pools and the store. The app bounds the drain itself (``shutdown_timeout`` from the
+signal, then it cancels what is left); the parent's ``workers_kill_timeout`` is set a
+little longer, as the last resort for a worker that hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import functools
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from agentrouter.config import Settings
+
+__all__ = ["serve", "prepare", "load_app"]
+
+log = logging.getLogger("agentrouter.server")
+
+KILL_MARGIN = 10
+"""Seconds the parent waits past ``shutdown_timeout`` before killing a worker."""
+
+
+def load_app(settings: Settings) -> Any:
+    """Granian's target loader, called in each worker process."""
+    from agentrouter.gateway.app import create_app
+
+    return create_app(settings)
+
+
+async def _prepare(settings: Settings) -> None:
+    from agentrouter.core import Core
+
+    core = await Core.open(Path(settings.data_dir) if settings.data_dir else None)
+    await core.close()
+
+
+def prepare(settings: Settings) -> None:
+    """Create or migrate everything the workers open (see the module docstring)."""
+    asyncio.run(_prepare(settings))
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    from granian.log import LOGGING_CONFIG
+
+    loggers = copy.deepcopy(LOGGING_CONFIG["loggers"])
+    loggers["agentrouter"] = {"handlers": ["console"], "level": level.upper().replace("WARN", "WARNING")
+                              .replace("WARNINGING", "WARNING"), "propagate": False}
+    return {"loggers": loggers}
+
+
+def serve(settings: Settings) -> None:
+    """Run the gateway until a termination signal; raises on a failed start."""
+    from granian.constants import HTTPModes, Interfaces
+    from granian.log import LogLevels
+    from granian.server import Server
+
+    prepare(settings)
+    server = Server(
+        "agentrouter.gateway.app:create_app",  # shown in the process title; loading uses load_app
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=settings.effective_workers,
+        http=HTTPModes.auto,
+        websockets=False,
+        log_level=LogLevels(settings.log_level),
+        log_dictconfig=_log_config(settings.log_level),
+        log_access=settings.access_log,
+        workers_kill_timeout=math.ceil(settings.shutdown_timeout) + KILL_MARGIN,
+    )
+    server.serve(target_loader=functools.partial(load_app, settings), wrap_loader=False)
