@@ -160,3 +160,302 @@ impl RateLimiter {
         self.region.is_live(slot, tag)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FakeClock;
+    use crate::gcra::Reason;
+    use proptest::prelude::*;
+    use std::sync::Barrier;
+
+    const UNIX0: i64 = 1_700_000_000;
+
+    fn fake() -> (Arc<FakeClock>, RateLimiter) {
+        let clock = Arc::new(FakeClock::default());
+        let limiter = RateLimiter::with_clock(None, 16, clock.clone()).unwrap();
+        (clock, limiter)
+    }
+
+    fn tat(l: &RateLimiter, name: &str) -> u64 {
+        l.region.named(region::fnv1a(name.as_bytes()) | 1).unwrap().tat.load(Acquire)
+    }
+
+    fn admitted(allowed: bool, remaining: u64, reset: i64) -> Decision {
+        Decision {
+            allowed,
+            limit: Some(5),
+            remaining: Some(remaining),
+            reset: Some(reset),
+            retry_after: None,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn a_full_bucket_admits_exactly_r_then_refuses_without_writing() {
+        let (_clock, l) = fake();
+        // R = 5 per 10 s: t = 2 s, each admission pushes `reset` 2 s further.
+        for k in 1..=5 {
+            let d = l.acquire("a", Some(5), 10.0, 1).unwrap();
+            assert_eq!(d, admitted(true, 5 - k, UNIX0 + 2 * k as i64));
+        }
+        let before = tat(&l, "a");
+        for _ in 0..3 {
+            let d = l.acquire("a", Some(5), 10.0, 1).unwrap();
+            assert_eq!(
+                d,
+                Decision {
+                    allowed: false,
+                    remaining: Some(0),
+                    reset: Some(UNIX0 + 10),
+                    retry_after: Some(2.0),
+                    reason: Some(Reason::RateLimited),
+                    ..admitted(false, 0, 0)
+                }
+            );
+            assert_eq!(tat(&l, "a"), before, "a refusal must not write");
+        }
+    }
+
+    #[test]
+    fn refill_is_continuous_to_the_nanosecond() {
+        let (clock, l) = fake();
+        (0..5).for_each(|_| assert!(l.acquire("a", Some(5), 10.0, 1).unwrap().allowed));
+        clock.advance_ns(2 * 1_000_000_000 - 1).unwrap();
+        let d = l.acquire("a", Some(5), 10.0, 1).unwrap();
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, Some(1e-9));
+        clock.advance_ns(1).unwrap();
+        assert!(l.acquire("a", Some(5), 10.0, 1).unwrap().allowed);
+        clock.advance(4.0).unwrap();
+        assert!(l.acquire("a", Some(5), 10.0, 1).unwrap().allowed);
+        assert!(l.acquire("a", Some(5), 10.0, 1).unwrap().allowed);
+        assert!(!l.acquire("a", Some(5), 10.0, 1).unwrap().allowed);
+    }
+
+    #[test]
+    fn reset_rounds_up_to_the_next_whole_second() {
+        let clock = Arc::new(FakeClock::new(1_000_000_000, 1_700_000_000.25).unwrap());
+        let l = RateLimiter::with_clock(None, 4, clock.clone()).unwrap();
+        // Full after 1 s: at unix …001.25, shown as …002.
+        assert_eq!(l.acquire("a", Some(1), 1.0, 1).unwrap().reset, Some(UNIX0 + 2));
+        clock.advance(0.75).unwrap();
+        // Exactly at …001.0 + 1 s = …002.0: no rounding.
+        assert_eq!(l.acquire("b", Some(1), 1.0, 1).unwrap().reset, Some(UNIX0 + 2));
+    }
+
+    #[test]
+    fn cost_takes_several_cells_and_waits_for_all_of_them() {
+        let (_clock, l) = fake();
+        // R = 10 per 10 s: t = 1 s.
+        let d = l.acquire("a", Some(10), 10.0, 4).unwrap();
+        assert_eq!((d.allowed, d.remaining, d.reset), (true, Some(6), Some(UNIX0 + 4)));
+        let d = l.acquire("a", Some(10), 10.0, 7).unwrap();
+        assert_eq!((d.allowed, d.remaining, d.retry_after), (false, Some(6), Some(1.0)));
+        let d = l.acquire("a", Some(10), 10.0, 6).unwrap();
+        assert_eq!((d.allowed, d.remaining, d.reset), (true, Some(0), Some(UNIX0 + 10)));
+    }
+
+    #[test]
+    fn cost_above_the_limit_is_refused_and_writes_nothing() {
+        let (_clock, l) = fake();
+        assert!(l.acquire("a", Some(10), 10.0, 3).unwrap().allowed);
+        let before = tat(&l, "a");
+        let d = l.acquire("a", Some(10), 10.0, 11).unwrap();
+        assert_eq!(
+            d,
+            Decision {
+                allowed: false,
+                limit: Some(10),
+                remaining: Some(7),
+                reset: Some(UNIX0 + 3),
+                retry_after: None,
+                reason: Some(Reason::CostExceedsLimit),
+            }
+        );
+        assert_eq!(tat(&l, "a"), before);
+        assert!(matches!(l.acquire("a", Some(10), 10.0, 0), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn unlimited_always_admits_and_reports_nothing() {
+        let (_clock, l) = fake();
+        for _ in 0..1000 {
+            assert_eq!(l.acquire("a", None, 60.0, 5).unwrap(), Decision::UNLIMITED);
+        }
+        assert_eq!(tat(&l, "a"), 0);
+        assert!(l.acquire("a", None, 60.0, 0).is_err());
+    }
+
+    #[test]
+    fn a_new_quota_starts_from_a_full_bucket() {
+        let (_clock, l) = fake();
+        (0..2).for_each(|_| assert!(l.acquire("a", Some(2), 1.0, 1).unwrap().allowed));
+        assert!(!l.acquire("a", Some(2), 1.0, 1).unwrap().allowed);
+        let d = l.acquire("a", Some(3), 1.0, 1).unwrap();
+        assert_eq!((d.allowed, d.remaining), (true, Some(2)));
+        let d = l.acquire("a", Some(2), 1.0, 1).unwrap();
+        assert_eq!((d.allowed, d.remaining), (true, Some(1)));
+        let d = l.acquire("a", Some(2), 2.0, 1).unwrap();
+        assert_eq!((d.allowed, d.remaining), (true, Some(1)), "a new interval is a new quota too");
+    }
+
+    #[test]
+    fn awkward_r_keeps_the_burst_and_never_exceeds_the_rate() {
+        let (clock, l) = fake();
+        for _ in 0..67 {
+            assert!(l.acquire("p", Some(67), 1.0, 1).unwrap().allowed);
+        }
+        assert!(!l.acquire("p", Some(67), 1.0, 1).unwrap().allowed);
+        let mut more = 0;
+        for _ in 0..10_000 {
+            clock.advance_ns(1_000_000).unwrap(); // 10 s in 1 ms steps
+            more += (0..2).filter(|_| l.acquire("p", Some(67), 1.0, 1).unwrap().allowed).count();
+        }
+        assert!((669..=670).contains(&more), "{more}");
+    }
+
+    #[test]
+    fn slots_are_range_checked_and_a_claim_refills() {
+        let (_clock, l) = fake();
+        assert!(matches!(l.acquire_slot(16, Some(1), 1.0, 1), Err(Error::SlotOutOfRange { .. })));
+        l.claim_slot(3, 9).unwrap();
+        assert!(l.acquire_slot(3, Some(1), 1.0, 1).unwrap().allowed);
+        assert!(!l.acquire_slot(3, Some(1), 1.0, 1).unwrap().allowed);
+        l.claim_slot(3, 10).unwrap();
+        assert!(l.acquire_slot(3, Some(1), 1.0, 1).unwrap().allowed);
+        assert_eq!(l.generation(), 0);
+        assert_eq!(l.bump_generation(), 1);
+    }
+
+    /// Threads hammering one bucket with negligible refill admit exactly its
+    /// capacity — and the CAS retry path demonstrably ran.
+    #[test]
+    fn stress_collisions_admit_exactly_capacity() {
+        const THREADS: usize = 4;
+        const CAPACITY: u64 = 2_000;
+        let limiter = RateLimiter::in_memory(4).unwrap();
+        let quota = Quota::new(CAPACITY, 1e7).unwrap(); // refill: 1 per 5000 s
+        let mut total_retries = 0;
+        for round in 0..20u32 {
+            limiter.claim_slot(0, u64::from(round) + 1).unwrap();
+            let barrier = Barrier::new(THREADS);
+            let results: Vec<(u64, u32)> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..THREADS)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            let entry = limiter.region.entry(0).unwrap();
+                            let (mut admitted, mut retries) = (0, 0);
+                            for _ in 0..CAPACITY {
+                                let (d, r) = limiter.acquire_entry(entry, &quota, 1).unwrap();
+                                admitted += u64::from(d.allowed);
+                                retries += r;
+                            }
+                            (admitted, retries)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert_eq!(results.iter().map(|r| r.0).sum::<u64>(), CAPACITY, "round {round}");
+            total_retries += results.iter().map(|r| r.1).sum::<u32>();
+            if total_retries > 0 {
+                return;
+            }
+        }
+        panic!("no compare_exchange ever lost a race: the retry path was not exercised");
+    }
+
+    /// An exact token bucket in rationals: tokens are kept multiplied by `I_ns`.
+    struct Reference {
+        r: u128,
+        i: u128,
+        scaled_tokens: u128,
+        last_ns: u128,
+    }
+
+    impl Reference {
+        fn new(r: u64, i_ns: u64, now_ns: u64) -> Self {
+            let (r, i) = (u128::from(r), u128::from(i_ns));
+            Self { r, i, scaled_tokens: r * i, last_ns: u128::from(now_ns) }
+        }
+
+        /// (allowed, remaining, reset, retry_after) for `n` at `now`.
+        fn step(&mut self, now_ns: u64, unix_ns: i128, n: u64) -> (bool, u64, i64, Option<f64>) {
+            let (now, n) = (u128::from(now_ns), u128::from(n));
+            self.scaled_tokens = (self.scaled_tokens + (now - self.last_ns) * self.r).min(self.r * self.i);
+            self.last_ns = now;
+            let allowed = n <= self.r && self.scaled_tokens >= n * self.i;
+            let retry_after = (!allowed && n <= self.r)
+                .then(|| (n * self.i - self.scaled_tokens) as f64 / (self.r as f64 * 1e9));
+            if allowed {
+                self.scaled_tokens -= n * self.i;
+            }
+            // Full again after (R·I − tokens·I) / R ns; reset = ceil(unix + that, in s).
+            let num = unix_ns * self.r as i128 + (self.r * self.i - self.scaled_tokens) as i128;
+            let den = self.r as i128 * 1_000_000_000;
+            let reset = num.div_euclid(den) + i128::from(num.rem_euclid(den) != 0);
+            (allowed, (self.scaled_tokens / self.i) as u64, reset as i64, retry_after)
+        }
+    }
+
+    fn ops(max_gap_ns: u64, r: u64) -> impl Strategy<Value = Vec<(u64, u64)>> {
+        prop::collection::vec((0..=max_gap_ns, prop_oneof![8 => 1..=r.min(3), 2 => 1..=r + 1]), 1..120)
+    }
+
+    fn case() -> impl Strategy<Value = (u64, u64, Vec<(u64, u64)>)> {
+        (1u64..=200, 1u64..=100_000).prop_flat_map(|(r, interval_ms)| {
+            let i_ns = interval_ms * 1_000_000;
+            (Just(r), Just(interval_ms), ops(3 * i_ns / r + 1, r))
+        })
+    }
+
+    proptest! {
+        /// Exact quotas agree with the rational token bucket on every decision and field.
+        #[test]
+        fn gcra_matches_an_exact_token_bucket((r, interval_ms, ops) in case()) {
+            let quota = Quota::new(r, interval_ms as f64 / 1e3).unwrap();
+            prop_assume!(quota.is_exact());
+            let (clock, l) = fake();
+            let mut reference = Reference::new(r, quota.interval_ns(), clock.monotonic_ns());
+            for (gap, cost) in ops {
+                clock.advance_ns(gap).unwrap();
+                let d = l.acquire("p", Some(r), interval_ms as f64 / 1e3, cost).unwrap();
+                let (allowed, remaining, reset, retry) = reference.step(clock.monotonic_ns(), clock.unix_ns(), cost);
+                prop_assert_eq!(d.allowed, allowed);
+                prop_assert_eq!(d.remaining, Some(remaining));
+                prop_assert_eq!(d.reset, Some(reset));
+                match (d.retry_after, retry) {
+                    (Some(a), Some(b)) => prop_assert!((a - b).abs() <= 1e-12 * b.max(1.0), "{} vs {}", a, b),
+                    (a, b) => prop_assert_eq!(a, b),
+                }
+            }
+        }
+
+        /// Every quota, exact or rounded: in any window [a, b] of admissions, at most
+        /// R + R·(b − a)/I cells are admitted.
+        #[test]
+        fn no_window_admits_more_than_the_quota((r, interval_ms, ops) in case()) {
+            let (clock, l) = fake();
+            let i_ns = u128::from(interval_ms) * 1_000_000;
+            let mut admitted: Vec<(u128, u128)> = Vec::new();
+            for (gap, cost) in ops {
+                clock.advance_ns(gap).unwrap();
+                if l.acquire("p", Some(r), interval_ms as f64 / 1e3, cost).unwrap().allowed {
+                    admitted.push((u128::from(clock.monotonic_ns()), u128::from(cost)));
+                }
+            }
+            let r = u128::from(r);
+            for a in 0..admitted.len() {
+                let mut cells = 0;
+                for b in a..admitted.len() {
+                    cells += admitted[b].1;
+                    let span = admitted[b].0 - admitted[a].0;
+                    prop_assert!(cells * i_ns <= r * i_ns + r * span, "window {}..{}", a, b);
+                }
+            }
+        }
+    }
+}

@@ -130,6 +130,7 @@ impl Region {
             .read(true)
             .write(true)
             .create(true)
+            .truncate(false) // an existing region is validated, never cleared
             .mode(0o600)
             .open(path)
             .map_err(Error::io(format!("cannot open limiter region {shown}")))?;

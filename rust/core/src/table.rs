@@ -44,6 +44,8 @@ pub struct KeyRecord {
     pub expires_at: Option<f64>,
     pub scope: String,
     quota: Option<Quota>,
+    /// `expires_at` in Unix ns, compared in integers against the clock.
+    expires_at_ns: Option<i128>,
 }
 
 impl KeyRecord {
@@ -61,7 +63,11 @@ impl KeyRecord {
             return Err(Error::invalid("tag must be non-zero"));
         }
         let quota = Quota::optional(requests, interval)?;
-        Ok(Self { id, slot, tag, requests, interval, expires_at, scope, quota })
+        if expires_at.is_some_and(|at| !at.is_finite()) {
+            return Err(Error::invalid("expires_at must be a finite Unix time"));
+        }
+        let expires_at_ns = expires_at.map(|at| (at * NS_PER_SEC as f64).round() as i128);
+        Ok(Self { id, slot, tag, requests, interval, expires_at, scope, quota, expires_at_ns })
     }
 
     pub fn quota(&self) -> Option<&Quota> {
@@ -158,7 +164,7 @@ impl KeyTable {
         let live = self.limiter.slot_is_live(record.slot, record.tag).unwrap_or(false);
         let auth = if !live {
             Auth::Revoked
-        } else if record.expires_at.is_some_and(|at| at * NS_PER_SEC as f64 <= self.limiter.clock().unix_ns() as f64) {
+        } else if record.expires_at_ns.is_some_and(|at| at <= self.limiter.clock().unix_ns()) {
             Auth::Expired
         } else {
             Auth::Ok
@@ -177,5 +183,121 @@ impl KeyTable {
             _ => None,
         };
         Ok((auth, record, decision))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FakeClock;
+    use crate::key::generate_key;
+
+    struct Fixture {
+        clock: Arc<FakeClock>,
+        limiter: Arc<RateLimiter>,
+        digester: Digester,
+        table: KeyTable,
+        key: String,
+    }
+
+    fn record(slot: u32, tag: u64, requests: Option<u64>, expires_at: Option<f64>) -> Arc<KeyRecord> {
+        Arc::new(KeyRecord::new("k1".into(), slot, tag, requests, 60.0, expires_at, "all".into()).unwrap())
+    }
+
+    /// A table with one key in slot 1 (tag 11), 2 requests per minute, expiring in 10 s.
+    fn fixture() -> Fixture {
+        let clock = Arc::new(FakeClock::default());
+        let limiter = Arc::new(RateLimiter::with_clock(None, 4, clock.clone()).unwrap());
+        let digester = Digester::new(&[7; 32]).unwrap();
+        let table = KeyTable::new(digester.clone(), Arc::clone(&limiter));
+        let key = generate_key().unwrap();
+        limiter.claim_slot(1, 11).unwrap();
+        let expires = clock.unix() + 10.0;
+        table
+            .replace_all([(digester.digest(&key), record(1, 11, Some(2), Some(expires)))], limiter.generation())
+            .unwrap();
+        Fixture { clock, limiter, digester, table, key }
+    }
+
+    #[test]
+    fn a_valid_key_authenticates_and_malformed_ones_are_refused_early() {
+        let f = fixture();
+        let (auth, rec) = f.table.authenticate(&f.key);
+        assert_eq!((auth, rec.unwrap().id.as_str()), (Auth::Ok, "k1"));
+        let mut typo = f.key.clone();
+        typo.replace_range(20..21, if &f.key[20..21] == "a" { "b" } else { "a" });
+        assert_eq!(f.table.authenticate(&typo), (Auth::Malformed, None));
+        assert_eq!(f.table.len(), 1);
+    }
+
+    #[test]
+    fn unknown_vs_stale_follows_the_shared_generation() {
+        let f = fixture();
+        let other = generate_key().unwrap();
+        assert_eq!(f.table.authenticate(&other).0, Auth::Unknown);
+        f.limiter.bump_generation();
+        assert_eq!(f.table.authenticate(&other).0, Auth::Stale);
+        f.table.replace_all([], f.limiter.generation()).unwrap();
+        assert_eq!(f.table.authenticate(&other).0, Auth::Unknown);
+        assert_eq!(f.table.generation(), 1);
+    }
+
+    /// A stored digest equal to the presented one in the 16 bytes the map is keyed
+    /// on but not in the last byte must be refused by the full comparison.
+    #[test]
+    fn the_full_digest_is_compared_not_just_the_map_key() {
+        let f = fixture();
+        let other = generate_key().unwrap();
+        let mut near = f.digester.digest(&other);
+        near[31] ^= 1;
+        f.table.replace_all([(near, record(1, 11, None, None))], 0).unwrap();
+        assert_eq!(f.table.authenticate(&other), (Auth::Unknown, None));
+        near[31] ^= 1;
+        f.table.replace_all([(near, record(1, 11, None, None))], 0).unwrap();
+        assert_eq!(f.table.authenticate(&other).0, Auth::Ok);
+    }
+
+    #[test]
+    fn revocation_and_slot_reuse_both_refuse_the_old_key() {
+        let f = fixture();
+        assert!(f.limiter.revoke_slot(1, 11).unwrap());
+        assert_eq!(f.table.authenticate(&f.key).0, Auth::Revoked);
+        f.limiter.claim_slot(1, 11).unwrap();
+        assert_eq!(f.table.authenticate(&f.key).0, Auth::Ok);
+        f.limiter.claim_slot(1, 12).unwrap(); // the slot went to another key
+        assert_eq!(f.table.authenticate(&f.key).0, Auth::Revoked);
+    }
+
+    #[test]
+    fn keys_expire_on_the_limiter_clock() {
+        let f = fixture();
+        f.clock.advance_ns(10 * NS_PER_SEC - 1).unwrap();
+        assert_eq!(f.table.authenticate(&f.key).0, Auth::Ok);
+        f.clock.advance_ns(1).unwrap();
+        assert_eq!(f.table.authenticate(&f.key).0, Auth::Expired);
+    }
+
+    #[test]
+    fn check_limits_valid_keys_only() {
+        let f = fixture();
+        let allowed = |f: &Fixture| f.table.check(&f.key, 1).unwrap().2.map(|d| d.allowed);
+        assert_eq!(allowed(&f), Some(true));
+        assert_eq!(allowed(&f), Some(true));
+        assert_eq!(allowed(&f), Some(false));
+        assert!(f.table.check("sk-ar-nope", 1).unwrap().2.is_none());
+        assert!(f.table.check(&f.key, 0).is_err());
+    }
+
+    #[test]
+    fn replace_all_rejects_bad_slots_and_duplicates() {
+        let f = fixture();
+        let d = f.digester.digest(&f.key);
+        let out = f.table.replace_all([(d, record(4, 1, None, None))], 0);
+        assert!(matches!(out, Err(Error::SlotOutOfRange { slot: 4, capacity: 4 })));
+        let twice = [(d, record(1, 11, None, None)), (d, record(2, 12, None, None))];
+        assert!(matches!(f.table.replace_all(twice, 0), Err(Error::InvalidArgument(_))));
+        assert_eq!(f.table.len(), 1, "a failed replace leaves the table as it was");
+        assert!(KeyRecord::new("x".into(), 0, 0, None, 1.0, None, String::new()).is_err());
+        assert!(KeyRecord::new("x".into(), 0, 1, None, 1.0, Some(f64::NAN), String::new()).is_err());
     }
 }
