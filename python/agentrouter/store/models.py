@@ -65,3 +65,44 @@ class UsageDelta(msgspec.Struct, kw_only=True):
     latency_ms_total: float = 0.0
     last_used_at: float = 0.0
     last_client_ip: str | None = None
+
+
+# -- request log, usage statistics and alerts (management API, monitoring) --------
+
+AlertKind = Literal["volume_spike", "unusual_hour", "failure_rate", "new_ip"]
+ALERT_KINDS: tuple[str, ...] = ("volume_spike", "unusual_hour", "failure_rate", "new_ip")
+
+
+class RequestRecord(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """One proxied request, as the request log keeps it. Never the key itself.
+
+    ``status`` classes: below 400 a success, 400–499 a 4xx failure, anything else
+    (5xx, or 0 for a request that ended without a status) a 5xx failure.
+    """
+
+    key_id: str
+    time: float
+    """Unix seconds when the request arrived."""
+    model: str | None
+    status: int
+    latency_ms: float
+    input_tokens: int = 0
+    output_tokens: int = 0
+    client_ip: str | None = None
+    user_agent: str | None = None
+
+
+class AlertRow(msgspec.Struct, kw_only=True):
+    """One finding of the unusual-usage monitor."""
+
+    id: str
+    key_id: str
+    kind: AlertKind
+    subject: str
+    """What the condition is about (an IP network for ``new_ip``, an hour start
+    otherwise); with ``key_id`` and ``kind`` it identifies the condition."""
+    evidence: dict[str, Any]
+    created_at: float
+    acknowledged_at: float | None = None
+    notified_at: float | None = None
+    notify_attempts: int = 0
