@@ -137,31 +137,28 @@ impl Region {
         let _lock = Flock::exclusive(&file).map_err(Error::io(format!("cannot lock {shown}")))?;
         let len = file.metadata().map_err(Error::io(format!("cannot stat {shown}")))?.len();
         let size = Self::size(capacity);
+        let mut header = [0u8; LINE];
+        let readable = len >= LINE as u64 && file.read_exact_at(&mut header, 0).is_ok();
+        let word = |i: usize| u64::from_ne_bytes(header[8 * i..8 * i + 8].try_into().expect("8 bytes"));
         // No magic yet: never initialised, or its initialiser died before the end.
-        let mut magic = [0u8; 8];
-        let fresh = len == 0
-            || (len >= LINE as u64
-                && file.read_exact_at(&mut magic, 0).is_ok()
-                && u64::from_ne_bytes(magic) == 0);
+        let fresh = len == 0 || (readable && word(0) == 0);
         if fresh {
             file.set_len(size as u64).map_err(Error::io(format!("cannot size {shown}")))?;
-        } else if len != size as u64 {
-            return Err(Error::Region(format!(
-                "{shown} is not a limiter region of capacity {capacity} ({len} bytes, expected {size})"
-            )));
+        } else {
+            Self::validate(&shown, [word(0), word(1), word(2)], capacity)?;
+            if len != size as u64 {
+                return Err(Error::Region(format!("{shown} is {len} bytes, expected {size}: truncated?")));
+            }
         }
         let region = Self::from_map(Self::map_file(&file, size, &shown)?, capacity);
         let boot = boot_id();
         if fresh {
             region.initialise(boot);
-        } else {
-            region.validate(&shown.to_string(), capacity)?;
+        } else if region.header().boot_id.load(Acquire) != boot {
             // The monotonic clock restarted with the machine: stored TATs are
             // meaningless, so every bucket starts full again.
-            if region.header().boot_id.load(Acquire) != boot {
-                region.entries().iter().for_each(|e| e.tat.store(0, Release));
-                region.header().boot_id.store(boot, Release);
-            }
+            region.entries().iter().for_each(|e| e.tat.store(0, Release));
+            region.header().boot_id.store(boot, Release);
         }
         Ok(region)
     }
@@ -182,9 +179,8 @@ impl Region {
         h.magic.store(MAGIC, Release);
     }
 
-    fn validate(&self, shown: &str, capacity: u32) -> Result<()> {
-        let h = self.header();
-        let (magic, version, stored) = (h.magic.load(Acquire), h.version.load(Acquire), h.capacity.load(Acquire));
+    /// Checks the header words `[magic, version, capacity]` of an existing file.
+    fn validate(shown: &impl std::fmt::Display, [magic, version, stored]: [u64; 3], capacity: u32) -> Result<()> {
         if magic != MAGIC {
             return Err(Error::Region(format!("{shown} is not a limiter region (bad magic)")));
         }

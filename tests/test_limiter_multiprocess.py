@@ -1,0 +1,96 @@
+"""Several processes (two threads each) draw from one bucket in a shared file:
+exactly its capacity is admitted, and a process SIGKILLed while hammering leaves
+the region usable and exact."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agentrouter.limiter import RateLimiter
+
+pytestmark = pytest.mark.slow
+
+CAPACITY = 64
+TEN_YEARS = 10 * 365 * 86400.0  # refill of a few cells per decade: negligible here
+
+# argv: region path, bucket name, requests, mode ("drain" | "victim"), go-file.
+# drain: wait for the go-file, then two threads acquire until their first refusal
+# (with negligible refill the bucket never admits again); print the total admitted.
+# victim: print "ready", then hammer forever in bursts until killed.
+WORKER = """
+import os, sys, threading, time
+from agentrouter.limiter import RateLimiter
+path, name, requests, mode, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+limiter = RateLimiter(path, capacity=%d)
+def acquire():
+    return limiter.acquire(name, requests=requests, interval=%r).allowed
+if mode == "victim":
+    print("ready", flush=True)
+    while True:
+        for _ in range(200):
+            acquire()
+        time.sleep(0.001)
+while not os.path.exists(go):
+    time.sleep(0.001)
+counts = [0, 0]
+def drain(i):
+    while acquire():
+        counts[i] += 1
+threads = [threading.Thread(target=drain, args=(i,)) for i in range(2)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(sum(counts), flush=True)
+""" % (CAPACITY, TEN_YEARS)
+
+
+def spawn(path: Path, name: str, requests: int, mode: str, go: Path) -> subprocess.Popen[str]:
+    args = [sys.executable, "-c", WORKER, str(path), name, str(requests), mode, str(go)]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def drain_in_processes(path: Path, name: str, requests: int, processes: int = 4) -> list[int]:
+    go = path.with_suffix(f".go-{name}")
+    workers = [spawn(path, name, requests, "drain", go) for _ in range(processes)]
+    time.sleep(0.3)  # let them import and open the region, then start them together
+    go.touch()
+    counts = []
+    for w in workers:
+        out, err = w.communicate(timeout=120)
+        assert w.returncode == 0, err
+        counts.append(int(out))
+    return counts
+
+
+def test_processes_sharing_a_bucket_admit_exactly_its_capacity(tmp_path: Path) -> None:
+    path = tmp_path / "limiter.shm"
+    RateLimiter(path, capacity=CAPACITY)
+    counts = drain_in_processes(path, "shared", 2000)
+    assert sum(counts) == 2000, counts
+
+
+def test_a_killed_process_leaves_the_region_usable_and_exact(tmp_path: Path) -> None:
+    path = tmp_path / "limiter.shm"
+    requests = 200_000
+    limiter = RateLimiter(path, capacity=CAPACITY)
+    victim = spawn(path, "shared", requests, "victim", tmp_path / "unused")
+    try:
+        assert victim.stdout is not None
+        assert victim.stdout.readline().strip() == "ready"
+        time.sleep(0.3)  # mid-hammering
+    finally:
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.communicate(timeout=30)  # reaps it and closes its pipes
+    assert victim.returncode == -signal.SIGKILL
+    # A cost above the limit is refused without writing: a read of what is left.
+    left = limiter.acquire("shared", requests=requests, interval=TEN_YEARS, cost=requests + 1).remaining
+    assert left is not None and 0 < left < requests, "the victim should have been mid-way"
+    counts = drain_in_processes(path, "shared", requests)
+    assert sum(counts) == left, (counts, left)
+    assert RateLimiter(path, capacity=CAPACITY).acquire("other", requests=1).allowed
