@@ -199,7 +199,9 @@ class FakeUpstream:
     async def start(self) -> FakeUpstream:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._runner = web.AppRunner(app, handle_signals=False)
+        # handler_cancellation: a client (the gateway) hanging up cancels the handler,
+        # which is how the tests see an upstream request cancelled.
+        self._runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -218,8 +220,8 @@ class FakeUpstream:
             return web.json_response({"error": "no handler"}, status=500)
         try:
             response = await handler(request, seen)
-        except asyncio.CancelledError:
-            seen.cancelled = True
+        except (asyncio.CancelledError, ConnectionResetError):
+            seen.cancelled = True  # the gateway hung up (while waiting, or mid-stream)
             raise
         seen.finished = True
         return response

@@ -130,7 +130,7 @@ def load_settings(
     if path is None and env.get(ENV_PREFIX + "CONFIG"):
         path = env[ENV_PREFIX + "CONFIG"]
         origin["$file"] = f"{ENV_PREFIX}CONFIG={path}"
-    raw = _read_file(Path(path)) if path is not None else {}
+    raw = _read_file(Path(path), origin.get("$file")) if path is not None else {}
 
     data = _flatten_file(raw, str(path))
     _apply_env(data, env, origin)
@@ -143,11 +143,12 @@ def load_settings(
     return _validate(data, env, origin)
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def _read_file(path: Path, named_by: str | None) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read configuration file {str(path)!r}: {exc.strerror or exc}") from None
+        by = f" (named by {named_by})" if named_by else ""
+        raise ConfigError(f"cannot read configuration file {str(path)!r}{by}: {exc.strerror or exc}") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

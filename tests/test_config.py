@@ -1,0 +1,153 @@
+"""Settings: the TOML file, AGENTROUTER_* overrides, and messages that name the field."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from agentrouter.config import DEFAULT_MAX_BODY_BYTES, ConfigError, Settings, load_settings
+from agentrouter.gateway.mock import MODELS
+
+GOOD = """
+[server]
+host = "0.0.0.0"
+port = 9000
+workers = 3
+max_body_bytes = 1048576
+
+[[providers]]
+name = "openai"
+type = "openai"
+base_url = "https://api.openai.com/v1/"
+api_key_env = "TEST_OPENAI_KEY"
+models = ["gpt-4o", "gpt-4o-*"]
+read_timeout = 120
+
+[[providers]]
+name = "claude"
+type = "anthropic"
+base_url = "https://api.anthropic.com/v1"
+api_key = "sk-ant-x"
+models = ["claude-*"]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agentrouter.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_serve_the_mock(tmp_path: Path) -> None:
+    s = load_settings(env={})
+    assert (s.host, s.port, s.workers, s.max_body_bytes) == ("127.0.0.1", 8080, None, DEFAULT_MAX_BODY_BYTES)
+    assert DEFAULT_MAX_BODY_BYTES == 32 * 1024 * 1024
+    assert s.effective_workers == (os.cpu_count() or 1)
+    assert [(p.name, p.type, p.models) for p in s.providers] == [("mock", "mock", MODELS)]
+
+
+def test_file(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, GOOD), env={"TEST_OPENAI_KEY": "sk-from-env"})
+    assert (s.host, s.port, s.workers, s.max_body_bytes) == ("0.0.0.0", 9000, 3, 1048576)
+    openai, claude = s.providers
+    assert openai.base_url == "https://api.openai.com/v1" and openai.api_key == "sk-from-env"
+    assert openai.models == ("gpt-4o", "gpt-4o-*") and openai.read_timeout == 120
+    assert claude.api_key == "sk-ant-x" and claude.type == "anthropic"
+    with pytest.raises(AttributeError):
+        s.port = 1  # type: ignore[misc]  # frozen
+
+
+def test_env_overrides_file_and_flags_override_env(tmp_path: Path) -> None:
+    env = {
+        "TEST_OPENAI_KEY": "k",
+        "AGENTROUTER_CONFIG": str(write(tmp_path, GOOD)),
+        "AGENTROUTER_PORT": "9100",
+        "AGENTROUTER_WORKERS": "2",
+        "AGENTROUTER_DATA_DIR": "/srv/ar",
+        "AGENTROUTER_MAX_BODY_BYTES": "4096",
+        "AGENTROUTER_ACCESS_LOG": "true",
+        "AGENTROUTER_PROVIDERS__OPENAI__BASE_URL": "http://127.0.0.1:9/v1",
+        "AGENTROUTER_PROVIDERS__OPENAI__MODELS": "a, b*",
+        "AGENTROUTER_PROVIDERS__EXTRA__TYPE": "mock",
+        "AGENTROUTER_PROVIDERS__EXTRA__MODELS": "mock-x",
+        # Client-side variables of the product document are not server settings.
+        "AGENTROUTER_API_KEY": "sk-ar-whatever",
+        "AGENTROUTER_BASE_URL": "https://example.com/v1",
+    }
+    s = load_settings(env=env, overrides={"port": 9200, "host": None})
+    assert (s.port, s.workers, s.data_dir, s.max_body_bytes, s.access_log) == (9200, 2, "/srv/ar", 4096, True)
+    assert s.host == "0.0.0.0"
+    by_name = {p.name: p for p in s.providers}
+    assert by_name["openai"].base_url == "http://127.0.0.1:9/v1" and by_name["openai"].models == ("a", "b*")
+    assert by_name["extra"].type == "mock" and by_name["extra"].models == ("mock-x",)
+    assert [p.name for p in s.providers] == ["openai", "claude", "extra"]
+
+
+def test_settings_survive_pickling_for_spawned_workers() -> None:
+    import pickle
+
+    s = load_settings(env={})
+    assert pickle.loads(pickle.dumps(s)) == s
+    assert msgspec.json.decode(msgspec.json.encode(s), type=Settings) == s
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ("[server]\nport = 'abc'\n", {}, "server.port: Expected `int`, got `str`"),
+        ("[server]\nport = 70000\n", {}, "server.port: Expected `int` <= 65535"),
+        ("[server]\nworkers = 0\n", {}, "server.workers"),
+        ("[server]\nprot = 1\n", {}, "server.prot: unknown setting"),
+        ("[servr]\n", {}, "servr: unknown setting"),
+        ("[server]\nmax_body_bytes = 10\n", {}, "server.max_body_bytes"),
+        ("[[providers]]\nname = 'x'\ntype = 'azure'\n", {}, "providers[0] ('x').type: Invalid enum value 'azure'"),
+        ("[[providers]]\ntype = 'openai'\n", {}, "providers[0]: Object missing required field `name`"),
+        ("[[providers]]\nname = 'x'\ntype = 'openai'\nmodels = ['a']\n", {}, "providers[0] ('x').base_url: required"),
+        ("[[providers]]\nname = 'x'\ntype = 'openai'\nbase_url = 'ftp://h'\nmodels = ['a']\n", {},
+         "providers[0] ('x').base_url: expected an http:// or https:// URL"),
+        ("[[providers]]\nname = 'x'\ntype = 'openai'\nbase_url = 'http://h'\n", {}, "providers[0] ('x').models"),
+        ("[[providers]]\nname = 'x'\ntype = 'openai'\nbase_url = 'http://h'\napi_key_env = 'NOPE_KEY'\n"
+         "models = ['a']\n", {}, "providers[0] ('x').api_key_env: environment variable NOPE_KEY is not set"),
+        ("[[providers]]\nname = 'x'\ntype = 'mock'\nmodel = ['a']\n", {}, "providers[0] ('x'): Object contains "
+         "unknown field `model`"),
+        ("[[providers]]\nname = 'x'\ntype = 'mock'\n[[providers]]\nname = 'x'\ntype = 'mock'\n", {},
+         "providers[1] ('x').name: duplicate provider name"),
+        ("[[providers]]\nname = 'x'\ntype = 'mock'\nread_timeout = -1\n", {}, "providers[0] ('x').read_timeout"),
+        ("[server\n", {}, "invalid TOML"),
+        ("", {"AGENTROUTER_PORT": "eighty"}, "server.port: Expected `int`, got `str` (from AGENTROUTER_PORT)"),
+        ("", {"AGENTROUTER_WORKERS": "-1"}, "(from AGENTROUTER_WORKERS)"),
+        ("", {"AGENTROUTER_MAX_BODY_BYTES": "1k"}, "server.max_body_bytes"),
+        ("", {"AGENTROUTER_PROVIDERS__X__TYPE": "mock", "AGENTROUTER_PROVIDERS__X__READ_TIMEOUT": "soon"},
+         "providers[0] ('x').read_timeout: Expected `float`, got `str` (from AGENTROUTER_PROVIDERS__X__READ_TIMEOUT)"),
+        ("", {"AGENTROUTER_PROVIDERS__X__COLOUR": "red"}, "AGENTROUTER_PROVIDERS__X__COLOUR: expected"),
+        ("", {"AGENTROUTER_PROVIDERS__X__BASE_URL": "http://h"}, "providers[0] ('x'): Object missing required "
+         "field `type`"),
+    ],
+)
+def test_bad_config_names_the_field(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(write(tmp_path, text), env=env)
+    assert message in str(exc.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read configuration file"):
+        load_settings(tmp_path / "nope.toml", env={})
+    with pytest.raises(ConfigError, match="AGENTROUTER_CONFIG"):
+        load_settings(env={"AGENTROUTER_CONFIG": str(tmp_path / "nope.toml"), "AGENTROUTER_PORT": "x"})
+
+
+def test_serve_refuses_a_bad_config_naming_the_field(tmp_path: Path) -> None:
+    path = write(tmp_path, "[[providers]]\nname = 'p'\ntype = 'openai'\nmodels = ['gpt-4o']\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTROUTER_")}
+    env["AGENTROUTER_DATA_DIR"] = str(tmp_path / "data")
+    proc = subprocess.run([sys.executable, "-m", "agentrouter.cli", "serve", "--config", str(path)],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "providers[0] ('p').base_url: required" in proc.stderr
+    assert not (tmp_path / "data").exists()  # nothing started

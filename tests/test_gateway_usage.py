@@ -1,0 +1,209 @@
+"""Token parsing for both dialects (JSON and streams) and the in-memory aggregation
+with its batched, loss-free flushing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import msgspec
+import pytest
+
+from agentrouter.gateway.usage import StreamUsage, UsageRecorder, tokens_from_json, tokens_from_sse
+from agentrouter.store.models import UsageDelta
+
+enc = msgspec.json.encode
+
+
+def sse(obj: object, event: str | None = None) -> bytes:
+    return (b"event: " + event.encode() + b"\n" if event else b"") + b"data: " + enc(obj) + b"\n\n"
+
+
+# ------------------------------------------------------------------ JSON answers
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        # OpenAI chat / completions
+        ({"id": "x", "choices": [{"message": {"content": 'say "usage": {"prompt_tokens": 99}'}}],
+          "usage": {"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46,
+                    "prompt_tokens_details": {"cached_tokens": 5, "audio_tokens": 0},
+                    "completion_tokens_details": {"reasoning_tokens": 3}}}, (12, 34)),
+        # OpenAI embeddings
+        ({"object": "list", "data": [{"embedding": [0.1] * 100}], "usage": {"prompt_tokens": 8, "total_tokens": 8}},
+         (8, 0)),
+        # OpenAI Responses API (usage before other keys)
+        ({"id": "resp", "output": [], "usage": {"input_tokens": 7, "input_tokens_details": {"cached_tokens": 0},
+                                                 "output_tokens": 9, "total_tokens": 16}, "user": None,
+          "metadata": {}}, (7, 9)),
+        # Anthropic message, cache reads and writes count as input
+        ({"id": "msg", "type": "message", "content": [{"type": "text", "text": "hi"}],
+          "usage": {"input_tokens": 10, "cache_creation_input_tokens": 4, "cache_read_input_tokens": 6,
+                    "output_tokens": 20, "cache_creation": {"ephemeral_5m_input_tokens": 4},
+                    "server_tool_use": None, "service_tier": "standard"}}, (20, 20)),
+        ({"id": "msg", "usage": {"input_tokens": 10, "cache_creation_input_tokens": None,
+                                 "cache_read_input_tokens": None, "output_tokens": 2}}, (10, 2)),
+        # No usage, null usage, "usage" only as a value
+        ({"input_tokens": 31}, (0, 0)),
+        ({"id": "x", "usage": None}, (0, 0)),
+        ({"object": "usage", "n": 1}, (0, 0)),
+    ],
+)
+def test_tokens_from_json(answer: object, expected: tuple[int, int]) -> None:
+    assert tokens_from_json(enc(answer)) == expected
+
+
+def test_tokens_from_json_spacing_and_garbage() -> None:
+    assert tokens_from_json(b'{"usage" :  {"prompt_tokens" : 3 , "completion_tokens": 4}\n}') == (3, 4)
+    assert tokens_from_json(b"not json at all") == (0, 0)
+    assert tokens_from_json(b'{"usage": {"prompt_tokens": "x"}}') == (0, 0)
+    assert tokens_from_json(b"") == (0, 0)
+
+
+def test_tokens_from_large_json_only_reads_the_end() -> None:
+    big = {"data": [{"embedding": [0.123456789] * 50_000}], "usage": {"prompt_tokens": 77, "total_tokens": 77}}
+    assert tokens_from_json(enc(big)) == (77, 0)
+
+
+# ------------------------------------------------------------------ streams
+
+
+def openai_stream(n: int, include_usage: bool) -> list[bytes]:
+    chunks = [sse({"id": "c", "choices": [{"delta": {"content": "x"}}], **({"usage": None} if include_usage else {})})
+              for _ in range(n)]
+    if include_usage:
+        chunks.append(sse({"id": "c", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": n,
+                                                              "total_tokens": 5 + n}}))
+    return chunks + [b"data: [DONE]\n\n"]
+
+
+def anthropic_stream(n: int, *, delta_input: bool = False) -> list[bytes]:
+    out = [sse({"type": "message_start", "message": {"id": "m", "content": [], "usage": {
+        "input_tokens": 25, "cache_read_input_tokens": 5, "output_tokens": 1}}}, "message_start")]
+    out += [sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi "}},
+                "content_block_delta") for _ in range(n)]
+    usage: dict[str, int] = {"output_tokens": n}
+    if delta_input:
+        usage.update(input_tokens=40, cache_read_input_tokens=0)
+    out += [sse({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage}, "message_delta"),
+            sse({"type": "message_stop"}, "message_stop")]
+    return out
+
+
+def responses_stream(n: int) -> list[bytes]:
+    resp = {"id": "r", "status": "in_progress", "output": [], "usage": None}
+    out = [sse({"type": "response.created", "response": resp}, "response.created")]
+    out += [sse({"type": "response.output_text.delta", "delta": "word "}, "response.output_text.delta")
+            for _ in range(n)]
+    done = dict(resp, status="completed", output=[{"content": [{"text": "word " * n}]}],
+                usage={"input_tokens": 9, "output_tokens": n, "total_tokens": 9 + n})
+    out.append(sse({"type": "response.completed", "response": done}, "response.completed"))
+    return out
+
+
+def meter(chunks: Sequence[bytes], split: int | None = None) -> tuple[int, int]:
+    m = StreamUsage()
+    data = b"".join(chunks)
+    pieces = [data[i : i + split] for i in range(0, len(data), split)] if split else list(chunks)
+    for p in pieces:
+        m.feed(p)
+    return m.tokens()
+
+
+@pytest.mark.parametrize("n", [3, 2000])  # short, and longer than the kept head and tail
+@pytest.mark.parametrize("split", [None, 7, 1000])  # event per chunk, or arbitrary network chunks
+def test_stream_usage_all_shapes(n: int, split: int | None) -> None:
+    assert meter(openai_stream(n, include_usage=True), split) == (5, n)
+    assert meter(openai_stream(n, include_usage=False), split) == (0, 0)
+    assert meter(anthropic_stream(n), split) == (30, n)
+    assert meter(anthropic_stream(n, delta_input=True), split) == (40, n)
+    assert meter(responses_stream(n), split) == (9, n)
+
+
+def test_stream_usage_keeps_bounded_memory() -> None:
+    m = StreamUsage()
+    for _ in range(10_000):
+        m.feed(b"data: " + b"x" * 100 + b"\n\n")
+    assert len(m.head) <= StreamUsage.HEAD + 200 and len(m.tail) <= StreamUsage.TAIL
+
+
+def test_tokens_from_sse_ignores_cut_objects() -> None:
+    assert tokens_from_sse(b'data: {"usage": {"prompt_tokens": 3, "comple') == (0, 0)
+
+
+# ------------------------------------------------------------------ aggregation
+
+
+class Sink:
+    def __init__(self, fail: int = 0) -> None:
+        self.batches: list[list[UsageDelta]] = []
+        self.fail = fail
+
+    async def __call__(self, deltas: Sequence[UsageDelta]) -> None:
+        if self.fail:
+            self.fail -= 1
+            raise RuntimeError("database is locked")
+        self.batches.append(list(deltas))
+
+
+def totals(sink: Sink) -> dict[str, tuple[int, ...]]:
+    out: dict[str, list[int]] = {}
+    for batch in sink.batches:
+        for d in batch:
+            t = out.setdefault(d.key_id, [0] * 6)
+            for i, v in enumerate((d.requests, d.successes, d.failures_4xx, d.failures_5xx, d.input_tokens,
+                                   d.output_tokens)):
+                t[i] += v
+    return {k: tuple(v) for k, v in out.items()}
+
+
+async def test_aggregates_per_key_and_status_class() -> None:
+    sink = Sink()
+    now = [1000.0]
+    rec = UsageRecorder(sink, interval=60, clock=lambda: now[0])
+    rec.record("k1", 200, 10, 20, 5.0, "10.0.0.1")
+    now[0] = 1001.0
+    rec.record("k1", 429, 0, 0, 1.0, "10.0.0.2")
+    rec.record("k1", 502, 0, 0, 2.0, None)
+    rec.record("k2", 404, 0, 0, 1.0, "::1")
+    assert rec.pending_requests == 4
+    assert await rec.flush()
+    assert totals(sink) == {"k1": (3, 1, 1, 1, 10, 20), "k2": (1, 0, 1, 0, 0, 0)}
+    d1 = next(d for d in sink.batches[0] if d.key_id == "k1")
+    assert d1.latency_ms_total == 8.0 and d1.last_used_at == 1001.0 and d1.last_client_ip == "10.0.0.2"
+    assert rec.pending_requests == 0 and await rec.flush() and len(sink.batches) == 1  # nothing new: no write
+
+
+async def test_failed_write_is_kept_and_retried() -> None:
+    sink = Sink(fail=1)
+    rec = UsageRecorder(sink, interval=60)
+    rec.record("k", 200, 1, 2, 1.0, "1.1.1.1")
+    assert not await rec.flush()
+    rec.record("k", 200, 1, 2, 1.0, "2.2.2.2")
+    assert await rec.flush()
+    assert totals(sink) == {"k": (2, 2, 0, 0, 2, 4)}
+    assert sink.batches[0][0].last_client_ip == "2.2.2.2"
+
+
+async def test_periodic_flush_and_close_lose_nothing() -> None:
+    sink = Sink()
+    rec = UsageRecorder(sink, interval=0.05)
+    rec.start()
+    rec.record("k", 200, 1, 1, 1.0, None)
+    await asyncio.sleep(0.2)
+    assert totals(sink) == {"k": (1, 1, 0, 0, 1, 1)}  # written by the task, about once per interval
+    for _ in range(100):
+        rec.record("k", 200, 1, 1, 1.0, None)
+    await rec.close()  # the rest, at shutdown
+    assert totals(sink) == {"k": (101, 101, 0, 0, 101, 101)}
+    assert rec.flushed_requests == 101
+
+
+async def test_close_retries_a_failing_store() -> None:
+    sink = Sink(fail=2)
+    rec = UsageRecorder(sink, interval=60)
+    rec.start()
+    rec.record("k", 500, 0, 0, 1.0, None)
+    await rec.close()
+    assert totals(sink) == {"k": (1, 0, 0, 1, 0, 0)}
