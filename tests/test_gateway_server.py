@@ -1,0 +1,156 @@
+"""``agentrouter serve`` for real: Granian workers in a subprocess, SIGTERM drains
+in-flight streams (up to ``shutdown_timeout``) and then writes the usage."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agentrouter.core import Core
+from tests.gateway_fixtures import FakeUpstream, sse_handler, upstream  # noqa: F401
+from tests.test_gateway_upstream import chat_chunks
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, tmp: Path, upstream_url: str, **env: str) -> None:
+        self.data_dir = tmp / "data"
+        self.port = free_port()
+        self.config = tmp / "agentrouter.toml"
+        self.config.write_text(
+            f'[[providers]]\nname = "up"\ntype = "openai"\nbase_url = "{upstream_url}"\napi_key = "sk-up"\n'
+            'models = ["gpt-*"]\n\n[[providers]]\nname = "mock"\ntype = "mock"\n'
+        )
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTROUTER_")}
+        self.env.update(AGENTROUTER_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1", **env)
+        self.proc: asyncio.subprocess.Process | None = None
+        self.log = tmp / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def create_key(self) -> tuple[str, str]:
+        core = await Core.open(self.data_dir, env=self.env)
+        try:
+            created = await core.keys.create(name="server-test")
+            return created.key, created.row.id
+        finally:
+            await core.close()
+
+    async def usage(self, key_id: str) -> Any:
+        core = await Core.open(self.data_dir, env=self.env)
+        try:
+            return (await core.keys.get(key_id)).usage
+        finally:
+            await core.close()
+
+    async def start(self) -> None:
+        with open(self.log, "wb") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agentrouter.cli", "serve", "--port", str(self.port), "--workers", "2",
+                "--config", str(self.config), env=self.env, stdout=log, stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        async with httpx.AsyncClient() as client:
+            while True:
+                assert self.proc.returncode is None, self.log.read_text()
+                try:
+                    await client.get(self.url + "/v1/models")
+                    return
+                except httpx.TransportError:
+                    if time.monotonic() > deadline:
+                        raise AssertionError("server did not start:\n" + self.log.read_text()) from None
+                    await asyncio.sleep(0.1)
+
+    async def stop(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            raise
+
+
+async def _stream(url: str, key: str, got: list[tuple[float, bytes]]) -> int:
+    async with httpx.AsyncClient(timeout=30) as client:
+        async with client.stream("POST", url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                                 json={"model": "gpt-4o", "stream": True, "messages": []}) as resp:
+            try:
+                async for chunk in resp.aiter_raw():
+                    got.append((time.monotonic(), chunk))
+            except httpx.HTTPError:
+                pass
+            return resp.status_code
+
+
+async def test_sigterm_drains_streams_then_writes_usage(tmp_path: Path, upstream: FakeUpstream) -> None:
+    events = chat_chunks(15)
+    upstream.routes["/v1/chat/completions"] = sse_handler(events, gap=0.1)
+    server = Server(tmp_path, upstream.base_url)
+    key, key_id = await server.create_key()
+    await server.start()
+    try:
+        async with httpx.AsyncClient() as client:
+            for _ in range(5):
+                r = await client.post(server.url + "/v1/chat/completions", headers={"x-api-key": key},
+                                      json={"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]})
+                assert r.status_code == 200
+        got: list[tuple[float, bytes]] = []
+        streams = [asyncio.ensure_future(_stream(server.url, key, got)) for _ in range(2)]
+        while len(got) < 2:
+            await asyncio.sleep(0.02)
+    finally:
+        code = await server.stop()
+    assert code == 0, server.log.read_text()
+    assert await asyncio.gather(*streams) == [200, 200]
+    body = b"".join(c for _, c in got)
+    assert body.count(b"data: [DONE]") == 2  # both streams ran to their end after SIGTERM
+    totals = await server.usage(key_id)
+    assert (totals.requests, totals.successes) == (7, 7)
+    assert totals.output_tokens >= 2 * 15
+
+
+async def test_shutdown_timeout_cuts_long_streams_and_still_writes_usage(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    upstream.routes["/v1/chat/completions"] = sse_handler(chat_chunks(300), gap=0.1)  # 30 s
+    server = Server(tmp_path, upstream.base_url, AGENTROUTER_SHUTDOWN_TIMEOUT="1")
+    key, key_id = await server.create_key()
+    await server.start()
+    got: list[tuple[float, bytes]] = []
+    stream = asyncio.ensure_future(_stream(server.url, key, got))
+    while len(got) < 2:
+        await asyncio.sleep(0.02)
+    started = time.monotonic()
+    code = await server.stop()
+    took = time.monotonic() - started
+    assert code == 0, server.log.read_text()
+    assert 0.8 < took < 8, took
+    await asyncio.wait_for(stream, 5)
+    totals = await server.usage(key_id)
+    assert totals.requests == 1
+    for _ in range(50):  # the gateway hung up on the upstream too
+        if upstream.seen[-1].cancelled:
+            break
+        await asyncio.sleep(0.05)
+    assert upstream.seen[-1].cancelled
