@@ -124,6 +124,8 @@ def test_rotate_keeps_settings_and_gives_a_grace_period(cli: Cli) -> None:
     assert old_now["rotated_to"] == new["id"]
     assert old_now["expires_at"] == pytest.approx(time.time() + 3600, abs=60)
     assert cli.run("keys", "rotate", old["id"], "--grace", "forever").returncode == 2
+    twice = cli.run("keys", "rotate", old["id"])
+    assert twice.returncode == 1 and new["id"] in twice.stderr  # points at the successor
 
 
 async def test_changes_reach_a_running_process_on_its_next_request(cli: Cli, data_dir: Path) -> None:

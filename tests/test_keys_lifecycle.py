@@ -26,6 +26,7 @@ from agentrouter._core import (
     generate_key,
 )
 from agentrouter.core import Core
+from agentrouter.keys import KeyConflict, KeyNotFound
 from tests.conftest import SECRET
 
 
@@ -35,6 +36,7 @@ class ModelKey:
     deleted: bool = False
     expires_at: float | None = None
     requests: int | None = None
+    rotated: bool = False
 
 
 @dataclass
@@ -98,12 +100,20 @@ class KeyLifecycle(RuleBasedStateMachine):
 
     @rule(target=raws, raw=raws, grace=st.sampled_from([0.0, 1.0, 30.0]))
     def rotate(self, raw: str, grace: float) -> str:
-        old = self.model.keys[raw]
-        if self.model.expected(raw) in ("deleted",):
-            with pytest.raises(LookupError):
+        old = self.model.keys.get(raw)
+        if old is None:
+            return raw
+        expected = self.model.expected(raw)
+        if expected == "deleted":
+            with pytest.raises(KeyNotFound):
                 self.run(self.core.keys.rotate(old.id, grace=grace))
             return generate_key()  # a well-formed key nobody has
+        if expected == "expired" or old.rotated:
+            with pytest.raises(KeyConflict):
+                self.run(self.core.keys.rotate(old.id, grace=grace))
+            return generate_key()
         created = self.run(self.core.keys.rotate(old.id, grace=grace))
+        old.rotated = True
         until = self.model.now + grace
         old.expires_at = until if old.expires_at is None else min(old.expires_at, until)
         assert created.row.requests == old.requests
@@ -116,7 +126,7 @@ class KeyLifecycle(RuleBasedStateMachine):
         if k is None:
             return
         if k.deleted:
-            with pytest.raises(LookupError):
+            with pytest.raises(KeyNotFound):
                 self.run(self.core.keys.delete(k.id))
             return
         self.run(self.core.keys.delete(k.id))

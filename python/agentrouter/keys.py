@@ -35,6 +35,10 @@ class KeyNotFound(LookupError):
     """No active key has that id."""
 
 
+class KeyConflict(Exception):
+    """The key's state does not allow the operation (already rotated, expired)."""
+
+
 class _Unset:
     def __repr__(self) -> str:
         return "UNSET"
@@ -186,6 +190,12 @@ class KeyService:
         if old.state != "active":
             raise KeyNotFound(f"key {key_id!r} is deleted")
         now = self._clock()
+        # One successor per key: rotating twice would leave two live replacements,
+        # and the second would inherit the grace-period expiry of the first rotation.
+        if old.rotated_to is not None:
+            raise KeyConflict(f"key {key_id} was already rotated to {old.rotated_to}; rotate that one")
+        if old.expires_at is not None and old.expires_at <= now:
+            raise KeyConflict(f"key {key_id} has expired; create a new key instead")
         old_until = now + grace if old.expires_at is None else min(old.expires_at, now + grace)
         new_id = new_key_id()
 
@@ -197,7 +207,7 @@ class KeyService:
             if cur.rowcount == 0:
                 raise KeyNotFound(f"no active key with id {key_id!r}")
 
-        return await self._insert(
+        return await self._insert(  # same settings, same expiry (still in the future)
             name=old.name,
             requests=old.requests,
             interval=old.interval,

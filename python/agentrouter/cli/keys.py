@@ -15,7 +15,7 @@ import msgspec
 from agentrouter.cli.output import CommandError, UsageError, add_json_flag, emit_json, wants_json
 from agentrouter.core import Core
 from agentrouter.durations import format_duration, parse_duration
-from agentrouter.keys import UNSET, CreatedKey, KeyInputError, KeyNotFound
+from agentrouter.keys import CreatedKey, KeyConflict, KeyInputError, KeyNotFound
 from agentrouter.store import KeyRow, StoreError
 
 SHOWN_ONCE = "This key will not be shown again. Copy it now and keep it somewhere safe."
@@ -209,7 +209,7 @@ def _run(op: Callable[[Core], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except KeyInputError as exc:
         raise UsageError(str(exc)) from None
-    except (KeyNotFound, StoreError) as exc:
+    except (KeyNotFound, KeyConflict, StoreError) as exc:
         raise CommandError(str(exc.args[0] if exc.args else exc)) from None
 
 
