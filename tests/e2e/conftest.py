@@ -285,7 +285,11 @@ def key(gateway: Gateway) -> dict[str, Any]:
 
 @pytest.fixture
 def clients(gateway: Gateway) -> Iterator[Callable[..., Any]]:
-    """``clients("openai" | "anthropic", api_key, **options)``: SDK clients closed at teardown."""
+    """``clients(kind, api_key, **options)``: SDK clients, closed at teardown.
+
+    ``kind``: ``openai`` (Bearer), ``anthropic`` (this SDK release sends Bearer too) or
+    ``anthropic-x-api-key`` (the Anthropic SDK sending the key as ``x-api-key``).
+    """
     made: list[Any] = []
 
     def make(kind: str, api_key: str, **options: Any) -> Any:
@@ -295,6 +299,12 @@ def clients(gateway: Gateway) -> Iterator[Callable[..., Any]]:
             client: Any = openai.OpenAI(api_key=api_key, base_url=gateway.url + "/v1", **options)
         elif kind == "anthropic":
             client = anthropic.Anthropic(api_key=api_key, base_url=gateway.url, **options)
+        elif kind == "anthropic-x-api-key":
+            # The Anthropic SDK authenticating with x-api-key, as its 0.x releases (and
+            # Anthropic's own API docs) do; its 2.x releases send api_key as a Bearer token.
+            headers = {**options.pop("default_headers", {}), "x-api-key": api_key}
+            client = anthropic.Anthropic(api_key=None, auth_token=None, base_url=gateway.url,
+                                         default_headers=headers, **options)
         else:
             raise ValueError(kind)
         made.append(client)

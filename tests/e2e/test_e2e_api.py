@@ -110,11 +110,12 @@ def test_stream_is_relayed_chunk_by_chunk(gateway: Gateway, fake: FakeUpstream, 
         "POST", gateway.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key['key']}"}
     ) as resp:
         assert resp.status_code == 200
-        first = next(resp.iter_raw())
+        chunks = resp.iter_raw()
+        first = next(chunks)
         assert first.startswith(b"data: ")
         rec = fake.for_model("gpt-chunked")[-1]
         assert not rec.finished, "the gateway waited for the whole stream before relaying"
-        rest = b"".join(resp.iter_raw())
+        rest = b"".join(chunks)
     assert rest.rstrip().endswith(b"data: [DONE]")
 
 
@@ -178,8 +179,10 @@ def test_responses_streaming(fake: FakeUpstream, key: dict[str, Any], clients: A
 # ---------------------------------------------------------------- Anthropic
 
 
-def test_messages(fake: FakeUpstream, key: dict[str, Any], clients: Any) -> None:
-    client = clients("anthropic", key["key"])
+@pytest.mark.parametrize("kind", ["anthropic", "anthropic-x-api-key"])
+def test_messages(fake: FakeUpstream, key: dict[str, Any], clients: Any, kind: str) -> None:
+    seen, hooks = hook_log()
+    client = clients(kind, key["key"], http_client=sdk_http_client(hooks))
     mark = fake.mark()
     resp = client.messages.with_raw_response.create(
         model="claude-3-5-sonnet-20241022", max_tokens=1024, messages=MESSAGES
@@ -189,9 +192,11 @@ def test_messages(fake: FakeUpstream, key: dict[str, Any], clients: Any) -> None
     rec = only(fake.since(mark), "/v1/messages")
     assert (message.usage.input_tokens, message.usage.output_tokens) == rec.usage
     assert_anthropic_upstream(rec, key["key"])
+    assert rec.body == seen[0].request.content
     # The SDK's anthropic-version header passes through.
-    assert rec.header("anthropic-version") == "2023-06-01"
+    assert rec.header("anthropic-version") == seen[0].request.headers["anthropic-version"]
     assert_ratelimit_headers(resp.headers, limit=100000)
+    assert resp.headers.get("request-id"), dict(resp.headers)
 
 
 def test_messages_streaming(fake: FakeUpstream, key: dict[str, Any], clients: Any) -> None:
@@ -301,20 +306,24 @@ def test_both_auth_headers_by_hand(
     assert_ratelimit_headers(msg.headers, limit=100000)
 
 
-def test_openai_sdk_bearer_and_anthropic_sdk_x_api_key(fake: FakeUpstream, key: dict[str, Any], clients: Any) -> None:
-    """What each SDK sends is what the gateway accepts (checked on the wire, not assumed)."""
-    o_seen, o_hooks = hook_log()
-    a_seen, a_hooks = hook_log()
-    clients("openai", key["key"], http_client=sdk_http_client(o_hooks)).chat.completions.create(
-        model="gpt-4o", messages=MESSAGES
-    )
-    clients("anthropic", key["key"], http_client=sdk_http_client(a_hooks)).messages.create(
-        model="claude-3-5-sonnet-20241022", max_tokens=8, messages=MESSAGES
-    )
-    assert o_seen[0].request.headers["authorization"] == f"Bearer {key['key']}"
-    assert "x-api-key" not in o_seen[0].request.headers
-    assert a_seen[0].request.headers["x-api-key"] == key["key"]
-    assert "authorization" not in a_seen[0].request.headers
+def test_what_each_sdk_sends_is_accepted(fake: FakeUpstream, key: dict[str, Any], clients: Any) -> None:
+    """Bearer from the OpenAI SDK, Bearer from the Anthropic SDK 2.x, x-api-key from the
+    Anthropic SDK configured with it (checked on the wire, not assumed)."""
+    sent = {}
+    for kind in ("openai", "anthropic", "anthropic-x-api-key"):
+        seen, hooks = hook_log()
+        client = clients(kind, key["key"], http_client=sdk_http_client(hooks))
+        if kind == "openai":
+            client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        else:
+            client.messages.create(model="claude-3-5-sonnet-20241022", max_tokens=8, messages=MESSAGES)
+        assert [r.status_code for r in seen] == [200]
+        sent[kind] = seen[0].request.headers
+    assert sent["openai"]["authorization"] == f"Bearer {key['key']}"
+    assert "x-api-key" not in sent["openai"]
+    assert sent["anthropic"]["authorization"] == f"Bearer {key['key']}"
+    assert sent["anthropic-x-api-key"]["x-api-key"] == key["key"]
+    assert "authorization" not in sent["anthropic-x-api-key"]
 
 
 def test_upstream_connections_are_pooled(gateway: Gateway, fake: FakeUpstream, key: dict[str, Any]) -> None:

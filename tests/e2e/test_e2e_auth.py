@@ -37,12 +37,13 @@ def refused(gateway: Gateway, fake: FakeUpstream, raw_key: str, clients: Any) ->
     err = openai_error(o_exc.value.response, code="invalid_api_key")
     assert_no_key_leak(raw_key, str(o_exc.value), err["message"], response_text(o_exc.value.response))
 
-    with pytest.raises(anthropic.AuthenticationError) as a_exc:
-        clients("anthropic", raw_key).messages.create(
-            model="claude-3-5-sonnet-20241022", max_tokens=8, messages=MESSAGES
-        )
-    err = anthropic_error(a_exc.value.response, type_="authentication_error")
-    assert_no_key_leak(raw_key, str(a_exc.value), err["message"], response_text(a_exc.value.response))
+    for kind in ("anthropic", "anthropic-x-api-key"):
+        with pytest.raises(anthropic.AuthenticationError) as a_exc:
+            clients(kind, raw_key).messages.create(
+                model="claude-3-5-sonnet-20241022", max_tokens=8, messages=MESSAGES
+            )
+        err = anthropic_error(a_exc.value.response, type_="authentication_error")
+        assert_no_key_leak(raw_key, str(a_exc.value), err["message"], response_text(a_exc.value.response))
 
     with httpx.Client(timeout=30.0) as http:
         # The other header form on each route, by hand.
@@ -80,7 +81,7 @@ def test_missing_header(gateway: Gateway, fake: FakeUpstream, clients: Any) -> N
         )
     anthropic_error(a.value.response, type_="authentication_error")
     with httpx.Client(timeout=30.0) as http:
-        for headers in ({}, {"Authorization": ""}, {"Authorization": "Bearer"}, {"Authorization": "Bearer "},
+        for headers in ({}, {"Authorization": ""}, {"Authorization": "Bearer"}, {"Authorization": "Basic dXNlcjpwYXNz"},
                         {"x-api-key": ""}):
             resp = http.post(gateway.url + "/v1/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES},
                              headers=headers)

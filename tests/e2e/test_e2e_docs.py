@@ -81,16 +81,19 @@ def localize(text: str, gateway: Gateway, key: str) -> str:
 def test_curl_examples(gateway: Gateway, fake: FakeUpstream, key: dict[str, Any], example: str) -> None:
     curl = shutil.which("curl")
     assert curl, "curl is needed for this test (Debian package curl)"
-    argv = shlex.split(localize(example, gateway, key["key"]))
-    assert argv[0] == "curl"
+    command = localize(example, gateway, key["key"])
     mark = fake.mark()
-    proc = subprocess.run(argv, capture_output=True, timeout=60, env=clean_env(gateway.data_dir))
+    # Run by a shell, exactly as a reader would paste it (line continuations and all).
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, timeout=60,
+                          env=clean_env(gateway.data_dir))
     assert proc.returncode == 0, proc.stderr
     body = json.loads(proc.stdout)
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"]["content"] == TEXT
     (rec,) = fake.since(mark)
     # curl's body, newlines and indentation included, reached the upstream unchanged.
+    argv = shlex.split(command.replace("\\\n", " "))
+    assert argv[0] == "curl"
     assert rec.body == argv[argv.index("-d") + 1].encode()
     assert key["key"] not in str(rec.headers)
 

@@ -53,6 +53,19 @@ async def test_key_created_while_serving_works_on_first_request(gateway: Gateway
     assert await _burst(gateway.url, created["key"], 12) == [200] * 12
 
 
+async def test_key_updated_while_serving_applies_on_next_request(gateway: Gateway) -> None:
+    """A new limit and a new expiry set with ``keys update`` hold on every worker at once."""
+    created = gateway.create_key(name="update-live")
+    assert await _burst(gateway.url, created["key"], 12) == [200] * 12
+    gateway.cli("keys", "update", created["id"], "--requests", "3", "--interval", "1h")
+    statuses = await _burst(gateway.url, created["key"], 12)
+    assert sorted(statuses) == [200] * 3 + [429] * 9
+    gateway.cli("keys", "update", created["id"], "--no-limit")
+    assert await _burst(gateway.url, created["key"], 6) == [200] * 6
+    gateway.cli("keys", "update", created["id"], "--expires-in", "1ms")
+    assert await _burst(gateway.url, created["key"], 12) == [401] * 12
+
+
 def test_usage_totals_in_keys_list(gateway: Gateway, fake: FakeUpstream, clients: Any) -> None:
     """Requests, outcomes and tokens (JSON and streamed, both dialects) reach ``keys list --json``."""
     created = gateway.create_key(name="usage", metadata={"team": "e2e"})
@@ -93,6 +106,7 @@ def test_usage_totals_in_keys_list(gateway: Gateway, fake: FakeUpstream, clients
     assert usage["failures_5xx"] == 1
     assert (usage["input_tokens"], usage["output_tokens"]) == (want_in, want_out)
     assert usage["last_used_at"] is not None
+    assert usage["latency_ms_total"] > 0
     assert usage["last_client_ip"] == "127.0.0.1"
     assert row["metadata"] == {"team": "e2e"}
     assert row["last_used_at"] == usage["last_used_at"]

@@ -68,7 +68,8 @@ async def test_sigterm_under_load_loses_no_usage(tmp_path: Path, fake: FakeUpstr
     assert returncode == 0, gw.log_tail()
     answered = [r for r in results if r is not None]
     ok = [r for r in answered if r[0] == 200]
-    assert len(ok) == len(answered), f"non-200 answers: {[r[0] for r in answered if r[0] != 200]}"
+    # Drained requests succeed; one that arrives while the server shuts down may be told so (503).
+    assert {status for status, _ in answered} <= {200, 503}, [status for status, _ in answered]
     assert any(t > term_at[0] for _, t in answered), "no in-flight request was drained after SIGTERM"
     assert len(answered) < N, "SIGTERM came too late to test anything"
 
