@@ -94,24 +94,44 @@ def ttfb(host: str, port: int, path: str, body: bytes, key: str, n: int, max_sec
     ).encode() + body
     first: list[int] = []
     total: list[int] = []
+    reconnects = 0
     deadline = time.monotonic() + max_seconds
-    with socket.create_connection((host, port), timeout=10) as sock:
+
+    def connect() -> socket.socket:
+        sock = socket.create_connection((host, port), timeout=10)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    sock = connect()
+    try:
         for i in range(warmup + n):
             if time.monotonic() > deadline:
                 break
             start = time.perf_counter_ns()
-            sock.sendall(request)
-            status, first_ns, total_ns, raw = read_response(sock, start)
+            try:
+                sock.sendall(request)
+                status, first_ns, total_ns, raw = read_response(sock, start)
+            except (ResponseError, ConnectionError) as exc:
+                # The server closed the keep-alive connection: count it, reconnect, go on
+                # (the sample is dropped; a few are tolerated, not a habit).
+                reconnects += 1
+                if reconnects > 10:
+                    raise ResponseError(f"the server keeps closing the connection ({exc})") from exc
+                sock.close()
+                sock = connect()
+                continue
             if status != 200 or b"[DONE]" not in raw:
                 raise ResponseError(f"status {status}, body {raw[:200]!r}")
             if i >= warmup:
                 first.append(first_ns)
                 total.append(total_ns)
+    finally:
+        sock.close()
     if not first:
         raise ResponseError("no measurement fitted in the time allowed")
     return {
         "n": len(first),
+        "reconnects": reconnects,
         "first_p50_us": _pct(first, 50) / 1000,
         "first_p90_us": _pct(first, 90) / 1000,
         "first_p99_us": _pct(first, 99) / 1000,

@@ -164,7 +164,11 @@ run_wrk() {  # run_wrk NAME CONNECTIONS SECONDS URL BODY
     echo "  $name: $(grep 'Requests/sec' "$WORK/wrk-$name.out" | tr -s ' ')"
 }
 
+LOAD1=$(cut -d' ' -f1 /proc/loadavg)
 echo "load benchmark: gateway pid $GW_PID on CPU 0, nginx and wrk on CPU 1; loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
+if awk -v l="$LOAD1" 'BEGIN { exit !(l > 1.0) }'; then
+    echo "WARNING: the machine is busy (1-minute load $LOAD1 on $(nproc) CPUs): figures will be pessimistic"
+fi
 echo "warm-up"
 run_wrk warm_direct 16 2 "$DIRECT_JSON" "$HERE/request.json"
 run_wrk warm_gw 16 3 "$GW_URL" "$HERE/request.json"
@@ -183,10 +187,14 @@ run_wrk direct_lat 1 "$SECONDS_EACH" "$DIRECT_JSON" "$HERE/request.json"
 run_wrk gw_lat 1 "$SECONDS_EACH" "$GW_URL" "$HERE/request.json"
 
 echo "time to first streamed byte (${TTFB_N} requests each, one keep-alive connection)"
-echo "direct_ttfb $(taskset -c 1 "$PY" "$HERE/driver.py" ttfb 127.0.0.1 "$NGINX_PORT" /sse/v1/chat/completions \
-    "$HERE/request-stream.json" "$KEY" --n "$TTFB_N" --max-seconds 30)" >> "$RESULTS"
-echo "gw_ttfb $(taskset -c 1 "$PY" "$HERE/driver.py" ttfb 127.0.0.1 "$GW_PORT" /v1/chat/completions \
-    "$HERE/request-stream.json" "$KEY" --n "$TTFB_N" --max-seconds 30)" >> "$RESULTS"
+TTFB_DIRECT=$(taskset -c 1 "$PY" "$HERE/driver.py" ttfb 127.0.0.1 "$NGINX_PORT" /sse/v1/chat/completions \
+    "$HERE/request-stream.json" "$KEY" --n "$TTFB_N" --max-seconds 30)
+TTFB_GW=$(taskset -c 1 "$PY" "$HERE/driver.py" ttfb 127.0.0.1 "$GW_PORT" /v1/chat/completions \
+    "$HERE/request-stream.json" "$KEY" --n "$TTFB_N" --max-seconds 30)
+echo "direct_ttfb $TTFB_DIRECT" >> "$RESULTS"
+echo "gw_ttfb $TTFB_GW" >> "$RESULTS"
+echo "  direct: $TTFB_DIRECT"
+echo "  gateway: $TTFB_GW"
 
 # --- memory over a long run ---------------------------------------------------------------
 GW_RPS=$(grep '^gw_tput ' "$RESULTS" | sed -E 's/.*requests=([0-9]+) duration_us=([0-9]+).*/\1 \2/' \
