@@ -1,0 +1,205 @@
+"""The monitor's periodic task over a real store: findings become alerts once, only
+the lease holder works, the log is pruned by retention, alerts reach the webhook,
+the task starts and stops cleanly; and the settings load from the environment."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from agentrouter._core import FakeClock
+from agentrouter.core import Core
+from agentrouter.monitor import Monitor, MonitorSettings, load_monitor_settings
+from agentrouter.monitor.settings import DetectorConfig, MonitorSettingsError
+from agentrouter.store.analytics import Analytics
+from agentrouter.store.models import RequestRecord
+
+HOUR = 3600.0
+DAY = 86400.0
+
+
+def requests(key_id: str, start: float, n: int, *, every: float = 1.0, ip: str = "203.0.113.1",
+             status: int = 200) -> list[RequestRecord]:
+    return [
+        RequestRecord(key_id=key_id, time=start + i * every, model="gpt-4o", status=status, latency_ms=5.0,
+                      input_tokens=3, output_tokens=2, client_ip=ip, user_agent="t")
+        for i in range(n)
+    ]
+
+
+async def seed_known_key(core: Core, clock: FakeClock) -> str:
+    """A key used from one IP, 10 requests every hour, for the last 20 days."""
+    key = (await core.keys.create(name="steady")).row
+    now = clock.unix
+    batch: list[RequestRecord] = []
+    start = (now // HOUR) * HOUR - 20 * DAY
+    for h in range(20 * 24):
+        batch += requests(key.id, start + h * HOUR, 10, every=60)
+    await Analytics(core.store).add_requests(batch)
+    return key.id
+
+
+async def test_steady_key_raises_nothing_then_a_new_ip_raises_one_alert(core: Core, clock: FakeClock) -> None:
+    key_id = await seed_known_key(core, clock)
+    monitor = Monitor(core.store, MonitorSettings(), clock=core.now)
+    result = await monitor.run_once()
+    assert result.leader and result.keys_checked == 1 and result.alerts == []
+
+    await monitor.analytics.add_requests(requests(key_id, clock.unix - 30, 3, ip="192.0.2.77"))
+    result = await monitor.run_once()
+    [alert] = result.alerts
+    assert (alert.key_id, alert.kind, alert.subject) == (key_id, "new_ip", "192.0.2.77")
+    assert alert.evidence["known_networks"] == 1
+    # The next runs see the same condition: no second alert.
+    clock.advance(60)
+    assert (await monitor.run_once()).alerts == []
+    assert len(await monitor.analytics.list_alerts()) == 1
+
+
+async def test_only_the_lease_holder_runs(core: Core, clock: FakeClock) -> None:
+    settings = MonitorSettings(monitor_interval=10)
+    one = Monitor(core.store, settings, clock=core.now, holder="one")
+    two = Monitor(core.store, settings, clock=core.now, holder="two")
+    assert (await one.run_once()).leader
+    assert not (await two.run_once()).leader
+    clock.advance(one.lease_ttl + 1)  # "one" died without releasing
+    assert (await two.run_once()).leader
+    assert not (await one.run_once()).leader
+
+
+async def test_request_log_is_pruned_by_retention(core: Core, clock: FakeClock) -> None:
+    analytics = Analytics(core.store)
+    now = clock.unix
+    await analytics.add_requests(requests("key_x", now - 40 * DAY, 5) + requests("key_x", now - 1 * DAY, 7))
+    monitor = Monitor(core.store, MonitorSettings(request_log_retention_days=30), clock=core.now)
+    result = await monitor.run_once()
+    assert result.pruned == 5
+    assert await analytics.count_requests() == 7
+
+
+class Hook:
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses = statuses
+        self.bodies: list[Any] = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                hook.bodies.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+                self.send_response(hook.statuses.pop(0) if hook.statuses else 200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hook() -> Iterator[Hook]:
+    h = Hook([])
+    yield h
+    h.close()
+
+
+async def test_new_alerts_reach_the_webhook_and_failed_ones_are_tried_again(
+    core: Core, clock: FakeClock, hook: Hook
+) -> None:
+    key_id = await seed_known_key(core, clock)
+    await Analytics(core.store).add_requests(requests(key_id, clock.unix - 30, 1, ip="192.0.2.50"))
+    hook.statuses = [500, 500]  # the first run's try and its one retry fail
+    settings = MonitorSettings(alert_webhook_url=hook.url, alert_webhook_retries=1, alert_webhook_backoff=0.01)
+    monitor = Monitor(core.store, settings, clock=core.now)
+    try:
+        first = await monitor.run_once()
+        assert len(first.alerts) == 1 and first.notified == 0 and first.notify_failed == 1
+        second = await monitor.run_once()
+        assert second.alerts == [] and second.notified == 1
+        third = await monitor.run_once()
+        assert third.notified == 0 and third.notify_failed == 0
+    finally:
+        await monitor.stop()
+    assert len(hook.bodies) == 3
+    body = hook.bodies[-1]
+    assert body["type"] == "agentrouter.alert"
+    assert body["alert"]["kind"] == "new_ip" and body["alert"]["key_id"] == key_id
+    assert body["key"]["name"] == "steady" and body["key"]["prefix"].startswith("sk-ar-")
+    row = (await monitor.analytics.list_alerts())[0]
+    assert row.notified_at is not None and row.notify_attempts == 2
+
+
+async def test_the_task_runs_periodically_and_stops_cleanly(core: Core) -> None:
+    monitor = Monitor(core.store, MonitorSettings(monitor_interval=0.05), clock=core.now)
+    monitor.start()
+    monitor.start()  # idempotent: one task
+    for _ in range(100):
+        if monitor.runs >= 3:
+            break
+        await asyncio.sleep(0.02)
+    assert monitor.runs >= 3
+    task = monitor._task
+    assert task is not None
+    await monitor.stop()
+    assert task.done() and not task.cancelled()
+    # The lease was released: another process takes it at once.
+    other = Monitor(core.store, MonitorSettings(), clock=core.now, holder="other")
+    assert (await other.run_once()).leader
+
+
+async def test_a_disabled_monitor_starts_nothing(core: Core) -> None:
+    monitor = Monitor(core.store, MonitorSettings(monitor_enabled=False), clock=core.now)
+    monitor.start()
+    assert monitor._task is None
+    await monitor.stop()
+
+
+def test_settings_defaults_and_environment() -> None:
+    s = load_monitor_settings(env={})
+    assert s.request_log_retention_days == 30 and s.alert_webhook_url is None and s.monitor_interval == 60
+    assert s.detectors == DetectorConfig()
+    s = load_monitor_settings(env={
+        "AGENTROUTER_REQUEST_LOG_RETENTION_DAYS": "7",
+        "AGENTROUTER_ALERT_WEBHOOK_URL": "https://hooks.example.test/agentrouter",
+        "AGENTROUTER_MONITOR_VOLUME_FACTOR": "8",
+        "AGENTROUTER_MONITOR_NEW_IP_IPV6_PREFIX": "48",
+    })
+    assert s.request_log_retention_days == 7
+    assert s.alert_webhook_url == "https://hooks.example.test/agentrouter"
+    assert s.detectors.volume_factor == 8 and s.detectors.new_ip_ipv6_prefix == 48
+
+
+def test_settings_from_the_server_settings_object_and_a_table() -> None:
+    class ServerSettings:
+        request_log_retention_days = 14.0
+        alert_webhook_url = None
+
+    s = load_monitor_settings(ServerSettings(), env={}, table={"failure_rate": 0.6, "monitor_interval": 30})
+    assert s.request_log_retention_days == 14 and s.detectors.failure_rate == 0.6 and s.monitor_interval == 30
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"AGENTROUTER_REQUEST_LOG_RETENTION_DAYS": "0"}, "request_log_retention_days"),
+        ({"AGENTROUTER_REQUEST_LOG_RETENTION_DAYS": "soon"}, "AGENTROUTER_REQUEST_LOG_RETENTION_DAYS"),
+        ({"AGENTROUTER_MONITOR_FAILURE_RATE": "2"}, "detectors.failure_rate"),
+        ({"AGENTROUTER_ALERT_WEBHOOK_URL": "ftp://x"}, "alert_webhook_url"),
+    ],
+)
+def test_bad_settings_name_the_field(env: dict[str, str], named: str) -> None:
+    with pytest.raises(MonitorSettingsError, match=named):
+        load_monitor_settings(env=env)
