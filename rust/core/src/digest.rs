@@ -64,11 +64,15 @@ mod tests {
         assert_eq!(d.digest(&raw), d.digest(&raw));
     }
 
-    const KEY_SHAPED_EXPECTED: &str = "d62772497e7c7e76efb4cdee0b13a57d1fd9dfc8f4550e98124c481c7e235c16";
+    const KEY_SHAPED_EXPECTED: &str =
+        "d62772497e7c7e76efb4cdee0b13a57d1fd9dfc8f4550e98124c481c7e235c16";
 
     #[test]
     fn short_secrets_are_refused() {
-        assert!(matches!(Digester::new(&[0; 31]), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            Digester::new(&[0; 31]),
+            Err(Error::InvalidArgument(_))
+        ));
         assert!(Digester::new(&[0; 32]).is_ok());
     }
 }

@@ -21,6 +21,8 @@
 //! per request, so the limiter may refuse a hair early but never over-admits,
 //! and `tau = R·t` still admits exactly R from a full bucket.
 
+use std::cell::Cell;
+
 use crate::clock::NS_PER_SEC;
 use crate::error::{Error, Result};
 
@@ -56,29 +58,47 @@ impl Quota {
                 "requests must be between 1 and {MAX_REQUESTS}, got {requests}"
             )));
         }
-        let (r, i) = (u128::from(requests), u128::from(interval_ns));
-        let room = u128::from(u64::MAX - (MAX_REQUESTS << 1));
-        let max_scale = (room / (u128::from(HORIZON_NS) + 2 * i)).min(u128::from(MAX_SCALE));
+        // u64 throughout (u128 division is slow and this runs per call): every
+        // value here is bounded by the room kept in a u64 (see HORIZON_NS).
+        let (r, i) = (requests, interval_ns);
+        let room = u64::MAX - (MAX_REQUESTS << 1);
+        let max_scale = (room / (HORIZON_NS + 2 * i)).min(MAX_SCALE);
         let g = gcd(r, i);
         let (scale, t) = if r / g <= max_scale {
             (r / g, i / g)
         } else {
             (max_scale, (i * max_scale).div_ceil(r))
         };
-        let tau = r * t;
+        let tau = r.checked_mul(t).expect("bounded by the choice of scale");
         Ok(Self {
             requests,
             interval_ns,
-            scale: scale as u64,
-            t: t as u64,
-            tau: u64::try_from(tau).expect("bounded by the choice of scale"),
+            scale,
+            t,
+            tau,
             fingerprint: fingerprint(requests, interval_ns),
         })
     }
 
     /// `None` when `requests` is `None`: no limit, and the interval is ignored.
+    /// Callers pass the same limit call after call, so the last quota built on
+    /// each thread is kept: building one costs several 64-bit divisions.
     pub fn optional(requests: Option<u64>, interval_secs: f64) -> Result<Option<Self>> {
-        requests.map(|r| Self::new(r, interval_secs)).transpose()
+        thread_local! {
+            static LAST: Cell<Option<(u64, u64, Quota)>> = const { Cell::new(None) };
+        }
+        let Some(requests) = requests else {
+            return Ok(None);
+        };
+        let key = (requests, interval_secs.to_bits());
+        LAST.with(|last| match last.get() {
+            Some((r, i, q)) if (r, i) == key => Ok(Some(q)),
+            _ => {
+                let q = Self::new(requests, interval_secs)?;
+                last.set(Some((key.0, key.1, q)));
+                Ok(Some(q))
+            }
+        })
     }
 
     pub fn requests(&self) -> u64 {
@@ -89,7 +109,8 @@ impl Quota {
     }
     /// True when `t` is exactly `I/R` (no rounding fallback).
     pub fn is_exact(&self) -> bool {
-        u128::from(self.t) * u128::from(self.requests) == u128::from(self.interval_ns) * u128::from(self.scale)
+        u128::from(self.t) * u128::from(self.requests)
+            == u128::from(self.interval_ns) * u128::from(self.scale)
     }
     /// Identifies R and I in the shared region; never 0 (0 marks "no quota yet").
     pub fn fingerprint(&self) -> u64 {
@@ -107,7 +128,7 @@ fn interval_to_ns(interval_secs: f64) -> Result<u64> {
     Ok(ns as u64)
 }
 
-fn gcd(mut a: u128, mut b: u128) -> u128 {
+fn gcd(mut a: u64, mut b: u64) -> u64 {
     while b != 0 {
         (a, b) = (b, a % b);
     }
@@ -172,45 +193,53 @@ impl Decision {
 
 /// Decides `cost` cells at `now_ns` against a bucket whose stored TAT is `tat`.
 /// Returns the decision and, when admitted, the TAT to store (a refusal writes nothing).
-pub fn decide(q: &Quota, tat: u64, now_ns: u64, unix_ns: i128, cost: u64) -> Result<(Decision, Option<u64>)> {
-    let s = u128::from(q.scale);
-    let (t, tau) = (u128::from(q.t), u128::from(q.tau));
-    let now = u128::from(now_ns) * s;
+///
+/// Only `now` in units needs 128 bits; everything relative to `now` is at most
+/// `2·tau` and stays in `u64` (divisions of `u128` would double the cost).
+pub fn decide(
+    q: &Quota,
+    tat: u64,
+    now_ns: u64,
+    unix_ns: i128,
+    cost: u64,
+) -> Result<(Decision, Option<u64>)> {
+    let (s, t, tau) = (q.scale, q.t, q.tau);
+    let now = u128::from(now_ns) * u128::from(s);
     // A TAT is never legitimately beyond `now + tau` (up to clock reads a few ns
     // apart in two processes); clamping bounds the damage of a TAT written under
     // another quota during a quota change (see `limiter`) to "bucket empty".
-    let base = u128::from(tat).min(now + tau).max(now);
-    let remaining = |tat: u128| ((now + tau - tat) / t) as u64;
-    let reset = |tat: u128| {
-        let until_full_ns = (tat - now).div_ceil(s) as i128;
-        (unix_ns + until_full_ns).div_euclid(NS_PER_SEC as i128)
-            + i128::from((unix_ns + until_full_ns).rem_euclid(NS_PER_SEC as i128) != 0)
+    // `backlog` = max(tat, now) − now, in units: how far the bucket is from full.
+    let backlog = (u128::from(tat).clamp(now, now + u128::from(tau)) - now) as u64;
+    let unix_ns = i64::try_from(unix_ns).unwrap_or(i64::MAX);
+    let reset = |backlog: u64| {
+        let full_at = unix_ns.saturating_add(backlog.div_ceil(s) as i64);
+        full_at.div_euclid(NS_PER_SEC as i64)
+            + i64::from(full_at.rem_euclid(NS_PER_SEC as i64) != 0)
     };
     let refused = |reason, retry_after| Decision {
         allowed: false,
         limit: Some(q.requests),
-        remaining: Some(remaining(base)),
-        reset: Some(reset(base) as i64),
+        remaining: Some((tau - backlog) / t),
+        reset: Some(reset(backlog)),
         retry_after,
         reason: Some(reason),
     };
     if cost > q.requests {
         return Ok((refused(Reason::CostExceedsLimit, None), None));
     }
-    let after = base + u128::from(cost) * t;
-    if after - now > tau {
-        let wait_units = after - tau - now;
-        let retry_after = wait_units as f64 / (q.scale as f64 * NS_PER_SEC as f64);
+    let after = backlog + cost * t; // cost·t ≤ tau
+    if after > tau {
+        let retry_after = (after - tau) as f64 / (s as f64 * NS_PER_SEC as f64);
         return Ok((refused(Reason::RateLimited, Some(retry_after)), None));
     }
-    let stored = u64::try_from(after).map_err(|_| {
+    let stored = u64::try_from(now + u128::from(after)).map_err(|_| {
         Error::Region("the monotonic clock is beyond the range this quota can represent".into())
     })?;
     let decision = Decision {
         allowed: true,
         limit: Some(q.requests),
-        remaining: Some(remaining(after)),
-        reset: Some(reset(after) as i64),
+        remaining: Some((tau - after) / t),
+        reset: Some(reset(after)),
         retry_after: None,
         reason: None,
     };
@@ -253,9 +282,20 @@ mod tests {
     fn invalid_quotas_are_refused() {
         assert!(Quota::new(0, 1.0).is_err());
         assert!(Quota::new(MAX_REQUESTS + 1, 1.0).is_err());
-        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, MAX_INTERVAL_SECS * 1.01, 1e-10] {
+        for bad in [
+            0.0,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            MAX_INTERVAL_SECS * 1.01,
+            1e-10,
+        ] {
             assert!(Quota::new(1, bad).is_err(), "{bad}");
-            assert_eq!(Quota::optional(None, bad).unwrap(), None, "unlimited ignores the interval");
+            assert_eq!(
+                Quota::optional(None, bad).unwrap(),
+                None,
+                "unlimited ignores the interval"
+            );
         }
     }
 

@@ -12,6 +12,15 @@ const CHECKSUM_LEN: usize = 6;
 const DISPLAY_LEN: usize = 12;
 
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+const IS_BASE62: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        table[ALPHABET[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 /// Random bytes at or above this are rejected: 248 = 4·62, so `b % 62` is uniform
 /// on the bytes kept (no modulo bias).
 const REJECT_FROM: u8 = 248;
@@ -44,7 +53,7 @@ pub fn is_well_formed(raw: &str) -> bool {
     let Some(body) = raw.as_bytes().strip_prefix(KEY_PREFIX.as_bytes()) else {
         return false;
     };
-    if body.len() != RANDOM_LEN + CHECKSUM_LEN || !body.iter().all(u8::is_ascii_alphanumeric) {
+    if body.len() != RANDOM_LEN + CHECKSUM_LEN || !body.iter().all(|&b| IS_BASE62[usize::from(b)]) {
         return false;
     }
     let (random, check) = body.split_at(RANDOM_LEN);
@@ -93,12 +102,19 @@ mod tests {
     #[test]
     fn every_single_character_mutation_is_rejected() {
         let k = key();
-        let alphabet: Vec<char> = ALPHABET.iter().map(|&b| char::from(b)).chain("-_ é".chars()).collect();
+        let alphabet: Vec<char> = ALPHABET
+            .iter()
+            .map(|&b| char::from(b))
+            .chain("-_ é".chars())
+            .collect();
         for (i, original) in k.char_indices() {
             for &c in alphabet.iter().filter(|&&c| c != original) {
                 let mut m = k.clone();
                 m.replace_range(i..i + 1, c.encode_utf8(&mut [0; 4]));
-                assert!(!is_well_formed(&m), "mutation at {i} to {c:?} accepted: {m}");
+                assert!(
+                    !is_well_formed(&m),
+                    "mutation at {i} to {c:?} accepted: {m}"
+                );
             }
         }
     }
@@ -125,7 +141,11 @@ mod tests {
         for &b in &random {
             crc ^= u32::from(b);
             for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         let mut n = u64::from(!crc);
@@ -135,7 +155,11 @@ mod tests {
             n /= 62;
         }
         assert_eq!(checksum(&random), expect);
-        let k = format!("sk-ar-{}{}", "0".repeat(32), std::str::from_utf8(&expect).unwrap());
+        let k = format!(
+            "sk-ar-{}{}",
+            "0".repeat(32),
+            std::str::from_utf8(&expect).unwrap()
+        );
         assert!(is_well_formed(&k));
     }
 

@@ -34,12 +34,12 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// Buckets private to this process, on the machine's clocks.
     pub fn in_memory(capacity: u32) -> Result<Self> {
-        Self::with_clock(None, capacity, Arc::new(MonotonicClock))
+        Self::with_clock(None, capacity, Arc::new(MonotonicClock::new()))
     }
 
     /// Buckets in the region file at `path`, shared with every process that opens it.
     pub fn open(path: &Path, capacity: u32) -> Result<Self> {
-        Self::with_clock(Some(path), capacity, Arc::new(MonotonicClock))
+        Self::with_clock(Some(path), capacity, Arc::new(MonotonicClock::new()))
     }
 
     /// Either of the above on a given clock (a `FakeClock` in tests).
@@ -48,7 +48,11 @@ impl RateLimiter {
             Some(p) => Region::open(p, capacity)?,
             None => Region::anonymous(capacity)?,
         };
-        Ok(Self { region, clock, path: path.map(Path::to_path_buf) })
+        Ok(Self {
+            region,
+            clock,
+            path: path.map(Path::to_path_buf),
+        })
     }
 
     pub fn path(&self) -> Option<&Path> {
@@ -63,14 +67,28 @@ impl RateLimiter {
 
     /// Takes `cost` from the bucket named `name` (R = `requests` per `interval`
     /// seconds; `None` = no limit).
-    pub fn acquire(&self, name: &str, requests: Option<u64>, interval: f64, cost: u64) -> Result<Decision> {
+    pub fn acquire(
+        &self,
+        name: &str,
+        requests: Option<u64>,
+        interval: f64,
+        cost: u64,
+    ) -> Result<Decision> {
         let quota = Quota::optional(requests, interval)?;
         // Hash collisions between names (64-bit tags) would share a bucket: negligible.
-        self.acquire_in(quota.as_ref(), cost, || self.region.named(region::fnv1a(name.as_bytes()) | 1))
+        self.acquire_in(quota.as_ref(), cost, || {
+            self.region.named(region::fnv1a(name.as_bytes()) | 1)
+        })
     }
 
     /// Takes `cost` from the bucket of `slot` (the gateway's per-key buckets).
-    pub fn acquire_slot(&self, slot: u32, requests: Option<u64>, interval: f64, cost: u64) -> Result<Decision> {
+    pub fn acquire_slot(
+        &self,
+        slot: u32,
+        requests: Option<u64>,
+        interval: f64,
+        cost: u64,
+    ) -> Result<Decision> {
         self.acquire_quota(slot, Quota::optional(requests, interval)?.as_ref(), cost)
     }
 
@@ -91,15 +109,21 @@ impl RateLimiter {
         let entry = entry()?;
         match quota {
             None => Ok(Decision::UNLIMITED),
-            Some(q) => self.acquire_entry(entry, q, cost).map(|(decision, _retries)| decision),
+            Some(q) => self
+                .acquire_entry(entry, q, cost)
+                .map(|(decision, _retries)| decision),
         }
     }
 
     /// The CAS loop. Returns the decision and how many times the CAS lost a race
     /// (for the stress test that proves the retry path runs).
-    pub(crate) fn acquire_entry(&self, entry: &Entry, q: &Quota, cost: u64) -> Result<(Decision, u32)> {
-        let now_ns = self.clock.monotonic_ns();
-        let unix_ns = self.clock.unix_ns();
+    pub(crate) fn acquire_entry(
+        &self,
+        entry: &Entry,
+        q: &Quota,
+        cost: u64,
+    ) -> Result<(Decision, u32)> {
+        let (now_ns, unix_ns) = self.clock.now();
         if cost > q.requests() {
             // Refused whatever the state; report the state only if it is in our quota.
             let own = entry.fingerprint.load(Acquire) == q.fingerprint();
@@ -114,7 +138,10 @@ impl RateLimiter {
             let Some(new_tat) = new_tat else {
                 return Ok((decision, retries)); // a refusal writes nothing
             };
-            match entry.tat.compare_exchange_weak(tat, new_tat, AcqRel, Acquire) {
+            match entry
+                .tat
+                .compare_exchange_weak(tat, new_tat, AcqRel, Acquire)
+            {
                 Ok(_) => return Ok((decision, retries)),
                 Err(fresh) => {
                     tat = fresh;
@@ -128,7 +155,10 @@ impl RateLimiter {
     fn adopt_quota(entry: &Entry, q: &Quota) {
         let mut current = entry.fingerprint.load(Acquire);
         while current != q.fingerprint() {
-            match entry.fingerprint.compare_exchange(current, q.fingerprint(), AcqRel, Acquire) {
+            match entry
+                .fingerprint
+                .compare_exchange(current, q.fingerprint(), AcqRel, Acquire)
+            {
                 Ok(_) => {
                     entry.tat.store(0, Release);
                     return;
@@ -178,7 +208,11 @@ mod tests {
     }
 
     fn tat(l: &RateLimiter, name: &str) -> u64 {
-        l.region.named(region::fnv1a(name.as_bytes()) | 1).unwrap().tat.load(Acquire)
+        l.region
+            .named(region::fnv1a(name.as_bytes()) | 1)
+            .unwrap()
+            .tat
+            .load(Acquire)
     }
 
     fn admitted(allowed: bool, remaining: u64, reset: i64) -> Decision {
@@ -239,10 +273,16 @@ mod tests {
         let clock = Arc::new(FakeClock::new(1_000_000_000, 1_700_000_000.25).unwrap());
         let l = RateLimiter::with_clock(None, 4, clock.clone()).unwrap();
         // Full after 1 s: at unix …001.25, shown as …002.
-        assert_eq!(l.acquire("a", Some(1), 1.0, 1).unwrap().reset, Some(UNIX0 + 2));
+        assert_eq!(
+            l.acquire("a", Some(1), 1.0, 1).unwrap().reset,
+            Some(UNIX0 + 2)
+        );
         clock.advance(0.75).unwrap();
         // Exactly at …001.0 + 1 s = …002.0: no rounding.
-        assert_eq!(l.acquire("b", Some(1), 1.0, 1).unwrap().reset, Some(UNIX0 + 2));
+        assert_eq!(
+            l.acquire("b", Some(1), 1.0, 1).unwrap().reset,
+            Some(UNIX0 + 2)
+        );
     }
 
     #[test]
@@ -250,11 +290,20 @@ mod tests {
         let (_clock, l) = fake();
         // R = 10 per 10 s: t = 1 s.
         let d = l.acquire("a", Some(10), 10.0, 4).unwrap();
-        assert_eq!((d.allowed, d.remaining, d.reset), (true, Some(6), Some(UNIX0 + 4)));
+        assert_eq!(
+            (d.allowed, d.remaining, d.reset),
+            (true, Some(6), Some(UNIX0 + 4))
+        );
         let d = l.acquire("a", Some(10), 10.0, 7).unwrap();
-        assert_eq!((d.allowed, d.remaining, d.retry_after), (false, Some(6), Some(1.0)));
+        assert_eq!(
+            (d.allowed, d.remaining, d.retry_after),
+            (false, Some(6), Some(1.0))
+        );
         let d = l.acquire("a", Some(10), 10.0, 6).unwrap();
-        assert_eq!((d.allowed, d.remaining, d.reset), (true, Some(0), Some(UNIX0 + 10)));
+        assert_eq!(
+            (d.allowed, d.remaining, d.reset),
+            (true, Some(0), Some(UNIX0 + 10))
+        );
     }
 
     #[test]
@@ -275,7 +324,10 @@ mod tests {
             }
         );
         assert_eq!(tat(&l, "a"), before);
-        assert!(matches!(l.acquire("a", Some(10), 10.0, 0), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            l.acquire("a", Some(10), 10.0, 0),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     #[test]
@@ -298,7 +350,11 @@ mod tests {
         let d = l.acquire("a", Some(2), 1.0, 1).unwrap();
         assert_eq!((d.allowed, d.remaining), (true, Some(1)));
         let d = l.acquire("a", Some(2), 2.0, 1).unwrap();
-        assert_eq!((d.allowed, d.remaining), (true, Some(1)), "a new interval is a new quota too");
+        assert_eq!(
+            (d.allowed, d.remaining),
+            (true, Some(1)),
+            "a new interval is a new quota too"
+        );
     }
 
     #[test]
@@ -311,7 +367,9 @@ mod tests {
         let mut more = 0;
         for _ in 0..10_000 {
             clock.advance_ns(1_000_000).unwrap(); // 10 s in 1 ms steps
-            more += (0..2).filter(|_| l.acquire("p", Some(67), 1.0, 1).unwrap().allowed).count();
+            more += (0..2)
+                .filter(|_| l.acquire("p", Some(67), 1.0, 1).unwrap().allowed)
+                .count();
         }
         assert!((669..=670).contains(&more), "{more}");
     }
@@ -319,7 +377,10 @@ mod tests {
     #[test]
     fn slots_are_range_checked_and_a_claim_refills() {
         let (_clock, l) = fake();
-        assert!(matches!(l.acquire_slot(16, Some(1), 1.0, 1), Err(Error::SlotOutOfRange { .. })));
+        assert!(matches!(
+            l.acquire_slot(16, Some(1), 1.0, 1),
+            Err(Error::SlotOutOfRange { .. })
+        ));
         l.claim_slot(3, 9).unwrap();
         assert!(l.acquire_slot(3, Some(1), 1.0, 1).unwrap().allowed);
         assert!(!l.acquire_slot(3, Some(1), 1.0, 1).unwrap().allowed);
@@ -359,7 +420,11 @@ mod tests {
                     .collect();
                 handles.into_iter().map(|h| h.join().unwrap()).collect()
             });
-            assert_eq!(results.iter().map(|r| r.0).sum::<u64>(), CAPACITY, "round {round}");
+            assert_eq!(
+                results.iter().map(|r| r.0).sum::<u64>(),
+                CAPACITY,
+                "round {round}"
+            );
             total_retries += results.iter().map(|r| r.1).sum::<u32>();
             if total_retries > 0 {
                 return;
@@ -379,13 +444,19 @@ mod tests {
     impl Reference {
         fn new(r: u64, i_ns: u64, now_ns: u64) -> Self {
             let (r, i) = (u128::from(r), u128::from(i_ns));
-            Self { r, i, scaled_tokens: r * i, last_ns: u128::from(now_ns) }
+            Self {
+                r,
+                i,
+                scaled_tokens: r * i,
+                last_ns: u128::from(now_ns),
+            }
         }
 
         /// (allowed, remaining, reset, retry_after) for `n` at `now`.
         fn step(&mut self, now_ns: u64, unix_ns: i128, n: u64) -> (bool, u64, i64, Option<f64>) {
             let (now, n) = (u128::from(now_ns), u128::from(n));
-            self.scaled_tokens = (self.scaled_tokens + (now - self.last_ns) * self.r).min(self.r * self.i);
+            self.scaled_tokens =
+                (self.scaled_tokens + (now - self.last_ns) * self.r).min(self.r * self.i);
             self.last_ns = now;
             let allowed = n <= self.r && self.scaled_tokens >= n * self.i;
             let retry_after = (!allowed && n <= self.r)
@@ -397,12 +468,23 @@ mod tests {
             let num = unix_ns * self.r as i128 + (self.r * self.i - self.scaled_tokens) as i128;
             let den = self.r as i128 * 1_000_000_000;
             let reset = num.div_euclid(den) + i128::from(num.rem_euclid(den) != 0);
-            (allowed, (self.scaled_tokens / self.i) as u64, reset as i64, retry_after)
+            (
+                allowed,
+                (self.scaled_tokens / self.i) as u64,
+                reset as i64,
+                retry_after,
+            )
         }
     }
 
     fn ops(max_gap_ns: u64, r: u64) -> impl Strategy<Value = Vec<(u64, u64)>> {
-        prop::collection::vec((0..=max_gap_ns, prop_oneof![8 => 1..=r.min(3), 2 => 1..=r + 1]), 1..120)
+        prop::collection::vec(
+            (
+                0..=max_gap_ns,
+                prop_oneof![8 => 1..=r.min(3), 2 => 1..=r + 1],
+            ),
+            1..120,
+        )
     }
 
     fn case() -> impl Strategy<Value = (u64, u64, Vec<(u64, u64)>)> {

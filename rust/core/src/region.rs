@@ -106,13 +106,18 @@ impl Region {
 
     fn from_map(mut map: MmapMut, capacity: u32) -> Self {
         let base = map.as_mut_ptr().cast_const();
-        Self { _map: map, base, capacity }
+        Self {
+            _map: map,
+            base,
+            capacity,
+        }
     }
 
     /// A region private to this process.
     pub fn anonymous(capacity: u32) -> Result<Self> {
         Self::check_capacity(capacity)?;
-        let map = MmapMut::map_anon(Self::size(capacity)).map_err(Error::io("cannot map anonymous memory"))?;
+        let map = MmapMut::map_anon(Self::size(capacity))
+            .map_err(Error::io("cannot map anonymous memory"))?;
         let region = Self::from_map(map, capacity);
         region.initialise(boot_id());
         Ok(region)
@@ -135,19 +140,26 @@ impl Region {
             .open(path)
             .map_err(Error::io(format!("cannot open limiter region {shown}")))?;
         let _lock = Flock::exclusive(&file).map_err(Error::io(format!("cannot lock {shown}")))?;
-        let len = file.metadata().map_err(Error::io(format!("cannot stat {shown}")))?.len();
+        let len = file
+            .metadata()
+            .map_err(Error::io(format!("cannot stat {shown}")))?
+            .len();
         let size = Self::size(capacity);
         let mut header = [0u8; LINE];
         let readable = len >= LINE as u64 && file.read_exact_at(&mut header, 0).is_ok();
-        let word = |i: usize| u64::from_ne_bytes(header[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+        let word =
+            |i: usize| u64::from_ne_bytes(header[8 * i..8 * i + 8].try_into().expect("8 bytes"));
         // No magic yet: never initialised, or its initialiser died before the end.
         let fresh = len == 0 || (readable && word(0) == 0);
         if fresh {
-            file.set_len(size as u64).map_err(Error::io(format!("cannot size {shown}")))?;
+            file.set_len(size as u64)
+                .map_err(Error::io(format!("cannot size {shown}")))?;
         } else {
             Self::validate(&shown, [word(0), word(1), word(2)], capacity)?;
             if len != size as u64 {
-                return Err(Error::Region(format!("{shown} is {len} bytes, expected {size}: truncated?")));
+                return Err(Error::Region(format!(
+                    "{shown} is {len} bytes, expected {size}: truncated?"
+                )));
             }
         }
         let region = Self::from_map(Self::map_file(&file, size, &shown)?, capacity);
@@ -157,7 +169,10 @@ impl Region {
         } else if region.header().boot_id.load(Acquire) != boot {
             // The monotonic clock restarted with the machine: stored TATs are
             // meaningless, so every bucket starts full again.
-            region.entries().iter().for_each(|e| e.tat.store(0, Release));
+            region
+                .entries()
+                .iter()
+                .for_each(|e| e.tat.store(0, Release));
             region.header().boot_id.store(boot, Release);
         }
         Ok(region)
@@ -180,9 +195,15 @@ impl Region {
     }
 
     /// Checks the header words `[magic, version, capacity]` of an existing file.
-    fn validate(shown: &impl std::fmt::Display, [magic, version, stored]: [u64; 3], capacity: u32) -> Result<()> {
+    fn validate(
+        shown: &impl std::fmt::Display,
+        [magic, version, stored]: [u64; 3],
+        capacity: u32,
+    ) -> Result<()> {
         if magic != MAGIC {
-            return Err(Error::Region(format!("{shown} is not a limiter region (bad magic)")));
+            return Err(Error::Region(format!(
+                "{shown} is not a limiter region (bad magic)"
+            )));
         }
         if version != VERSION {
             return Err(Error::Region(format!(
@@ -206,7 +227,9 @@ impl Region {
     fn entries(&self) -> &[Entry] {
         // SAFETY: `capacity` entries of one line each follow the header (checked
         // against the file size at open); `Entry` is atomics only.
-        unsafe { std::slice::from_raw_parts(self.base.add(LINE).cast::<Entry>(), self.capacity as usize) }
+        unsafe {
+            std::slice::from_raw_parts(self.base.add(LINE).cast::<Entry>(), self.capacity as usize)
+        }
     }
 
     pub fn capacity(&self) -> u32 {
@@ -216,7 +239,10 @@ impl Region {
     pub fn entry(&self, slot: u32) -> Result<&Entry> {
         self.entries()
             .get(slot as usize)
-            .ok_or(Error::SlotOutOfRange { slot: i64::from(slot), capacity: self.capacity })
+            .ok_or(Error::SlotOutOfRange {
+                slot: i64::from(slot),
+                capacity: self.capacity,
+            })
     }
 
     /// The entry owned by `tag` (a hashed name, non-zero), claiming a free one if
@@ -230,13 +256,19 @@ impl Region {
             if owner == 0 {
                 // On failure `owner` is the winner, which may be us (another thread
                 // claiming the same name).
-                owner = e.tag.compare_exchange(0, tag, AcqRel, Acquire).map_or_else(|w| w, |_| tag);
+                owner = e
+                    .tag
+                    .compare_exchange(0, tag, AcqRel, Acquire)
+                    .map_or_else(|w| w, |_| tag);
             }
             if owner == tag {
                 return Ok(e);
             }
         }
-        Err(Error::Region(format!("the limiter's bucket table is full (capacity {})", self.capacity)))
+        Err(Error::Region(format!(
+            "the limiter's bucket table is full (capacity {})",
+            self.capacity
+        )))
     }
 
     pub fn claim(&self, slot: u32, tag: u64) -> Result<()> {
@@ -297,9 +329,9 @@ fn boot_id() -> u64 {
 
 /// FNV-1a 64, then a finaliser so the low bits (used for `% capacity`) are well mixed.
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    let h = bytes
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     crate::gcra::mix64(h)
 }
 
@@ -319,7 +351,10 @@ mod tests {
         let (_dir, path) = tmp();
         let a = Region::open(&path, 8).unwrap();
         let b = Region::open(&path, 8).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(a.bump_generation(), 1);
         assert_eq!(b.generation(), 1);
         a.claim(3, 42).unwrap();
@@ -374,7 +409,13 @@ mod tests {
     #[test]
     fn slots_reject_bad_indices_and_zero_tags() {
         let r = Region::anonymous(2).unwrap();
-        assert!(matches!(r.claim(2, 1), Err(Error::SlotOutOfRange { slot: 2, capacity: 2 })));
+        assert!(matches!(
+            r.claim(2, 1),
+            Err(Error::SlotOutOfRange {
+                slot: 2,
+                capacity: 2
+            })
+        ));
         assert!(matches!(r.claim(0, 0), Err(Error::InvalidArgument(_))));
         assert!(!r.is_live(0, 0).unwrap());
     }
@@ -387,7 +428,10 @@ mod tests {
         r.claim(0, 8).unwrap();
         assert!(!r.is_live(0, 7).unwrap());
         assert!(r.is_live(0, 8).unwrap());
-        assert!(!r.revoke(0, 7).unwrap(), "revoking the old owner must not touch the new one");
+        assert!(
+            !r.revoke(0, 7).unwrap(),
+            "revoking the old owner must not touch the new one"
+        );
         assert!(r.is_live(0, 8).unwrap());
         assert_eq!(r.entry(0).unwrap().tat.load(Relaxed), 0);
     }

@@ -67,7 +67,17 @@ impl KeyRecord {
             return Err(Error::invalid("expires_at must be a finite Unix time"));
         }
         let expires_at_ns = expires_at.map(|at| (at * NS_PER_SEC as f64).round() as i128);
-        Ok(Self { id, slot, tag, requests, interval, expires_at, scope, quota, expires_at_ns })
+        Ok(Self {
+            id,
+            slot,
+            tag,
+            requests,
+            interval,
+            expires_at,
+            scope,
+            quota,
+            expires_at_ns,
+        })
     }
 
     pub fn quota(&self) -> Option<&Quota> {
@@ -85,7 +95,9 @@ impl Hasher for PrefixHasher {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        self.0 = bytes.iter().fold(self.0, |h, &b| h.rotate_left(8) ^ u64::from(b));
+        self.0 = bytes
+            .iter()
+            .fold(self.0, |h, &b| h.rotate_left(8) ^ u64::from(b));
     }
     fn write_u128(&mut self, n: u128) {
         self.0 = n as u64;
@@ -113,7 +125,11 @@ pub struct KeyTable {
 impl KeyTable {
     /// An empty table; expiry is judged on the limiter's clock.
     pub fn new(digester: Digester, limiter: Arc<RateLimiter>) -> Self {
-        Self { digester, limiter, snapshot: ArcSwap::from_pointee(Snapshot::default()) }
+        Self {
+            digester,
+            limiter,
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -136,12 +152,18 @@ impl KeyTable {
         let mut by_prefix = Candidates::default();
         for (digest, record) in entries {
             self.limiter.check_slot(record.slot)?;
-            if by_prefix.insert(prefix(&digest), (digest, record)).is_some() {
+            if by_prefix
+                .insert(prefix(&digest), (digest, record))
+                .is_some()
+            {
                 // A repeated digest is a store bug; two digests sharing 128 bits, never.
                 return Err(Error::invalid("two entries share a digest"));
             }
         }
-        self.snapshot.store(Arc::new(Snapshot { by_prefix, generation }));
+        self.snapshot.store(Arc::new(Snapshot {
+            by_prefix,
+            generation,
+        }));
         Ok(())
     }
 
@@ -161,10 +183,16 @@ impl KeyTable {
             return (if stale { Auth::Stale } else { Auth::Unknown }, None);
         };
         // The slot was range-checked by `replace_all`, so this cannot fail.
-        let live = self.limiter.slot_is_live(record.slot, record.tag).unwrap_or(false);
+        let live = self
+            .limiter
+            .slot_is_live(record.slot, record.tag)
+            .unwrap_or(false);
         let auth = if !live {
             Auth::Revoked
-        } else if record.expires_at_ns.is_some_and(|at| at <= self.limiter.clock().unix_ns()) {
+        } else if record
+            .expires_at_ns
+            .is_some_and(|at| at <= self.limiter.clock().unix_ns())
+        {
             Auth::Expired
         } else {
             Auth::Ok
@@ -173,7 +201,11 @@ impl KeyTable {
     }
 
     /// `authenticate`, then for a valid key, take `cost` from its bucket.
-    pub fn check(&self, raw: &str, cost: u64) -> Result<(Auth, Option<Arc<KeyRecord>>, Option<Decision>)> {
+    pub fn check(
+        &self,
+        raw: &str,
+        cost: u64,
+    ) -> Result<(Auth, Option<Arc<KeyRecord>>, Option<Decision>)> {
         if cost == 0 {
             return Err(Error::invalid("cost must be at least 1"));
         }
@@ -200,8 +232,24 @@ mod tests {
         key: String,
     }
 
-    fn record(slot: u32, tag: u64, requests: Option<u64>, expires_at: Option<f64>) -> Arc<KeyRecord> {
-        Arc::new(KeyRecord::new("k1".into(), slot, tag, requests, 60.0, expires_at, "all".into()).unwrap())
+    fn record(
+        slot: u32,
+        tag: u64,
+        requests: Option<u64>,
+        expires_at: Option<f64>,
+    ) -> Arc<KeyRecord> {
+        Arc::new(
+            KeyRecord::new(
+                "k1".into(),
+                slot,
+                tag,
+                requests,
+                60.0,
+                expires_at,
+                "all".into(),
+            )
+            .unwrap(),
+        )
     }
 
     /// A table with one key in slot 1 (tag 11), 2 requests per minute, expiring in 10 s.
@@ -214,9 +262,18 @@ mod tests {
         limiter.claim_slot(1, 11).unwrap();
         let expires = clock.unix() + 10.0;
         table
-            .replace_all([(digester.digest(&key), record(1, 11, Some(2), Some(expires)))], limiter.generation())
+            .replace_all(
+                [(digester.digest(&key), record(1, 11, Some(2), Some(expires)))],
+                limiter.generation(),
+            )
             .unwrap();
-        Fixture { clock, limiter, digester, table, key }
+        Fixture {
+            clock,
+            limiter,
+            digester,
+            table,
+            key,
+        }
     }
 
     #[test]
@@ -250,10 +307,14 @@ mod tests {
         let other = generate_key().unwrap();
         let mut near = f.digester.digest(&other);
         near[31] ^= 1;
-        f.table.replace_all([(near, record(1, 11, None, None))], 0).unwrap();
+        f.table
+            .replace_all([(near, record(1, 11, None, None))], 0)
+            .unwrap();
         assert_eq!(f.table.authenticate(&other), (Auth::Unknown, None));
         near[31] ^= 1;
-        f.table.replace_all([(near, record(1, 11, None, None))], 0).unwrap();
+        f.table
+            .replace_all([(near, record(1, 11, None, None))], 0)
+            .unwrap();
         assert_eq!(f.table.authenticate(&other).0, Auth::Ok);
     }
 
@@ -293,11 +354,29 @@ mod tests {
         let f = fixture();
         let d = f.digester.digest(&f.key);
         let out = f.table.replace_all([(d, record(4, 1, None, None))], 0);
-        assert!(matches!(out, Err(Error::SlotOutOfRange { slot: 4, capacity: 4 })));
-        let twice = [(d, record(1, 11, None, None)), (d, record(2, 12, None, None))];
-        assert!(matches!(f.table.replace_all(twice, 0), Err(Error::InvalidArgument(_))));
-        assert_eq!(f.table.len(), 1, "a failed replace leaves the table as it was");
+        assert!(matches!(
+            out,
+            Err(Error::SlotOutOfRange {
+                slot: 4,
+                capacity: 4
+            })
+        ));
+        let twice = [
+            (d, record(1, 11, None, None)),
+            (d, record(2, 12, None, None)),
+        ];
+        assert!(matches!(
+            f.table.replace_all(twice, 0),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert_eq!(
+            f.table.len(),
+            1,
+            "a failed replace leaves the table as it was"
+        );
         assert!(KeyRecord::new("x".into(), 0, 0, None, 1.0, None, String::new()).is_err());
-        assert!(KeyRecord::new("x".into(), 0, 1, None, 1.0, Some(f64::NAN), String::new()).is_err());
+        assert!(
+            KeyRecord::new("x".into(), 0, 1, None, 1.0, Some(f64::NAN), String::new()).is_err()
+        );
     }
 }

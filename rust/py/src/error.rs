@@ -39,7 +39,8 @@ impl From<CoreError> for PyErr {
 /// A Python int used as a count (cost, requests): negative is a `ValueError`
 /// here, zero and too-large values are refused by the core.
 pub fn count(name: &str, value: i64) -> CoreResult<u64> {
-    u64::try_from(value).map_err(|_| Error::invalid(format!("{name} must be at least 1, got {value}")).into())
+    u64::try_from(value)
+        .map_err(|_| Error::invalid(format!("{name} must be at least 1, got {value}")).into())
 }
 
 pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -56,10 +57,19 @@ mod tests {
         Python::attach(|py| {
             let cases = [
                 (Error::invalid("x"), py.get_type::<PyValueError>()),
-                (Error::SlotOutOfRange { slot: 9, capacity: 1 }, py.get_type::<PyIndexError>()),
+                (
+                    Error::SlotOutOfRange {
+                        slot: 9,
+                        capacity: 1,
+                    },
+                    py.get_type::<PyIndexError>(),
+                ),
                 (Error::Region("x".into()), py.get_type::<LimiterError>()),
                 (
-                    Error::Io { context: "x".into(), source: std::io::Error::other("y") },
+                    Error::Io {
+                        context: "x".into(),
+                        source: std::io::Error::other("y"),
+                    },
                     py.get_type::<LimiterError>(),
                 ),
             ];

@@ -25,7 +25,8 @@ impl FakeClock {
     }
 
     fn advance_ns(&self, ns: i64) -> CoreResult<()> {
-        let ns = u64::try_from(ns).map_err(|_| Error::invalid(format!("cannot advance a clock by {ns} ns")))?;
+        let ns = u64::try_from(ns)
+            .map_err(|_| Error::invalid(format!("cannot advance a clock by {ns} ns")))?;
         Ok(self.0.advance_ns(ns)?)
     }
 
@@ -40,12 +41,17 @@ impl FakeClock {
     }
 
     fn __repr__(&self) -> String {
-        format!("FakeClock(monotonic_ns={}, unix={})", self.0.monotonic_ns(), self.0.unix())
+        format!(
+            "FakeClock(monotonic_ns={}, unix={})",
+            self.0.monotonic_ns(),
+            self.0.unix()
+        )
     }
 }
 
 /// The limiter's answer. A refusal is a value, never an exception.
-#[pyclass(frozen, module = "agentrouter._core")]
+/// A free list spares an allocation per decision on the hot path.
+#[pyclass(frozen, freelist = 64, module = "agentrouter._core")]
 pub struct Decision(pub core::Decision);
 
 #[pymethods]
@@ -117,13 +123,19 @@ impl RateLimiter {
         signature = (path = None, *, capacity = core::DEFAULT_CAPACITY, clock = None),
         text_signature = "(path=None, *, capacity=65536, clock=None)"
     )]
-    fn new(py: Python<'_>, path: Option<PathBuf>, capacity: u32, clock: Option<&Bound<'_, FakeClock>>) -> CoreResult<Self> {
+    fn new(
+        py: Python<'_>,
+        path: Option<PathBuf>,
+        capacity: u32,
+        clock: Option<&Bound<'_, FakeClock>>,
+    ) -> CoreResult<Self> {
         let clock: Arc<dyn Clock> = match clock {
             Some(c) => c.get().0.clone(),
-            None => Arc::new(core::MonotonicClock),
+            None => Arc::new(core::MonotonicClock::new()),
         };
         // Opening a file may wait on another process's init lock: let Python run meanwhile.
-        let limiter = py.detach(|| core::RateLimiter::with_clock(path.as_deref(), capacity, clock))?;
+        let limiter =
+            py.detach(|| core::RateLimiter::with_clock(path.as_deref(), capacity, clock))?;
         Ok(Self(Arc::new(limiter)))
     }
 
@@ -141,9 +153,20 @@ impl RateLimiter {
         signature = (key, requests = Some(100), interval = 60.0, cost = 1),
         text_signature = "($self, key, requests=100, interval=60.0, cost=1)"
     )]
-    fn acquire(&self, key: &str, requests: Option<i64>, interval: f64, cost: i64) -> CoreResult<Decision> {
+    fn acquire(
+        &self,
+        key: &str,
+        requests: Option<i64>,
+        interval: f64,
+        cost: i64,
+    ) -> CoreResult<Decision> {
         let limit = self::requests(requests)?;
-        Ok(Decision(self.0.acquire(key, limit, interval, count("cost", cost)?)?))
+        Ok(Decision(self.0.acquire(
+            key,
+            limit,
+            interval,
+            count("cost", cost)?,
+        )?))
     }
 
     fn generation(&self) -> u64 {
@@ -167,13 +190,28 @@ impl RateLimiter {
     }
 
     #[pyo3(signature = (slot, requests, interval, cost = 1))]
-    fn acquire_slot(&self, slot: i64, requests: Option<i64>, interval: f64, cost: i64) -> CoreResult<Decision> {
+    fn acquire_slot(
+        &self,
+        slot: i64,
+        requests: Option<i64>,
+        interval: f64,
+        cost: i64,
+    ) -> CoreResult<Decision> {
         let limit = self::requests(requests)?;
-        Ok(Decision(self.0.acquire_slot(self.slot(slot)?, limit, interval, count("cost", cost)?)?))
+        Ok(Decision(self.0.acquire_slot(
+            self.slot(slot)?,
+            limit,
+            interval,
+            count("cost", cost)?,
+        )?))
     }
 
     fn __repr__(&self) -> String {
-        format!("RateLimiter(path={:?}, capacity={})", self.path(), self.0.capacity())
+        format!(
+            "RateLimiter(path={:?}, capacity={})",
+            self.path(),
+            self.0.capacity()
+        )
     }
 }
 

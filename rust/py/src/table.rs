@@ -10,7 +10,7 @@ use crate::error::{count, CoreResult};
 use crate::keys::Digester;
 use crate::limiter::{Decision, RateLimiter};
 
-#[pyclass(frozen, module = "agentrouter._core")]
+#[pyclass(frozen, freelist = 64, module = "agentrouter._core")]
 pub struct KeyRecord(Arc<core::KeyRecord>);
 
 #[pymethods]
@@ -62,7 +62,10 @@ impl KeyRecord {
 
     fn __repr__(&self) -> String {
         let r = &self.0;
-        format!("KeyRecord(id={:?}, slot={}, scope={:?})", r.id, r.slot, r.scope)
+        format!(
+            "KeyRecord(id={:?}, slot={}, scope={:?})",
+            r.id, r.slot, r.scope
+        )
     }
 }
 
@@ -78,7 +81,10 @@ fn record(r: Option<Arc<core::KeyRecord>>) -> Option<KeyRecord> {
 impl KeyTable {
     #[new]
     fn new(digester: &Bound<'_, Digester>, limiter: &Bound<'_, RateLimiter>) -> Self {
-        Self(core::KeyTable::new(digester.get().0.clone(), Arc::clone(&limiter.get().0)))
+        Self(core::KeyTable::new(
+            digester.get().0.clone(),
+            Arc::clone(&limiter.get().0),
+        ))
     }
 
     fn __len__(&self) -> usize {
@@ -99,7 +105,10 @@ impl KeyTable {
             .iter()
             .map(|(digest, record)| {
                 let digest: core::Digest = digest.as_bytes().try_into().map_err(|_| {
-                    Error::invalid(format!("a digest is 32 bytes, got {}", digest.as_bytes().len()))
+                    Error::invalid(format!(
+                        "a digest is 32 bytes, got {}",
+                        digest.as_bytes().len()
+                    ))
                 })?;
                 Ok((digest, Arc::clone(&record.get().0)))
             })
