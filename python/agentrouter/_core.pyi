@@ -160,6 +160,9 @@ class RateLimiter:
 
 @final
 class KeyRecord:
+    """A key as the hot path needs it. The limit is validated here (``ValueError``);
+    with ``requests=None`` the key is unlimited and ``interval`` is ignored."""
+
     def __new__(
         cls,
         id: str,

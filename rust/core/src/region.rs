@@ -6,6 +6,10 @@
 //! Layout (native endian, every field an `AtomicU64`, one 64-byte cache line each):
 //! header `{magic, version, capacity, generation, boot_id}`, then per entry
 //! `{tag, tat, fingerprint, flags}`. `tag == 0` marks a free entry.
+//!
+//! Entries are owned either by names (`named`, open addressing, never freed) or
+//! by the gateway's slots (`claim`, indexed by the store): a region serves one
+//! style, since a slot claim would overwrite a named entry and vice versa.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
