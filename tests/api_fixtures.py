@@ -174,3 +174,17 @@ def record(key_id: str, t: float, *, status: int = 200, model: str | None = "gpt
            tin: int = 10, tout: int = 4, ip: str | None = "10.9.8.7") -> RequestRecord:
     return RequestRecord(key_id=key_id, time=t, model=model, status=status, latency_ms=latency, input_tokens=tin,
                          output_tokens=tout, client_ip=ip, user_agent="api-test")
+
+
+def api_error(resp: httpx.Response, status: int, type_: str, field: str | None = None) -> dict[str, Any]:
+    """Assert the one error shape (status, type, the field at fault); return ``error``."""
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == "application/json"
+    body = resp.json()
+    assert set(body) == {"error"}
+    err = body["error"]
+    assert err["type"] == type_, err
+    assert isinstance(err["message"], str) and err["message"]
+    if field is not None:
+        assert err["field"] == field, err
+    return err  # type: ignore[no-any-return]

@@ -11,23 +11,11 @@ import pytest
 
 from agentrouter.store.models import UsageDelta
 from tests.api_fixtures import ApiServer, admin, api_server, http  # noqa: F401
+from tests.api_fixtures import api_error as error
 
 pytestmark = pytest.mark.slow
 
 FORBIDDEN = ["id", "digest", "prefix", "created_at", "usage", "last_used_at", "state", "slot", "tag", "key"]
-
-
-def error(resp: httpx.Response, status: int, type_: str, field: str | None = None) -> dict[str, Any]:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"] == "application/json"
-    body = resp.json()
-    assert set(body) == {"error"}
-    err = body["error"]
-    assert err["type"] == type_, err
-    assert isinstance(err["message"], str) and err["message"]
-    if field is not None:
-        assert err["field"] == field, err
-    return err  # type: ignore[no-any-return]
 
 
 def fresh(server: ApiServer, key: str, *, header: str = "bearer") -> httpx.Client:
