@@ -203,3 +203,12 @@ def test_importing_the_limiter_imports_nothing_of_the_gateway() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "['agentrouter', 'agentrouter._core', 'agentrouter.limiter']"
+
+
+def test_the_module_docstring_example_runs() -> None:
+    import doctest
+
+    import agentrouter.limiter
+
+    result = doctest.testmod(agentrouter.limiter)
+    assert result.attempted > 0 and result.failed == 0

@@ -3,7 +3,8 @@
 //! Each bucket is one `AtomicU64` TAT; an acquire reads it, decides with the pure
 //! math of `gcra::decide`, and publishes the new TAT with `compare_exchange_weak`,
 //! deciding again on the fresh value if another thread or process got there first.
-//! A refusal never writes. No mutex, no syscall beyond reading the clock.
+//! A refusal never writes. No mutex and no system call (the clock is read
+//! through the vDSO).
 //!
 //! A bucket also stores the fingerprint of the quota its TAT is expressed in. A
 //! caller acquiring with a different quota resets the bucket to full under its
