@@ -146,3 +146,18 @@ async def test_changes_reach_a_running_process_on_its_next_request(cli: Cli, dat
         assert table.authenticate(first["key"])[0] == AUTH_REVOKED
     finally:
         await core.close()
+
+
+def test_the_cli_finds_the_servers_data_dir(tmp_path: Path, cli: Cli) -> None:
+    """Keys made with --config land where a server with that config looks."""
+    server_dir = tmp_path / "server-data"
+    config = tmp_path / "agentrouter.toml"
+    config.write_text(f'[server]\ndata_dir = "{server_dir}"\n')
+    del cli.env["AGENTROUTER_DATA_DIR"]
+    cli.env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
+    made = cli.json("--config", str(config), "keys", "create")
+    assert (server_dir / "agentrouter.db").exists()
+    assert [k["id"] for k in cli.json("--data-dir", str(server_dir), "keys", "list")] == [made["id"]]
+    # Without either, the default data dir is used: another one, empty.
+    assert cli.json("keys", "list") == []
+    assert (tmp_path / "xdg" / "agentrouter" / "agentrouter.db").exists()

@@ -172,7 +172,7 @@ class ManagementApi:
             body = b""
             if op.body is not None:
                 body = await _read_body(receive, headers)
-                if body.strip():
+                if body:
                     _check_content_type(headers.get(b"content-type"))
             req = Request(method, path, params, query, op.parse_body(body), None)
             reply = await op.handler(self._ctx, req)

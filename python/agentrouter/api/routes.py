@@ -120,21 +120,51 @@ class Operation:
             else:
                 data[name] = values[0]
         try:
-            return msgspec.convert(data, self.query, strict=False)
+            query = msgspec.convert(data, self.query, strict=False)
         except msgspec.ValidationError as exc:
             raise validation_error(exc) from None
+        for name in data:  # lax conversion reads "null" as None; a parameter is absent instead
+            if getattr(query, name) is None:
+                raise ApiError(422, f"{name}: not a valid value; leave the parameter out instead", field=name)
+        return query
 
     def parse_body(self, raw: bytes) -> Any:
         if self.body is None:
             return None
-        if not raw.strip():
+        if not raw:  # no body at all counts as {}; whitespace is malformed JSON
             raw = b"{}"
         try:
-            return msgspec.json.decode(raw, type=self.body)
-        except msgspec.ValidationError as exc:
-            raise validation_error(exc) from None
+            data = msgspec.json.decode(raw)
         except msgspec.DecodeError as exc:
             raise ApiError(400, f"The body is not valid JSON: {exc}") from None
+        try:
+            return msgspec.convert(_integral(data, msgspec.inspect.type_info(self.body)), self.body)
+        except msgspec.ValidationError as exc:
+            raise validation_error(exc) from None
+
+
+def _integral(value: Any, info: msgspec.inspect.Type) -> Any:
+    """JSON Schema counts 428.0 as an integer: turn integral floats into ints where the
+    body's type wants an int (``rate_limit.requests``), and leave everything else —
+    metadata included — exactly as sent."""
+    if isinstance(info, msgspec.inspect.Metadata):
+        info = info.type
+    if isinstance(info, msgspec.inspect.UnionType):
+        types = [t.type if isinstance(t, msgspec.inspect.Metadata) else t for t in info.types]
+        structs = [t for t in types if isinstance(t, msgspec.inspect.StructType)]
+        ints = any(isinstance(t, msgspec.inspect.IntType) for t in types)
+        floats = any(isinstance(t, msgspec.inspect.FloatType) for t in types)
+        if isinstance(value, dict) and len(structs) == 1:
+            return _integral(value, structs[0])
+        if ints and not floats and isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+    if isinstance(info, msgspec.inspect.IntType):
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+    if isinstance(info, msgspec.inspect.StructType) and isinstance(value, dict):
+        fields = {f.encode_name: f.type for f in info.fields}
+        return {k: _integral(v, fields[k]) if k in fields else v for k, v in value.items()}
+    return value
 
 
 def _is_list_field(struct: Any, name: str) -> bool:

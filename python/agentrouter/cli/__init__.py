@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from agentrouter.cli.context import add_global_options
 from agentrouter.cli.output import CommandError, UsageError, fail
 
 # Sub-command modules, in the order `--help` lists them.
@@ -20,6 +21,7 @@ _COMMANDS = ("serve", "keys", "usage", "alerts")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentrouter", description="AgentRouter LLM API gateway")
+    add_global_options(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMANDS:
         try:

@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
-from agentrouter.cli.output import CommandError, UsageError, add_json_flag, emit_json, wants_json
+from agentrouter.cli.context import run_with_core
+from agentrouter.cli.output import UsageError, add_json_flag, emit_json, wants_json
 from agentrouter.core import Core
 from agentrouter.durations import format_duration, parse_duration
-from agentrouter.keys import CreatedKey, KeyConflict, KeyInputError, KeyNotFound
-from agentrouter.store import KeyRow, StoreError
+from agentrouter.keys import CreatedKey
+from agentrouter.store import KeyRow
 
 SHOWN_ONCE = "This key will not be shown again. Copy it now and keep it somewhere safe."
-
-T = TypeVar("T")
-
 
 def register(sub: Any) -> None:
     keys = sub.add_parser("keys", help="manage API keys")
@@ -93,13 +89,13 @@ def _create(args: argparse.Namespace) -> int:
             expires_in=expires_in, scope=args.scope,
         )
 
-    created = _run(go)
+    created = run_with_core(args, go)
     _print_created(args, created, "Created")
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
-    rows = _run(lambda core: core.keys.list(include_deleted=args.all))
+    rows = run_with_core(args, lambda core: core.keys.list(include_deleted=args.all))
     if wants_json(args):
         emit_json([key_json(r) for r in rows])
         return 0
@@ -129,7 +125,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    row = _run(lambda core: core.keys.get(args.id))
+    row = run_with_core(args, lambda core: core.keys.get(args.id))
     if wants_json(args):
         emit_json(key_json(row))
     else:
@@ -159,7 +155,7 @@ def _update(args: argparse.Namespace) -> int:
     if not changes:
         raise UsageError("nothing to update: give --name, --requests, --interval, --no-limit, "
                          "--metadata, --expires-in or --no-expiry")
-    row = _run(lambda core: core.keys.update(args.id, **changes))
+    row = run_with_core(args, lambda core: core.keys.update(args.id, **changes))
     if wants_json(args):
         emit_json(key_json(row))
     else:
@@ -176,7 +172,7 @@ def _delete(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("Not deleted.")
             return 1
-    row = _run(lambda core: core.keys.delete(args.id))
+    row = run_with_core(args, lambda core: core.keys.delete(args.id))
     if wants_json(args):
         emit_json(key_json(row))
     else:
@@ -186,7 +182,7 @@ def _delete(args: argparse.Namespace) -> int:
 
 def _rotate(args: argparse.Namespace) -> int:
     grace = _duration(args.grace, "--grace")
-    created = _run(lambda core: core.keys.rotate(args.id, grace=grace))
+    created = run_with_core(args, lambda core: core.keys.rotate(args.id, grace=grace))
     if not wants_json(args):
         until = "now" if grace == 0 else f"in {format_duration(grace)}"
         print(f"Rotated key {args.id}: the old key stops working {until}.")
@@ -195,22 +191,6 @@ def _rotate(args: argparse.Namespace) -> int:
 
 
 # -- helpers -------------------------------------------------------------------
-
-
-def _run(op: Callable[[Core], Awaitable[T]]) -> T:
-    async def main() -> T:
-        core = await Core.open()
-        try:
-            return await op(core)
-        finally:
-            await core.close()
-
-    try:
-        return asyncio.run(main())
-    except KeyInputError as exc:
-        raise UsageError(str(exc)) from None
-    except (KeyNotFound, KeyConflict, StoreError) as exc:
-        raise CommandError(str(exc.args[0] if exc.args else exc)) from None
 
 
 def _parse_limit(args: argparse.Namespace) -> tuple[int | None, float | None]:
