@@ -66,3 +66,11 @@ def test_usage_bad_input(cli: Cli) -> None:
     assert proc.returncode == 2 and "--until" in proc.stderr
     proc = cli.run("usage", "nokey", "--json")
     assert proc.returncode == 1 and '"error"' in proc.stdout
+
+
+async def test_usage_reads_the_data_dir_given(cli: Cli, data_dir: Path, tmp_path: Path) -> None:
+    key = cli.json("keys", "create", "--name", "elsewhere")
+    await seed(data_dir, key["id"], [time.time() - 60])
+    cli.env["AGENTROUTER_DATA_DIR"] = str(tmp_path / "empty")
+    report = cli.json("--data-dir", str(data_dir), "usage", "elsewhere")
+    assert report["totals"]["requests"] == 1

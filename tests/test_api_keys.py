@@ -354,6 +354,8 @@ def test_rotate_with_grace(api_server: ApiServer, http: httpx.Client) -> None:
     assert (new["name"], new["scope"], new["metadata"]) == ("rotating", "manage", {"team": "ops"})
     old_row = http.get(f"/api/v1/keys/{old['id']}").json()
     assert old_row["rotated_to"] == new["id"] and old_row["expires_at"] is not None
+    err = error(http.post(f"/api/v1/keys/{old['id']}/rotate", json={}), 409, "conflict")
+    assert "already rotated" in err["message"]
     assert get_fresh(api_server, old["key"]).status_code == 200  # within the grace period
     assert get_fresh(api_server, new["key"]).status_code == 200
     time.sleep(2.3)

@@ -34,7 +34,7 @@ from agentrouter.api.errors import ApiError
 from agentrouter.api.openapi import openapi_json
 from agentrouter.api.routes import Context, Request, match
 from agentrouter.core import Core
-from agentrouter.keys import KeyInputError
+from agentrouter.keys import KeyConflict, KeyInputError
 from agentrouter.monitor.runner import Monitor
 from agentrouter.monitor.settings import MonitorSettings, load_monitor_settings
 from agentrouter.store import StoreError
@@ -182,7 +182,7 @@ class ManagementApi:
         except KeyInputError as exc:
             await _send_error(send, ApiError(422, str(exc)), rate_limit_headers(decision))
             return
-        except StoreError as exc:
+        except (KeyConflict, StoreError) as exc:
             await _send_error(send, ApiError(409, str(exc)), rate_limit_headers(decision))
             return
         except Exception:

@@ -52,7 +52,7 @@ def _list(args: argparse.Namespace) -> int:
             kind=args.kind, key_id=args.key, acknowledged=None if args.all else False, limit=args.limit
         )
 
-    rows = run(go)
+    rows = run(args, go)
     if wants_json(args):
         emit_json([alert_json(a) for a in rows])
         return 0
@@ -74,7 +74,7 @@ def _ack(args: argparse.Namespace) -> int:
     async def go(core: Core) -> AlertRow | None:
         return await Analytics(core.store).acknowledge_alert(args.id, now=core.now())
 
-    row = run(go)
+    row = run(args, go)
     if row is None:
         raise CommandError(f"no alert with id {args.id!r}")
     if wants_json(args):

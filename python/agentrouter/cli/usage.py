@@ -8,13 +8,13 @@ with requests in the table) and the per-model breakdown.
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from agentrouter.api.errors import ApiError
 from agentrouter.api.params import parse_time
+from agentrouter.cli.context import run_with_core
 from agentrouter.cli.output import CommandError, UsageError, add_json_flag, emit_json, wants_json
 from agentrouter.core import Core
 from agentrouter.keys import KeyNotFound
@@ -52,7 +52,7 @@ def _usage(args: argparse.Namespace) -> int:
         )
         return row, report
 
-    row, report = run(go)
+    row, report = run(args, go)
     if wants_json(args):
         emit_json(report)
         return 0
@@ -98,16 +98,11 @@ async def resolve_key(core: Core, ident: str) -> KeyRow:
     raise CommandError(f"no key with id or name {ident!r}")
 
 
-def run(op: Callable[[Core], Awaitable[T]]) -> T:
-    async def main() -> T:
-        core = await Core.open()
-        try:
-            return await op(core)
-        finally:
-            await core.close()
-
+def run(args: argparse.Namespace, op: Callable[[Core], Awaitable[T]]) -> T:
+    """``run_with_core`` (the server's data directory, errors to exit statuses), and a
+    usage range the store refuses as a usage error naming the flag."""
     try:
-        return asyncio.run(main())
+        return run_with_core(args, op)
     except UsageQueryError as exc:
         flag = {"by": "--by", "until": "--until", "since": "--since"}.get(exc.field, exc.field)
         raise UsageError(f"{flag}: {exc}") from None
