@@ -43,13 +43,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def server_env(data_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+def server_env(data_dir: Path, extra: dict[str, str] | None = None, *, secret: str | None = SECRET) -> dict[str, str]:
+    """The environment of the server and the CLI; ``secret=None`` uses the data
+    directory's own secret file (to share a data directory with a gateway)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTROUTER_")}
-    env.update({
-        "AGENTROUTER_DATA_DIR": str(data_dir),
-        "AGENTROUTER_SECRET": SECRET,
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update({"AGENTROUTER_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"})
+    if secret is not None:
+        env["AGENTROUTER_SECRET"] = secret
     env.update(extra or {})
     return env
 
@@ -57,11 +57,13 @@ def server_env(data_dir: Path, extra: dict[str, str] | None = None) -> dict[str,
 class ApiServer:
     """The management API under Granian, and the CLI and store bound to its data dir."""
 
-    def __init__(self, data_dir: Path, *, workers: int = 2, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *, workers: int = 2, env: dict[str, str] | None = None, secret: str | None = SECRET
+    ) -> None:
         self.data_dir = data_dir
         self.workers = workers
         self.port = free_port()
-        self.env = server_env(data_dir, env)
+        self.env = server_env(data_dir, env, secret=secret)
         self.log_path = data_dir.parent / f"api-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
