@@ -29,6 +29,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -54,6 +55,19 @@ STOP_TIMEOUT = 30.0
 CLI_TIMEOUT = 60.0
 BIG_LIMIT = ("100000", "60")
 """A limit no test reaches, so every key has X-RateLimit-* headers to check."""
+
+
+_TLS = ssl.create_default_context()
+
+
+def async_client(**options: Any) -> httpx.AsyncClient:
+    """A client of its own (its own connections) that costs nothing to make.
+
+    httpx builds a TLS context per client by default (~40 ms of CPU); tests that open
+    dozens of clients at once share one, or their timing would be the CA store's.
+    """
+    options.setdefault("timeout", 30.0)
+    return httpx.AsyncClient(verify=_TLS, **options)
 
 
 def agentrouter_cmd() -> list[str]:
@@ -275,6 +289,16 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, fake: FakeUpstream, down_u
         yield gw
     finally:
         gw.stop()
+
+
+@pytest.fixture(autouse=True)
+def _gateway_still_up(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test after which the session's gateway is gone fails here, with its log."""
+    yield
+    if "gateway" in request.fixturenames:
+        gw: Gateway = request.getfixturevalue("gateway")
+        if gw.proc is not None and gw.proc.poll() is not None:
+            pytest.fail(f"the gateway exited with {gw.proc.returncode} during this test:\n{gw.log_tail()}")
 
 
 @pytest.fixture

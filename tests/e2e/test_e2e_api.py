@@ -104,7 +104,7 @@ def test_chat_completion_streaming(fake: FakeUpstream, key: dict[str, Any], clie
 
 def test_stream_is_relayed_chunk_by_chunk(gateway: Gateway, fake: FakeUpstream, key: dict[str, Any]) -> None:
     """The first event arrives while the upstream is still streaming: nothing is buffered whole."""
-    fake.on("gpt-chunked", chunk_delay=0.3, chunks=6)
+    fake.on("gpt-chunked", chunk_delay=0.2, chunks=4)
     body = {"model": "gpt-chunked", "stream": True, "messages": MESSAGES}
     with httpx.Client(timeout=30.0) as client, client.stream(
         "POST", gateway.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key['key']}"}

@@ -122,6 +122,7 @@ def test_deleted_key(gateway: Gateway, fake: FakeUpstream, clients: Any) -> None
     refused(gateway, fake, created["key"], clients)
 
 
+@pytest.mark.slow
 def test_expired_key(gateway: Gateway, fake: FakeUpstream, clients: Any) -> None:
     created = gateway.create_key(name="short-lived", expires_in="2s")
     issued = time.monotonic()
@@ -130,6 +131,7 @@ def test_expired_key(gateway: Gateway, fake: FakeUpstream, clients: Any) -> None
     refused(gateway, fake, created["key"], clients)
 
 
+@pytest.mark.slow
 def test_rotated_key_after_grace(gateway: Gateway, fake: FakeUpstream, clients: Any) -> None:
     old = gateway.create_key(name="rotating")
     clients("openai", old["key"]).chat.completions.create(model="gpt-4o", messages=MESSAGES)

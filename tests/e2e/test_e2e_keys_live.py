@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from tests.e2e.conftest import Gateway
+from tests.e2e.conftest import Gateway, async_client
 from tests.upstream_fake import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "Hello!"}]
@@ -17,7 +17,7 @@ async def _burst(url: str, key: str, n: int) -> list[int]:
     """``n`` concurrent requests, each on a fresh connection, so every worker takes some."""
 
     async def one(i: int) -> int:
-        async with httpx.AsyncClient(timeout=30.0) as client:
+        async with async_client() as client:
             if i % 2:
                 resp = await client.post(url + "/v1/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES},
                                          headers={"Authorization": f"Bearer {key}"})
@@ -37,7 +37,7 @@ async def test_delete_while_serving_refuses_next_request_on_every_worker(gateway
     gateway.cli("keys", "delete", created["id"], "--yes")
     assert await _burst(gateway.url, created["key"], 12) == [401] * 12
     # Keep-alive connections opened before the deletion are refused too.
-    async with httpx.AsyncClient(timeout=30.0) as client:
+    async with async_client() as client:
         for _ in range(4):
             resp = await client.post(gateway.url + "/v1/chat/completions",
                                      json={"model": "gpt-4o", "messages": MESSAGES},

@@ -14,7 +14,13 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import Gateway, anthropic_error, assert_ratelimit_headers, openai_error
+from tests.e2e.conftest import (
+    Gateway,
+    anthropic_error,
+    assert_ratelimit_headers,
+    async_client,
+    openai_error,
+)
 from tests.upstream_fake import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "Hello!"}]
@@ -48,6 +54,7 @@ def sdk_http(hooks: dict[str, list[Any]]) -> Any:
     return httpx2.Client(event_hooks=hooks, timeout=30.0)
 
 
+@pytest.mark.slow
 def test_openai_429_then_sdk_retry_honours_retry_after(
     gateway: Gateway, fake: FakeUpstream, clients: Any
 ) -> None:
@@ -80,6 +87,7 @@ def test_openai_429_then_sdk_retry_honours_retry_after(
     assert elapsed >= wait
 
 
+@pytest.mark.slow
 def test_anthropic_429_then_sdk_retry_honours_retry_after(
     gateway: Gateway, fake: FakeUpstream, clients: Any
 ) -> None:
@@ -146,7 +154,7 @@ async def _fire(url: str, key: str, n: int) -> list[httpx.Response]:
     """``n`` requests at once, each on a connection of its own (so both workers take some)."""
 
     async def one(i: int) -> httpx.Response:
-        async with httpx.AsyncClient(timeout=30.0) as client:
+        async with async_client() as client:
             if i % 2:
                 return await client.post(url + "/v1/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES},
                                          headers={"Authorization": f"Bearer {key}"})

@@ -11,13 +11,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import start_gateway
+from tests.e2e.conftest import async_client, start_gateway
 from tests.upstream_fake import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "Hello!"}]
 N = 60
 SPREAD = 1.2
-"""Seconds over which the N requests start; SIGTERM comes half-way."""
+"""Seconds over which the N requests start."""
+IN_FLIGHT = 12
+"""SIGTERM is sent once this many requests have reached the upstream (so, mid-way)."""
 
 
 @pytest.mark.slow
@@ -30,12 +32,13 @@ async def test_sigterm_under_load_loses_no_usage(tmp_path: Path, fake: FakeUpstr
         key = created["key"]
         mark = fake.mark()
         term_at: list[float] = []
+        errors: list[str] = []
 
         async def one(i: int) -> tuple[int, float] | None:
             """(status, time answered), or None when the request was not answered."""
             await asyncio.sleep(i * SPREAD / N)
             try:
-                async with httpx.AsyncClient(timeout=30.0) as client:
+                async with async_client() as client:
                     if i % 2:
                         resp = await client.post(gw.url + "/v1/chat/completions",
                                                  json={"model": "gpt-drain", "messages": MESSAGES},
@@ -52,11 +55,14 @@ async def test_sigterm_under_load_loses_no_usage(tmp_path: Path, fake: FakeUpstr
                     if resp.status_code == 200:
                         assert body.rstrip().endswith(b'data: {"type":"message_stop"}'), body[-200:]
                     return resp.status_code, time.monotonic()
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
                 return None
 
         async def terminate() -> None:
-            await asyncio.sleep(SPREAD / 2)
+            deadline = time.monotonic() + 20
+            while len(fake.since(mark)) < IN_FLIGHT and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
             gw.terminate()
             term_at.append(time.monotonic())
 
@@ -65,19 +71,26 @@ async def test_sigterm_under_load_loses_no_usage(tmp_path: Path, fake: FakeUpstr
     finally:
         await asyncio.to_thread(gw.stop)
 
-    assert returncode == 0, gw.log_tail()
     answered = [r for r in results if r is not None]
     ok = [r for r in answered if r[0] == 200]
+    forwarded = fake.since(mark)
+    summary = (
+        f"{len(answered)} of {N} answered ({sum(t > term_at[0] for _, t in answered)} after SIGTERM); "
+        f"upstream got {len(forwarded)}, {sum(r.finished for r in forwarded)} finished, "
+        f"{sum(r.closed_early for r in forwarded)} closed early; client errors: {sorted(set(errors))[:5]}"
+    )
+    assert returncode == 0, gw.log_tail()
     # Drained requests succeed; one that arrives while the server shuts down may be told so (503).
-    assert {status for status, _ in answered} <= {200, 503}, [status for status, _ in answered]
-    assert any(t > term_at[0] for _, t in answered), "no in-flight request was drained after SIGTERM"
-    assert len(answered) < N, "SIGTERM came too late to test anything"
+    assert {status for status, _ in answered} <= {200, 503}, summary
+    assert any(t > term_at[0] for _, t in answered), "no in-flight request was drained after SIGTERM: " + summary
+    assert not any(r.closed_early for r in forwarded), "an in-flight upstream request was cut: " + summary
+    assert len(answered) < N, "SIGTERM came too late to test anything: " + summary
 
     # The server has exited: what the store holds now is all it will ever hold.
     usage: dict[str, Any] = (await asyncio.to_thread(gw.show, created["id"]))["usage"]
-    assert usage["requests"] == len(answered)
-    assert usage["successes"] == len(ok)
-    finished = [r for r in fake.since(mark) if r.finished and r.usage is not None]
-    assert len(finished) == len(ok)
+    assert usage["requests"] == len(answered), summary
+    assert usage["successes"] == len(ok), summary
+    finished = [r for r in forwarded if r.finished and r.usage is not None]
+    assert len(finished) == len(ok), summary
     assert usage["input_tokens"] == sum(r.usage[0] for r in finished)
     assert usage["output_tokens"] == sum(r.usage[1] for r in finished)
