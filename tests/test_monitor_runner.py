@@ -160,11 +160,15 @@ async def test_the_task_runs_periodically_and_stops_cleanly(core: Core) -> None:
     assert (await other.run_once()).leader
 
 
-async def test_a_disabled_monitor_starts_nothing(core: Core) -> None:
+async def test_with_detectors_disabled_the_task_still_prunes(core: Core, clock: FakeClock) -> None:
+    key_id = await seed_known_key(core, clock)
+    analytics = Analytics(core.store)
+    await analytics.add_requests(requests(key_id, clock.unix - 40 * DAY, 2) +
+                                 requests(key_id, clock.unix - 30, 1, ip="192.0.2.1"))
     monitor = Monitor(core.store, MonitorSettings(monitor_enabled=False), clock=core.now)
-    monitor.start()
-    assert monitor._task is None
-    await monitor.stop()
+    result = await monitor.run_once()
+    assert result.leader and result.pruned == 2 and result.keys_checked == 0 and result.alerts == []
+    assert await analytics.list_alerts() == []
 
 
 def test_settings_defaults_and_environment() -> None:

@@ -10,9 +10,9 @@
   it answers ASGI ``lifespan`` itself, opening a core from the environment
   (``AGENTROUTER_DATA_DIR``) when it was built without one.
 
-``startup`` also starts the unusual-usage monitor's task (one per process; the
-lease in the store makes only one process do the work). ``shutdown`` stops and
-awaits it.
+``startup`` also starts the monitor's task (one per process; the lease in the store
+makes only one process do the work): it prunes the request log past its retention
+and runs the unusual-usage detectors. ``shutdown`` stops and awaits it.
 
 Public (no key): ``GET /api/openapi.json`` (the OpenAPI 3.1 document of v1) and
 ``GET /api/docs`` (a readable reference page built from it). Everything under
@@ -93,7 +93,7 @@ class ManagementApi:
             self._bind(await opener())
             self._owns_core = True
         assert self.core is not None
-        if self._run_monitor and self.settings.monitor_enabled and self.monitor is None:
+        if self._run_monitor and self.monitor is None:
             self.monitor = Monitor(self.core.store, self.settings, clock=self.core.now)
             self.monitor.start()
 
@@ -162,7 +162,7 @@ class ManagementApi:
             if self._auth is None or self._ctx is None:
                 raise ApiError(503, "The management API is starting; try again in a moment.")
             headers = _headers(scope)
-            _, decision = await self._auth.authenticate(headers.get(b"authorization"), headers.get(b"x-api-key"))
+            caller, decision = await self._auth.authenticate(headers.get(b"authorization"), headers.get(b"x-api-key"))
             op, params, allowed = match(method, path)
             if op is None:
                 if allowed:
@@ -174,7 +174,7 @@ class ManagementApi:
                 body = await _read_body(receive, headers)
                 if body:
                     _check_content_type(headers.get(b"content-type"))
-            req = Request(method, path, params, query, op.parse_body(body), None)
+            req = Request(method, path, params, query, op.parse_body(body), caller.id)
             reply = await op.handler(self._ctx, req)
         except ApiError as exc:
             await _send_error(send, exc, rate_limit_headers(decision) if exc.status != 429 else [])

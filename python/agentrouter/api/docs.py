@@ -119,12 +119,12 @@ def _fields(schema: dict[str, Any], schemas: dict[str, Any]) -> str:
 
 def _type(schema: dict[str, Any], schemas: dict[str, Any]) -> str:
     if "$ref" in schema:
-        return schema["$ref"].rsplit("/", 1)[1]
+        return str(schema["$ref"]).rsplit("/", 1)[1]
     if "anyOf" in schema:
         return " | ".join(_type(s, schemas) for s in schema["anyOf"])
     if "enum" in schema:
         return " | ".join(_json(v) for v in schema["enum"])
-    kind = schema.get("type", "any")
+    kind = str(schema.get("type", "any"))
     if kind == "array":
         return f"array of {_type(schema.get('items', {}), schemas)}"
     limits = []

@@ -1,5 +1,5 @@
-"""The monitor's periodic task: prune the request log, run the detectors, store alerts,
-deliver them to the webhook.
+"""The monitor's periodic task: prune the request log (hourly), run the detectors,
+store alerts, deliver them to the webhook.
 
 One tracked task per process, started and stopped by the app's lifespan. In a
 multi-worker server every worker starts one, but only the holder of the ``monitor``
@@ -80,8 +80,9 @@ class Monitor:
     # -- the task ------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the periodic task on the running loop (once)."""
-        if self._task is None and self.settings.monitor_enabled:
+        """Start the periodic task on the running loop (once). With the detectors
+        disabled (``monitor_enabled = false``) it still prunes the request log."""
+        if self._task is None:
             self._stop.clear()
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="agentrouter-monitor")
 
@@ -128,6 +129,8 @@ class Monitor:
         if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
             result.pruned = await self.prune(now)
             self._last_prune = now
+        if not self.settings.monitor_enabled:
+            return result
         result.keys_checked, result.alerts = await self.detect(now)
         if self._sender is not None:
             result.notified, result.notify_failed = await self.notify(now)

@@ -93,6 +93,7 @@ class MonitorSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     alert_webhook_rounds: _Count = 5
     """Monitor runs that try an undelivered alert again before giving up on it."""
     monitor_enabled: bool = True
+    """false: the task only prunes the request log; no detector runs."""
     monitor_interval: _Positive = 60.0
     detectors: DetectorConfig = msgspec.field(default_factory=DetectorConfig)
 

@@ -163,9 +163,9 @@ class Analytics:
         return None if row is None or row[0] is None else float(row[0])
 
     async def count_requests(self, key_id: str | None = None) -> int:
-        sql, args = "SELECT COUNT(*) FROM request_log", ()
+        sql, args = "SELECT COUNT(*) FROM request_log", []
         if key_id is not None:
-            sql, args = sql + " WHERE key_id = ?", (key_id,)
+            sql, args = sql + " WHERE key_id = ?", [key_id]
         async with self._db.execute(sql, args) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
