@@ -76,6 +76,8 @@ _UPSTREAM_ID_HEADERS = frozenset({b"x-request-id", b"request-id"})
 _CT_JSON = (b"content-type", b"application/json")
 _SSE_PREFIX = b"text/event-stream"
 _CLIENT_CLOSED = 499  # recorded (nginx's convention) when the caller left before an answer
+WATCH_AFTER = 0.05
+"""Seconds after which a proxied request starts watching for the caller's disconnect."""
 
 
 class _Peek(msgspec.Struct):
@@ -255,6 +257,11 @@ class Gateway:
         self._draining = True
         self._drain_deadline = time.monotonic() + self.settings.shutdown_timeout
         self._track(asyncio.get_running_loop().create_task(self._drain(), name="agentrouter-drain"))
+
+    def _start_watcher(self, receive: Receive, task: asyncio.Task[Any], left: _Left) -> None:
+        if not task.done():
+            left.watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, left))
+            self._track(left.watcher)
 
     def _track(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
@@ -458,29 +465,31 @@ class Gateway:
         decision: Any,
     ) -> tuple[int, int, int]:
         client = self._clients[provider.name]
-        url = provider.urls[route.kind]
+        path = provider.paths[route.kind]
         query = scope.get("query_string")
         if query:
-            url = f"{url}?{query.decode('latin-1')}"
-        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in forward]
+            path = path + b"?" + query
         if provider.default_headers:
             present = {n for n, _ in forward}
-            headers += [(n, v) for n, v in provider.default_headers if n.encode() not in present]
-        headers += provider.auth_headers
+            forward += [(n, v) for n, v in provider.default_headers if n not in present]
+        forward += provider.auth_headers
 
-        # The caller may leave at any point from here on: a watcher turns the
-        # disconnect into a cancellation of this task, which closes the upstream request.
+        # The caller may leave at any point from here on. A request still running after
+        # WATCH_AFTER seconds (a stream, a slow answer) gets a watcher that turns the
+        # disconnect into a cancellation of this task, which closes the upstream
+        # request. Quick requests never pay for the watcher task: only for a timer.
         task = asyncio.current_task()
         assert task is not None
         left = _Left()
-        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, left))
+        loop = asyncio.get_running_loop()
+        watch = loop.call_later(WATCH_AFTER, self._start_watcher, receive, task, left)
         started_response = False
         status = 502
         upstream = None
         meter: StreamUsage | None = None
         try:
             try:
-                upstream = await client.post(url, body, headers)
+                upstream = await client.post(path, body, forward)
             except UpstreamError as exc:
                 kind = Kinds.UPSTREAM_TIMEOUT if isinstance(exc, UpstreamTimeout) else Kinds.UPSTREAM_UNAVAILABLE
                 log.warning("provider %s: %s (%s)", provider.name, exc, rid)
@@ -540,16 +549,18 @@ class Gateway:
         finally:
             if upstream is not None:
                 UpstreamClient.release(upstream)
-            if not watcher.done():
-                watcher.cancel()
-                self._track(watcher)
+            watch.cancel()
+            watcher = left.watcher
+            if watcher is not None and not watcher.done():
+                watcher.cancel()  # awaited at shutdown, with every tracked task
 
 
 class _Left:
-    __slots__ = ("gone",)
+    __slots__ = ("gone", "watcher")
 
     def __init__(self) -> None:
         self.gone = False
+        self.watcher: asyncio.Task[None] | None = None
 
 
 async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], left: _Left) -> None:

@@ -6,6 +6,8 @@ each route, the credential header that replaces the caller's, the timeouts.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from agentrouter.config import ProviderSettings
 from agentrouter.gateway.errors import Dialect
 from agentrouter.gateway.routing import ROUTES, RouteKind
@@ -21,7 +23,7 @@ DIALECTS: dict[str, frozenset[Dialect]] = {
 
 
 class Provider:
-    __slots__ = ("name", "type", "settings", "dialects", "is_mock", "urls", "auth_headers", "default_headers")
+    __slots__ = ("name", "type", "settings", "dialects", "is_mock", "paths", "auth_headers", "default_headers")
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.name = settings.name
@@ -29,19 +31,23 @@ class Provider:
         self.settings = settings
         self.dialects = DIALECTS[settings.type]
         self.is_mock = settings.type == "mock"
-        base = (settings.base_url or "").rstrip("/")
-        # base_url names the API root including its version (".../v1"), as the SDKs do.
-        self.urls: dict[RouteKind, str] = {r.kind: base + r.upstream_path for r in ROUTES.values()}
-        key = settings.api_key or ""
+        # base_url names the API root including its version (".../v1"), as the SDKs do;
+        # each route's request target is its path below that root.
+        base_path = urlsplit(settings.base_url or "").path.rstrip("/")
+        self.paths: dict[RouteKind, bytes] = {r.kind: (base_path + r.upstream_path).encode() for r in ROUTES.values()}
+        key = (settings.api_key or "").encode()
+        if b"\r" in key or b"\n" in key:
+            raise ValueError(f"provider {settings.name!r}: the API key contains a line break")
+        # The provider's credentials, which replace the caller's.
         if settings.type == "openai":
-            self.auth_headers: tuple[tuple[str, str], ...] = (("Authorization", f"Bearer {key}"),) if key else ()
+            self.auth_headers: tuple[tuple[bytes, bytes], ...] = ((b"Authorization", b"Bearer " + key),) if key else ()
         elif settings.type == "anthropic":
-            self.auth_headers = (("x-api-key", key),) if key else ()
+            self.auth_headers = ((b"x-api-key", key),) if key else ()
         else:
             self.auth_headers = ()
-        # Headers sent when the caller did not send their own.
-        self.default_headers: tuple[tuple[str, str], ...] = (
-            (("anthropic-version", settings.anthropic_version),) if settings.type == "anthropic" else ()
+        # Headers sent when the caller did not send their own (lower-case names).
+        self.default_headers: tuple[tuple[bytes, bytes], ...] = (
+            ((b"anthropic-version", settings.anthropic_version.encode()),) if settings.type == "anthropic" else ()
         )
 
     def speaks(self, dialect: Dialect) -> bool:
