@@ -106,7 +106,7 @@ def traffic(stack: Stack) -> dict[str, Any]:
     }
 
 
-def wait_for_requests(stack: Stack, key_id: str, n: int, timeout: float = 10.0) -> dict[str, Any]:
+def wait_for_requests(stack: Stack, key_id: str, n: int, timeout: float = 20.0) -> dict[str, Any]:
     with stack.client() as api:
         deadline = time.monotonic() + timeout
         while True:

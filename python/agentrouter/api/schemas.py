@@ -70,15 +70,15 @@ class RateLimit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class KeyUsage(msgspec.Struct, kw_only=True):
-    """All-time usage totals of a key."""
+    """All-time usage totals of a key (as the gateway counted them)."""
 
     requests: int
-    successes: int
-    failures_4xx: int
-    failures_5xx: int
+    successes: Annotated[int, Meta(description="Answers with a status below 400.")]
+    failures_4xx: Annotated[int, Meta(description="Answers with a 4xx status (429 included).")]
+    failures_5xx: Annotated[int, Meta(description="Answers with a 5xx status.")]
     input_tokens: int
     output_tokens: int
-    latency_ms_avg: float | None
+    latency_ms_avg: Annotated[float | None, Meta(description="Mean latency in milliseconds; null before any use.")]
     last_used_at: float | None
     last_client_ip: str | None
 
@@ -88,18 +88,15 @@ class Key(msgspec.Struct, kw_only=True):
 
     id: str
     name: str | None
-    prefix: str
-    """The first 12 characters and an ellipsis, e.g. ``sk-ar-7Gh2kQ…``."""
-    scope: Scope
+    prefix: Annotated[str, Meta(description="The first 12 characters and an ellipsis, e.g. sk-ar-7Gh2kQ….")]
+    scope: Annotated[Scope, Meta(description="inference: the /v1 API; manage: this API.")]
     state: State
-    created_at: float
-    last_used_at: float | None
-    expires_at: float | None
-    rate_limit: RateLimit | None
-    """null: no limit."""
-    metadata: dict[str, Any]
-    rotated_to: str | None
-    """Set on a key that was rotated: the id of its successor."""
+    created_at: Annotated[float, Meta(description="Unix seconds.")]
+    last_used_at: Annotated[float | None, Meta(description="Unix seconds; null: never used.")]
+    expires_at: Annotated[float | None, Meta(description="Unix seconds; null: never expires.")]
+    rate_limit: Annotated[RateLimit | None, Meta(description="null: no limit.")]
+    metadata: Annotated[dict[str, Any], Meta(description="Labels: a JSON object.")]
+    rotated_to: Annotated[str | None, Meta(description="Set once the key was rotated: its successor's id.")]
     deleted_at: float | None
     usage: KeyUsage
 
@@ -107,57 +104,82 @@ class Key(msgspec.Struct, kw_only=True):
 class CreatedKey(Key, kw_only=True):
     """A new key. ``key`` is shown this once and never again."""
 
-    key: str
+    key: Annotated[str, Meta(description="The key itself (sk-ar-…, 44 characters): shown this once only.")]
     warning: str
 
 
 class KeyList(msgspec.Struct, kw_only=True):
     data: list[Key]
     has_more: bool
-    next_cursor: str | None
-    """Pass as ``cursor`` to get the next page; null on the last page."""
+    next_cursor: Annotated[
+        str | None, Meta(description="Pass as `cursor` to get the next page; null on the last page.")
+    ]
 
 
 class KeyCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A new key. Every field is optional; fields not listed here are refused."""
+
     name: Name | None = None
-    rate_limit: RateLimit | None = None
-    """null or absent: no limit."""
+    rate_limit: Annotated[RateLimit | None, Meta(description="null or absent: no limit.")] = None
     metadata: Metadata | None = None
-    expires_in: Duration | None = None
-    """The key stops working this many seconds after creation; null: never."""
-    scope: Scope = "inference"
-    """``inference`` for /v1 calls; ``manage`` for this API."""
+    expires_in: Annotated[
+        Duration | None,
+        Meta(description="The key stops working this many seconds after creation; null or absent: never."),
+    ] = None
+    scope: Annotated[Scope, Meta(description="inference (default) for /v1 calls; manage for this API.")] = (
+        "inference"
+    )
 
 
 class KeyUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Only the fields present change. ``metadata`` replaces the whole object."""
 
     name: Name | None | UnsetType = UNSET
-    rate_limit: RateLimit | None | UnsetType = UNSET
-    """null removes the limit."""
+    rate_limit: Annotated[RateLimit | None, Meta(description="null removes the limit.")] | UnsetType = UNSET
     metadata: Metadata | UnsetType = UNSET
-    expires_in: Duration | None | UnsetType = UNSET
-    """Seconds from now; null: never expire."""
+    expires_in: Annotated[Duration | None, Meta(description="Seconds from now; null: never expire.")] | UnsetType = (
+        UNSET
+    )
 
 
 class KeyRotate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    grace_seconds: Annotated[float, Meta(ge=0, le=TEN_YEARS)] = 0.0
-    """How long the old key keeps working (0: it stops at once)."""
+    grace_seconds: Annotated[
+        float,
+        Meta(ge=0, le=TEN_YEARS, description="How long the old key keeps working (0, the default: it stops at once)."),
+    ] = 0.0
 
 
 # -- alerts ---------------------------------------------------------------------
 
 
 class Alert(msgspec.Struct, kw_only=True):
+    """A finding of the unusual-usage monitor."""
+
     id: str
     key_id: str
-    kind: AlertKind
-    subject: str
-    """What the condition is about: the hour (Unix seconds) or, for ``new_ip``, the network."""
-    evidence: dict[str, Any]
-    """The figures the detector saw (see the API reference for each kind)."""
+    kind: Annotated[
+        AlertKind,
+        Meta(description=(
+            "volume_spike: an hour's requests far above the key's usual busiest hour; unusual_hour: use in an "
+            "hour of the day when the key is normally idle; failure_rate: most requests of an hour failed; "
+            "new_ip: a client network never seen for the key."
+        )),
+    ]
+    subject: Annotated[
+        str, Meta(description="What the condition is about: the hour (Unix seconds) or, for new_ip, the network.")
+    ]
+    evidence: Annotated[
+        dict[str, Any],
+        Meta(description=(
+            "The figures the detector saw. volume_spike: requests, baseline_typical_peak_hour, threshold, factor, "
+            "window_start/window_end. unusual_hour: hour_of_day_utc, requests, baseline_active_days, "
+            "days_used_near_this_hour, usual_hours_utc. failure_rate: requests, failures, failures_4xx, "
+            "failures_5xx, rate, baseline_rate, threshold. new_ip: ip, network, first_seen, requests, "
+            "known_networks, known_sample."
+        )),
+    ]
     created_at: float
-    acknowledged_at: float | None
+    acknowledged_at: Annotated[float | None, Meta(description="null: open.")]
 
 
 class AlertList(msgspec.Struct, kw_only=True):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Iterable, Sequence
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import aiosqlite
 import msgspec
@@ -56,30 +56,32 @@ class UsageStats(msgspec.Struct, kw_only=True):
 
 
 class UsageBucket(UsageStats, kw_only=True):
-    """One bucket of a series; ``start`` is its first second (Unix time, UTC-aligned)."""
+    """One bucket of a series."""
 
-    start: float
+    start: Annotated[float, msgspec.Meta(description="The bucket's first second (Unix time, UTC-aligned).")]
 
 
 class ModelUsage(UsageStats, kw_only=True):
-    model: str | None
-    """The model the caller asked for; null when the request named none."""
+    """One model's share of a range."""
+
+    model: Annotated[str | None, msgspec.Meta(description="The model asked for; null when the request named none.")]
 
 
 class UsageReport(msgspec.Struct, kw_only=True):
-    key_id: str | None
-    """The key the figures are for; null for every key together."""
-    since: float
-    """Start of the range (Unix seconds), aligned down to the bucket size."""
-    until: float
-    """End of the range (Unix seconds), exclusive."""
+    """Usage over a range: totals, a dense series of buckets and the per-model breakdown."""
+
+    key_id: Annotated[str | None, msgspec.Meta(description="The key the figures are for; null: every key.")]
+    since: Annotated[float, msgspec.Meta(description="Start (Unix seconds), aligned down to the bucket size.")]
+    until: Annotated[float, msgspec.Meta(description="End (Unix seconds), exclusive.")]
     bucket: Bucket
     bucket_seconds: int
     totals: UsageStats
-    series: list[UsageBucket]
-    """Every bucket of the range, oldest first, empty ones included."""
-    models: list[ModelUsage]
-    """The range's figures per model, most requests first."""
+    series: Annotated[
+        list[UsageBucket], msgspec.Meta(description="Every bucket of the range, oldest first, empty ones included.")
+    ]
+    models: Annotated[
+        list[ModelUsage], msgspec.Meta(description="The range's figures per requested model, most requests first.")
+    ]
 
 
 class HourlyUsage(msgspec.Struct, kw_only=True, frozen=True, gc=False):
