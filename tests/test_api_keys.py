@@ -280,8 +280,9 @@ def test_get_and_unknown_ids(http: httpx.Client) -> None:
         assert "key_0000000000000000" in err["message"]
 
 
-def test_unknown_paths_and_methods(http: httpx.Client) -> None:
+def test_unknown_paths_and_methods(api_server: ApiServer, http: httpx.Client) -> None:
     error(http.get("/api/v1/nothing"), 404, "not_found")
+    error(httpx.get(api_server.url + "/elsewhere"), 404, "not_found")  # outside /api: no key asked for
     error(http.get("/api/v2/keys"), 404, "not_found")
     resp = http.put("/api/v1/keys/key_x", json={})
     error(resp, 405, "method_not_allowed")

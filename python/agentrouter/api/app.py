@@ -157,6 +157,9 @@ class ManagementApi:
                         head=method == "HEAD")
             return
 
+        if not path.startswith(PREFIX + "/"):
+            await _send_error(send, ApiError(404, f"Unknown path {path!r}; the management API lives under /api."))
+            return
         decision: Any = None
         try:
             if self._auth is None or self._ctx is None:
