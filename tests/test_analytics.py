@@ -212,3 +212,19 @@ async def test_lease_is_held_by_one_holder_until_it_expires(tmp_path: Path) -> N
     finally:
         await s1.close()
         await s2.close()
+
+
+async def test_concurrent_writes_of_one_process_share_the_connection_safely(store: Store, analytics: Analytics) -> None:
+    """The usage flush, the monitor and API requests of one worker write through one
+    connection at the same time; each gets its own transaction, in turn."""
+    import asyncio
+
+    batches = [[rec(T0 + i * 100 + j, key=f"key_{i}") for j in range(50)] for i in range(5)]
+    await asyncio.gather(
+        *(analytics.add_requests(b) for b in batches),
+        *(analytics.record_alert(key_id=f"key_{i}", kind="new_ip", subject="x", evidence={}, now=T0, cooldown=0)
+          for i in range(5)),
+        *(analytics.take_lease("monitor", f"h{i}", now=T0, ttl=30) for i in range(3)),
+    )
+    assert await analytics.count_requests() == 250
+    assert len(await analytics.list_alerts()) == 5

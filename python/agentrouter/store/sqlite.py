@@ -6,6 +6,7 @@ cache of the keys (the native ``KeyTable``) that it rebuilds from here.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -38,6 +39,7 @@ class Store:
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
         self.path = path
+        self._write_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -60,14 +62,19 @@ class Store:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """A write transaction taken up front (BEGIN IMMEDIATE), so two processes
-        never both read-then-write the same rows; rolled back on any error."""
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
-        await self._db.execute("COMMIT")
+        never both read-then-write the same rows; rolled back on any error.
+
+        Transactions of one process are serialised by a lock: its tasks (requests of
+        the management API, the usage flush, the monitor) share this one connection,
+        and SQLite has no transaction inside a transaction."""
+        async with self._write_lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
 
     async def schema_version(self) -> int:
         async with self._db.execute("PRAGMA user_version") as cur:
