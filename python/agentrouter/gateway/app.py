@@ -177,7 +177,7 @@ class Gateway:
             await core.close()
             raise
         self.core = core
-        self.auth = Authenticator(table, core)
+        self.auth = Authenticator(table, core, core.limiter.generation)
         self.usage = UsageRecorder(core.store.add_usage, self.settings.usage_flush_interval)
         self.usage.start()
         self._hook_termination_signals()
@@ -387,26 +387,30 @@ class Gateway:
             except ValueError:
                 raise _BadRequest(Kinds.BAD_REQUEST, "Invalid Content-Length header.") from None
             if declared > limit:
+                await _discard_body(receive)
                 raise _BadRequest(Kinds.TOO_LARGE, _too_large(limit))
         message = await receive()
         body: bytes = message.get("body", b"")
-        if not message.get("more_body", False):
-            if len(body) > limit:
-                raise _BadRequest(Kinds.TOO_LARGE, _too_large(limit))
+        more = message.get("more_body", False)
+        if not more and len(body) <= limit:
             return body
         parts = [body]
         size = len(body)
-        while True:
+        while more:
+            if size > limit:
+                break
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise _BadRequest(Kinds.BAD_REQUEST, "The client closed the connection while sending the body.")
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > limit:
-                raise _BadRequest(Kinds.TOO_LARGE, _too_large(limit))
             parts.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(parts)
+            more = message.get("more_body", False)
+        if size > limit:
+            if more:
+                await _discard_body(receive)
+            raise _BadRequest(Kinds.TOO_LARGE, _too_large(limit))
+        return b"".join(parts)
 
     # ------------------------------------------------------------------ answers
 
@@ -553,6 +557,15 @@ class Gateway:
             watcher = left.watcher
             if watcher is not None and not watcher.done():
                 watcher.cancel()  # awaited at shutdown, with every tracked task
+
+
+async def _discard_body(receive: Receive) -> None:
+    """Read the rest of a refused body without keeping it: a client still sending
+    would otherwise see the connection closed instead of the refusal."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
 
 
 class _Left:

@@ -21,6 +21,7 @@ Refusals and their messages (no message shows more of a key than its display pre
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 from agentrouter._core import (
@@ -72,9 +73,10 @@ class AuthResult:
 
 
 class Authenticator:
-    def __init__(self, table: KeyTable, loader: TableLoader) -> None:
+    def __init__(self, table: KeyTable, loader: TableLoader, generation: Callable[[], int]) -> None:
         self._table = table
         self._loader = loader
+        self._generation = generation
         self._reload: asyncio.Future[None] | None = None
 
     @property
@@ -94,6 +96,8 @@ class Authenticator:
         if not raw:
             return AuthResult(Kinds.MISSING_KEY, _MISSING)
 
+        if self._generation() != self._table.generation:
+            await self.reload()
         code, record, decision = self._table.check(raw)
         if code == AUTH_STALE:
             await self.reload()
