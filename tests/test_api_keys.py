@@ -373,3 +373,20 @@ def test_rotate_without_grace_stops_the_old_key_at_once(api_server: ApiServer, h
     error(get_fresh(api_server, old["key"]), 401, "authentication_error")
     assert get_fresh(api_server, new["key"]).status_code == 200
 
+
+
+def test_concurrent_writes_all_succeed(api_server: ApiServer, admin: dict[str, Any]) -> None:
+    """Many creates, updates and acknowledgements at once on each worker: every one is
+    answered (the worker's tasks share one store connection, transactions in turn)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def create(i: int) -> int:
+        with fresh(api_server, admin["key"]) as client:
+            made = client.post("/api/v1/keys", json={"name": f"burst-{i}"})
+            if made.status_code != 201:
+                return made.status_code
+            return client.patch(f"/api/v1/keys/{made.json()['id']}", json={"metadata": {"i": i}}).status_code
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = list(pool.map(create, range(32)))
+    assert statuses == [200] * 32

@@ -160,16 +160,14 @@ class Analytics:
         return deleted
 
     async def oldest_request(self) -> float | None:
-        async with self._db.execute("SELECT MIN(time) FROM request_log") as cur:
-            row = await cur.fetchone()
+        row = _first(await self._db.execute_fetchall("SELECT MIN(time) FROM request_log"))
         return None if row is None or row[0] is None else float(row[0])
 
     async def count_requests(self, key_id: str | None = None) -> int:
         sql, args = "SELECT COUNT(*) FROM request_log", []
         if key_id is not None:
             sql, args = sql + " WHERE key_id = ?", [key_id]
-        async with self._db.execute(sql, args) as cur:
-            row = await cur.fetchone()
+        row = _first(await self._db.execute_fetchall(sql, args))
         return int(row[0]) if row else 0
 
     # -- usage statistics ------------------------------------------------------
@@ -257,8 +255,7 @@ class Analytics:
             SELECT agg.g, requests, successes, f4, f5, tin, tout, ips, p50, p95
             FROM agg JOIN pct ON pct.g IS agg.g
         """
-        async with self._db.execute(sql, params) as cur:
-            rows = await cur.fetchall()
+        rows = await self._db.execute_fetchall(sql, params)
         return {
             r[0]: UsageStats(
                 requests=r[1], successes=r[2] or 0, failures_4xx=r[3] or 0, failures_5xx=r[4] or 0,
@@ -273,12 +270,11 @@ class Analytics:
     async def keys_used_since(self, since: float) -> list[str]:
         """Active keys with any request in an hour starting at or after ``since``."""
         hour = math.floor(since / 3600) * 3600
-        async with self._db.execute(
+        rows = await self._db.execute_fetchall(
             "SELECT DISTINCT h.key_id FROM usage_hourly h JOIN keys k ON k.id = h.key_id"
             " WHERE h.hour >= ? AND k.state = 'active' ORDER BY h.key_id",
             (hour,),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [r[0] for r in rows]
 
     async def hourly(self, key_ids: Sequence[str], since: float) -> dict[str, list[HourlyUsage]]:
@@ -287,13 +283,12 @@ class Analytics:
         out: dict[str, list[HourlyUsage]] = {k: [] for k in key_ids}
         for chunk in _chunks(key_ids, 500):
             marks = ",".join("?" * len(chunk))
-            async with self._db.execute(
+            for r in await self._db.execute_fetchall(
                 f"SELECT key_id, hour, requests, failures_4xx, failures_5xx FROM usage_hourly"
                 f" WHERE key_id IN ({marks}) AND hour >= ? ORDER BY key_id, hour",
                 (*chunk, math.floor(since / 3600) * 3600),
-            ) as cur:
-                async for r in cur:
-                    out[r[0]].append(HourlyUsage(start=r[1], requests=r[2], failures_4xx=r[3], failures_5xx=r[4]))
+            ):
+                out[r[0]].append(HourlyUsage(start=r[1], requests=r[2], failures_4xx=r[3], failures_5xx=r[4]))
         return out
 
     async def client_ips(self, key_ids: Sequence[str]) -> dict[str, list[ClientIp]]:
@@ -301,13 +296,12 @@ class Analytics:
         out: dict[str, list[ClientIp]] = {k: [] for k in key_ids}
         for chunk in _chunks(key_ids, 500):
             marks = ",".join("?" * len(chunk))
-            async with self._db.execute(
+            for r in await self._db.execute_fetchall(
                 f"SELECT key_id, ip, first_seen, last_seen, requests FROM key_ips"
                 f" WHERE key_id IN ({marks}) ORDER BY key_id, first_seen, ip",
                 tuple(chunk),
-            ) as cur:
-                async for r in cur:
-                    out[r[0]].append(ClientIp(ip=r[1], first_seen=r[2], last_seen=r[3], requests=r[4]))
+            ):
+                out[r[0]].append(ClientIp(ip=r[1], first_seen=r[2], last_seen=r[3], requests=r[4]))
         return out
 
     # -- alerts ----------------------------------------------------------------
@@ -332,13 +326,12 @@ class Analytics:
             raise ValueError(f"unknown alert kind {kind!r}")
         alert_id = new_alert_id()
         async with self._store.transaction() as db:
-            async with db.execute(
+            if await db.execute_fetchall(
                 "SELECT 1 FROM alerts WHERE key_id = ? AND kind = ? AND (subject = ? OR created_at > ?)"
                 " LIMIT 1",
                 (key_id, kind, subject, now - cooldown),
-            ) as cur:
-                if await cur.fetchone() is not None:
-                    return None
+            ):
+                return None
             await db.execute(
                 "INSERT INTO alerts (id, key_id, kind, subject, evidence, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (alert_id, key_id, kind, subject, msgspec.json.encode(evidence).decode(), now),
@@ -346,8 +339,7 @@ class Analytics:
         return await self.get_alert(alert_id)
 
     async def get_alert(self, alert_id: str) -> AlertRow | None:
-        async with self._db.execute(f"{_ALERT_SELECT} WHERE id = ?", (alert_id,)) as cur:
-            row = await cur.fetchone()
+        row = _first(await self._db.execute_fetchall(f"{_ALERT_SELECT} WHERE id = ?", (alert_id,)))
         return _alert_row(row) if row else None
 
     async def list_alerts(
@@ -381,10 +373,9 @@ class Analytics:
             clauses.append("(created_at < ? OR (created_at = ? AND id < ?))")
             args.extend([before[0], before[0], before[1]])
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        async with self._db.execute(
+        rows = await self._db.execute_fetchall(
             f"{_ALERT_SELECT}{where} ORDER BY created_at DESC, id DESC LIMIT ?", (*args, limit)
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [_alert_row(r) for r in rows]
 
     async def acknowledge_alert(self, alert_id: str, *, now: float) -> AlertRow | None:
@@ -401,12 +392,11 @@ class Analytics:
 
     async def alerts_to_notify(self, *, created_after: float, max_attempts: int, limit: int = 100) -> list[AlertRow]:
         """Alerts the webhook has not accepted yet, oldest first."""
-        async with self._db.execute(
+        rows = await self._db.execute_fetchall(
             f"{_ALERT_SELECT} WHERE notified_at IS NULL AND notify_attempts < ? AND created_at > ?"
             " ORDER BY created_at, id LIMIT ?",
             (max_attempts, created_after, limit),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [_alert_row(r) for r in rows]
 
     async def note_notification(self, alert_id: str, *, delivered_at: float | None) -> None:
@@ -430,8 +420,7 @@ class Analytics:
                 " WHERE leases.holder = excluded.holder OR leases.expires_at <= ?",
                 (name, holder, now + ttl, now),
             )
-            async with db.execute("SELECT holder FROM leases WHERE name = ?", (name,)) as cur:
-                row = await cur.fetchone()
+            row = _first(await db.execute_fetchall("SELECT holder FROM leases WHERE name = ?", (name,)))
         return row is not None and row[0] == holder
 
     async def release_lease(self, name: str, holder: str) -> None:
@@ -510,6 +499,19 @@ def _alert_row(r: Any) -> AlertRow:
         id=r[0], key_id=r[1], kind=r[2], subject=r[3], evidence=msgspec.json.decode(r[4]),
         created_at=r[5], acknowledged_at=r[6], notified_at=r[7], notify_attempts=r[8],
     )
+
+
+def _first(rows: Iterable[Any]) -> Any:
+    """The first row, or None.
+
+    Every read here is one ``execute_fetchall``: a single call on the connection's
+    thread, so no statement is left open between awaits. An open statement keeps a
+    read snapshot, and SQLite refuses at once ("database is locked") the write
+    transaction another task of this process then begins on the same connection.
+    """
+    for row in rows:
+        return row
+    return None
 
 
 def _cut(text: str | None, limit: int) -> str | None:

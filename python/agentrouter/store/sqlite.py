@@ -77,9 +77,8 @@ class Store:
             await self._db.execute("COMMIT")
 
     async def schema_version(self) -> int:
-        async with self._db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        rows = list(await self._db.execute_fetchall("PRAGMA user_version"))
+        return int(rows[0][0]) if rows else 0
 
     async def _migrate(self) -> None:
         if await self.schema_version() >= len(MIGRATIONS):
@@ -149,24 +148,25 @@ class Store:
             row = await cur.fetchone()
         return int(row[0]) if row and row[0] is not None else 0
 
+    # Reads outside a transaction are one execute_fetchall each: no statement stays
+    # open between awaits, where it would hold a read snapshot that makes SQLite
+    # refuse another task's BEGIN IMMEDIATE on this connection ("database is locked").
+
     async def get_key(self, key_id: str) -> KeyRow | None:
-        async with self._db.execute(f"{_KEY_SELECT} WHERE k.id = ?", (key_id,)) as cur:
-            row = await cur.fetchone()
-        return _key_row(row) if row else None
+        rows = list(await self._db.execute_fetchall(f"{_KEY_SELECT} WHERE k.id = ?", (key_id,)))
+        return _key_row(rows[0]) if rows else None
 
     async def list_keys(self, *, include_deleted: bool = False) -> list[KeyRow]:
         where = "" if include_deleted else " WHERE k.state = 'active'"
-        async with self._db.execute(f"{_KEY_SELECT}{where} ORDER BY k.created_at, k.id") as cur:
-            rows = await cur.fetchall()
+        rows = await self._db.execute_fetchall(f"{_KEY_SELECT}{where} ORDER BY k.created_at, k.id")
         return [_key_row(r) for r in rows]
 
     async def active_keys_with_digests(self) -> list[tuple[bytes, KeyRow]]:
         """Everything a gateway process needs to build its key table."""
-        async with self._db.execute(
+        rows = await self._db.execute_fetchall(
             f"SELECT k.digest, {_KEY_COLUMNS} FROM keys k LEFT JOIN key_usage u ON u.key_id = k.id"
             " WHERE k.state = 'active'"
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [(bytes(r[0]), _key_row(r[1:])) for r in rows]
 
     async def update_key(self, key_id: str, changes: dict[str, Any]) -> KeyRow | None:
