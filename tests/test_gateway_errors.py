@@ -235,3 +235,49 @@ async def test_request_ids_are_unique_and_returned(gw: Gateway) -> None:
         assert r.headers["x-request-id"] == r.headers["request-id"]
         ids.add(r.headers["x-request-id"])
     assert len(ids) == 3
+
+
+async def test_limit_change_applies_on_the_next_request(gw: Gateway) -> None:
+    """The key table is reloaded when the shared generation moves, not only for new keys."""
+    key, key_id = await new_key(gw)
+    ok = await call(gw, "POST", "/v1/chat/completions", headers={"x-api-key": key}, body=CHAT)
+    assert ok.status == 200 and "x-ratelimit-limit" not in ok.headers  # no limit: no numbers to give
+    await gw.core.keys.update(key_id, requests=1, interval=3600)
+    first = await call(gw, "POST", "/v1/chat/completions", headers={"x-api-key": key}, body=CHAT)
+    second = await call(gw, "POST", "/v1/chat/completions", headers={"x-api-key": key}, body=CHAT)
+    assert (first.status, second.status) == (200, 429)
+    assert first.headers["x-ratelimit-limit"] == "1"
+    await gw.core.keys.update(key_id, expires_at=0.0)
+    assert (await call(gw, "POST", "/v1/chat/completions", headers={"x-api-key": key}, body=CHAT)).status == 401
+
+
+async def test_fallback_gets_other_paths_and_the_lifespan(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    events: list[str] = []
+
+    class Console:
+        async def startup(self, core: object) -> None:
+            events.append("startup")
+
+        async def shutdown(self) -> None:
+            events.append("shutdown")
+
+        async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+            events.append(scope["path"])
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"console"})
+
+    from agentrouter.gateway.app import create_app
+    from tests.gateway_fixtures import SECRET
+    from agentrouter.core import Core
+
+    async def open_core(s):  # type: ignore[no-untyped-def]
+        return await Core.open(tmp_path / "data", env={"AGENTROUTER_SECRET": SECRET})
+
+    app = create_app(settings_for(tmp_path / "data"), open_core=open_core, fallback=Console())
+    await app.startup()
+    try:
+        assert (await call(app, "GET", "/api/v1/keys")).body == b"console"
+        assert (await call(app, "GET", "/v1/nothing")).status == 404  # /v1 stays the gateway's
+    finally:
+        await app.shutdown()
+    assert events == ["startup", "/api/v1/keys", "shutdown"]
