@@ -43,8 +43,8 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -472,15 +472,13 @@ class FakeUpstream:
         inputs = raw_input if isinstance(raw_input, list) else [raw_input]
         as_base64 = rec.json.get("encoding_format") == "base64"
         data = []
-        for i, item in enumerate(inputs):
+        for i in range(len(inputs)):
             vector = [round(0.125 * (i + 1) + 0.001 * k, 6) for k in range(8)]
             embedding: Any = vector
             if as_base64:
                 embedding = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
             data.append({"object": "embedding", "index": i, "embedding": embedding})
-            del item
-        rec.usage = self._usage_for(rec, rule, 0)
-        rec.usage = (rec.usage[0], 0)
+        rec.usage = (self._usage_for(rec, rule, 0)[0], 0)
         return self._done(
             rec,
             {
@@ -645,13 +643,6 @@ class FakeUpstream:
             rec, {"error": {"message": f"fake upstream: no route {request.method} {request.path}", "type": "not_found"}},
             status=404,
         )
-
-
-def iter_header_values(records: list[Recorded]) -> Iterator[str]:
-    """Every header value of every record (for "the key never reached upstream")."""
-    for rec in records:
-        for _, value in rec.headers:
-            yield value
 
 
 def main() -> None:

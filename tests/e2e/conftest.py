@@ -11,16 +11,17 @@ load) start their own with :func:`start_gateway`.
 Provider routing in the config (first match wins; the fake picks its behaviour by
 model name, see ``FakeUpstream.on``):
 
-============================  =================  ====================================
-models                        provider           upstream
-============================  =================  ====================================
-``slow-gpt*``                 openai, 1 s timeout   the fake
-``slow-claude*``              anthropic, 1 s        the fake
-``down-gpt*``                 openai                a refused loopback port
-``down-claude*``              anthropic             a refused loopback port
-``gpt-*``, ``text-embedding-*``  openai             the fake
-``claude-*``                  anthropic             the fake
-============================  =================  ====================================
+=================================  ==========================  =========================
+models                             provider                    upstream
+=================================  ==========================  =========================
+``slow-gpt*``                      openai, 1 s read timeout    the fake
+``slow-claude*``                   anthropic, 1 s read timeout the fake
+``down-gpt*``                      openai                      a refused loopback port
+``down-claude*``                   anthropic                   a refused loopback port
+``gpt-4o``, ``gpt-*``,             openai                      the fake
+``text-embedding-*``
+``claude-*``                       anthropic                   the fake
+=================================  ==========================  =========================
 """
 
 from __future__ import annotations
@@ -337,12 +338,6 @@ def clients(gateway: Gateway) -> Iterator[Callable[..., Any]]:
     yield make
     for client in made:
         client.close()
-
-
-@pytest.fixture
-def http(gateway: Gateway) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.url, timeout=30.0) as client:
-        yield client
 
 
 # ------------------------------------------------------------------- helpers
