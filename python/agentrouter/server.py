@@ -60,9 +60,9 @@ def prepare(settings: Settings) -> None:
 def _log_config(level: str) -> dict[str, Any]:
     from granian.log import LOGGING_CONFIG
 
-    loggers = copy.deepcopy(LOGGING_CONFIG["loggers"])
-    loggers["agentrouter"] = {"handlers": ["console"], "level": level.upper().replace("WARN", "WARNING")
-                              .replace("WARNINGING", "WARNING"), "propagate": False}
+    loggers: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG["loggers"])  # type: ignore[arg-type]
+    name = "WARNING" if level in ("warn", "warning") else level.upper()
+    loggers["agentrouter"] = {"handlers": ["console"], "level": name, "propagate": False}
     return {"loggers": loggers}
 
 

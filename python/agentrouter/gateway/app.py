@@ -258,8 +258,11 @@ class Gateway:
                 callback(*args)
 
             loop.add_signal_handler(sig, chained)
-            self._restore_signals.append(lambda sig=sig, callback=callback, args=args:
-                                         loop.add_signal_handler(sig, callback, *args))
+
+            def restore(sig: signal.Signals = sig, callback: Any = callback, args: Any = args) -> None:
+                loop.add_signal_handler(sig, callback, *args)
+
+            self._restore_signals.append(restore)
 
     def _on_termination(self) -> None:
         if self._draining:
@@ -628,7 +631,7 @@ def _too_large(limit: int) -> str:
     return f"The request body is larger than the limit of {limit} bytes."
 
 
-def _relay_headers(raw: tuple[tuple[bytes, bytes], ...]) -> tuple[list[tuple[bytes, bytes]], bool]:
+def _relay_headers(raw: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], bool]:
     out = []
     sse = False
     for name, value in raw:

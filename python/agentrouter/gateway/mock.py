@@ -155,7 +155,8 @@ def _pieces(text: str, max_tokens: Any) -> tuple[list[str], bool]:
     cut to ``max_tokens``; True when it was cut."""
     words = _WORD.findall(text)
     if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= 0:
-        out, used = [], 0
+        out: list[str] = []
+        used = 0
         for w in words:
             cost = count_tokens(w)
             if used + cost > max_tokens:
