@@ -151,3 +151,18 @@ def test_serve_refuses_a_bad_config_naming_the_field(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "providers[0] ('p').base_url: required" in proc.stderr
     assert not (tmp_path / "data").exists()  # nothing started
+
+
+def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTROUTER_")}
+        env["AGENTROUTER_DATA_DIR"] = str(tmp_path / "data")
+        proc = subprocess.run([sys.executable, "-m", "agentrouter.cli", "serve", "--port", str(port)],
+                              env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in proc.stderr

@@ -25,6 +25,7 @@ import copy
 import functools
 import logging
 import math
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +67,29 @@ def _log_config(level: str) -> dict[str, Any]:
     return {"loggers": loggers}
 
 
+def check_address(host: str, port: int) -> None:
+    """Fail if something already listens on the address.
+
+    Granian's workers bind with ``SO_REUSEPORT``: a second server on the same port
+    would start and silently share the traffic. A plain bind tells the truth first.
+    """
+    if port == 0:
+        return
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
 def serve(settings: Settings) -> None:
     """Run the gateway until a termination signal; raises on a failed start."""
     from granian.constants import HTTPModes, Interfaces
     from granian.log import LogLevels
     from granian.server import Server
 
+    check_address(settings.host, settings.port)
     prepare(settings)
     server = Server(
         "agentrouter.gateway.app:create_app",  # shown in the process title; loading uses load_app

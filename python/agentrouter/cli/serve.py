@@ -47,7 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
         if exc.code not in (0, None):
             raise CommandError("the server stopped because a worker failed (see the log above)") from None
     except OSError as exc:
-        raise CommandError(f"cannot start: {exc}") from None
+        raise CommandError(f"cannot start: {exc.strerror or exc}") from None
     except Exception as exc:
         # Core.open failures (data directory, secret, database) are explained by their message.
         print(f"agentrouter: error: cannot start: {exc}", file=sys.stderr)
