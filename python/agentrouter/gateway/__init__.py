@@ -7,7 +7,7 @@ serves it with Granian. Modules, one job each:
 * ``auth``      the single authentication entry point (key → record → limit decision)
 * ``routing``   model name → provider; the route table of ``/v1``
 * ``providers`` per-provider credentials and URLs
-* ``upstream``  the hot-path HTTP client (aiohttp, pooled keep-alive)
+* ``upstream``  the hot-path HTTP client (HTTP/1.1 on an asyncio Protocol, keep-alive pool)
 * ``mock``      the built-in offline provider
 * ``usage``     per-key usage aggregation, token parsing, batched flushing
 """
