@@ -19,7 +19,9 @@ request) was spent before authentication, routing and usage; with this client th
 fit with room to spare. httpx stays the client for calls off the hot path.
 
 What it does, and only that: HTTP/1.1 requests with a body over keep-alive
-connections (TCP, or TLS with the system's trust store), responses framed by
+connections (TCP with ``TCP_NODELAY``, or TLS verified against the system's trust
+store, or against the CA file / ``ssl.SSLContext`` given to the client, see
+``UpstreamClient``), responses framed by
 ``Content-Length``, ``chunked`` or connection close, bytes handed over as they
 arrive (``iter_chunks``) or whole (``read``). It writes the caller's header bytes as
 given (the app has already filtered them) plus ``Host`` and ``Content-Length``; it
@@ -44,6 +46,7 @@ Failures are two exceptions, mapped by the app to 502 and 504.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -122,6 +125,15 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # A request goes out in one write, but its answer must not wait for an ACK of
+        # the previous one: no Nagle. asyncio's and uvloop's TCP transports set this
+        # already; setting it here keeps it true whatever the event loop.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except (OSError, AttributeError):
+                pass  # not TCP (a Unix socket in a test), or a loop without the option
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
@@ -412,10 +424,24 @@ class _Connection(asyncio.Protocol):
         return self.state == _DONE and self.error is None and not self.chunks
 
 
-class UpstreamClient:
-    """One provider's pool. ``start()`` and ``close()`` run on the worker's event loop."""
+def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """The TLS settings of an ``https`` upstream: certificate and host name verified,
+    against the system's trust store, or against ``ca_file`` alone (a PEM bundle, for
+    a provider behind a private CA)."""
+    return ssl.create_default_context(cafile=ca_file)
 
-    def __init__(self, settings: ProviderSettings) -> None:
+
+class UpstreamClient:
+    """One provider's pool. ``start()`` and ``close()`` run on the worker's event loop.
+
+    For an ``https`` ``base_url`` the certificate is verified against ``ssl_context``
+    when given, else against ``ca_file`` alone when given (a keyword here, or a
+    ``ca_file`` field of the provider's settings once the configuration has one),
+    else against the system's trust store.
+    """
+
+    def __init__(self, settings: ProviderSettings, *, ssl_context: ssl.SSLContext | None = None,
+                 ca_file: str | None = None) -> None:
         url = urlsplit(settings.base_url or "http://invalid")
         self._scheme = url.scheme
         self._host = url.hostname or ""
@@ -430,7 +456,9 @@ class UpstreamClient:
         self._connect_timeout = settings.connect_timeout
         self._read_timeout = settings.read_timeout
         self._keepalive = settings.keepalive_timeout
-        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if url.scheme == "https" else None
+        self._ssl: ssl.SSLContext | None = None
+        if url.scheme == "https":
+            self._ssl = ssl_context or tls_context(ca_file or getattr(settings, "ca_file", None))
         self._idle: list[_Connection] = []
         self._open = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
