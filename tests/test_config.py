@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from agentrouter.config import DEFAULT_MAX_BODY_BYTES, ConfigError, Settings, load_settings
+from agentrouter.config import DEFAULT_MAX_BODY_BYTES, ConfigError, DetectorConfig, Settings, load_settings
 from agentrouter.gateway.mock import MODELS
 
 GOOD = """
@@ -96,6 +96,54 @@ def test_settings_survive_pickling_for_spawned_workers() -> None:
     assert msgspec.json.decode(msgspec.json.encode(s), type=Settings) == s
 
 
+def test_request_log_and_monitor_settings(tmp_path: Path) -> None:
+    """Defaults; [server] keys and the [monitor] table; AGENTROUTER_* over the file."""
+    s = load_settings(env={})
+    assert (s.request_log_retention_days, s.alert_webhook_url, s.monitor_enabled, s.monitor_interval) == (
+        30, None, True, 60)
+    assert (s.rollup_retention_days, s.alert_webhook_timeout, s.alert_webhook_retries) == (400, 5, 3)
+    assert s.monitor == DetectorConfig() and s.monitor.volume_factor == 5
+
+    text = (
+        "[server]\nrequest_log_retention_days = 7.5\nalert_webhook_url = 'https://hooks.example.test/ar'\n"
+        "monitor_enabled = false\nmonitor_interval = 30\nalert_webhook_retries = 0\n"
+        "[monitor]\nvolume_factor = 8\nnew_ip_ipv6_prefix = 48\n"
+    )
+    s = load_settings(write(tmp_path, text), env={})
+    assert (s.request_log_retention_days, s.alert_webhook_url, s.monitor_enabled, s.monitor_interval) == (
+        7.5, "https://hooks.example.test/ar", False, 30)
+    assert s.alert_webhook_retries == 0
+    assert (s.monitor.volume_factor, s.monitor.new_ip_ipv6_prefix, s.monitor.failure_rate) == (8, 48, 0.5)
+
+    s = load_settings(write(tmp_path, text), env={
+        "AGENTROUTER_REQUEST_LOG_RETENTION_DAYS": "14",
+        "AGENTROUTER_ALERT_WEBHOOK_URL": "",  # empty: no webhook
+        "AGENTROUTER_MONITOR_ENABLED": "true",
+        "AGENTROUTER_MONITOR_INTERVAL": "0.5",
+        "AGENTROUTER_MONITOR_VOLUME_FACTOR": "9",
+        "AGENTROUTER_MONITOR_FAILURE_RATE": "0.75",
+    })
+    assert (s.request_log_retention_days, s.alert_webhook_url, s.monitor_enabled, s.monitor_interval) == (
+        14, None, True, 0.5)
+    assert (s.monitor.volume_factor, s.monitor.new_ip_ipv6_prefix, s.monitor.failure_rate) == (9, 48, 0.75)
+    assert load_settings(env={"AGENTROUTER_ALERT_WEBHOOK_URL": "http://127.0.0.1:9/hook"}).alert_webhook_url == (
+        "http://127.0.0.1:9/hook")
+
+
+def test_the_api_and_monitor_read_no_environment_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One source of truth: what the management API and its monitor use is the Settings
+    object they were given, whatever the environment says afterwards."""
+    from agentrouter.api import build_api
+
+    settings = load_settings(env={"AGENTROUTER_MONITOR_INTERVAL": "5", "AGENTROUTER_MONITOR_VOLUME_FACTOR": "6"})
+    monkeypatch.setenv("AGENTROUTER_MONITOR_INTERVAL", "99")
+    monkeypatch.setenv("AGENTROUTER_MONITOR_VOLUME_FACTOR", "99")
+    api = build_api(settings=settings)
+    assert api.settings is settings and api.settings.monitor_interval == 5 and api.settings.monitor.volume_factor == 6
+    # Built without settings (the standalone dev server), it loads them once, the same way.
+    assert build_api().settings == load_settings()
+
+
 @pytest.mark.parametrize(
     ("text", "env", "message"),
     [
@@ -127,6 +175,35 @@ def test_settings_survive_pickling_for_spawned_workers() -> None:
         ("", {"AGENTROUTER_PROVIDERS__X__COLOUR": "red"}, "AGENTROUTER_PROVIDERS__X__COLOUR: expected"),
         ("", {"AGENTROUTER_PROVIDERS__X__BASE_URL": "http://h"}, "providers[0] ('x'): Object missing required "
          "field `type`"),
+        # The request log and the monitor.
+        ("[server]\nrequest_log_retention_days = 0\n", {}, "server.request_log_retention_days: Expected `float` > 0"),
+        ("", {"AGENTROUTER_REQUEST_LOG_RETENTION_DAYS": "soon"},
+         "server.request_log_retention_days: Expected `float`, got `str` (from AGENTROUTER_REQUEST_LOG_RETENTION_DAYS)"),
+        ("", {"AGENTROUTER_REQUEST_LOG_RETENTION_DAYS": "inf"},
+         "server.request_log_retention_days: expected a finite number, got inf (from "
+         "AGENTROUTER_REQUEST_LOG_RETENTION_DAYS)"),
+        ("", {"AGENTROUTER_MONITOR_INTERVAL": "nan"}, "server.monitor_interval"),
+        ("", {"AGENTROUTER_MONITOR_INTERVAL": "0"}, "server.monitor_interval: Expected `float` > 0.0 (from "
+         "AGENTROUTER_MONITOR_INTERVAL)"),
+        ("[server]\nmonitor_enabled = 'maybe'\n", {}, "server.monitor_enabled: Expected `bool`, got `str`"),
+        ("", {"AGENTROUTER_MONITOR_ENABLED": "maybe"}, "server.monitor_enabled: Expected `bool`, got `str` (from "
+         "AGENTROUTER_MONITOR_ENABLED)"),
+        ("[server]\nalert_webhook_url = 'ftp://x'\n", {}, "server.alert_webhook_url: expected an http:// or https://"),
+        ("", {"AGENTROUTER_ALERT_WEBHOOK_URL": "hooks.example.test"},
+         "server.alert_webhook_url: expected an http:// or https:// URL, got 'hooks.example.test' (from "
+         "AGENTROUTER_ALERT_WEBHOOK_URL)"),
+        ("", {"AGENTROUTER_ALERT_WEBHOOK_RETRIES": "50"}, "server.alert_webhook_retries: Expected `int` <= 20"),
+        ("[monitor]\nfailure_rate = 2\n", {}, "monitor.failure_rate: Expected `float` <= 1.0"),
+        ("[monitor]\nfailure_rat = 0.5\n", {}, "monitor.failure_rat: unknown setting"),
+        ("monitor = 3\n", {}, "monitor: expected a table ([monitor])"),
+        ("[server]\nmonitor = 3\n", {}, "server.monitor: unknown setting"),
+        ("[server]\nvolume_factor = 3\n", {}, "server.volume_factor: unknown setting"),
+        ("", {"AGENTROUTER_MONITOR_FAILURE_RATE": "2"},
+         "monitor.failure_rate: Expected `float` <= 1.0 (from AGENTROUTER_MONITOR_FAILURE_RATE)"),
+        ("", {"AGENTROUTER_MONITOR_VOLUME_FACTOR": "1"}, "monitor.volume_factor: Expected `float` > 1.0"),
+        ("", {"AGENTROUTER_MONITOR_NEW_IP_IPV4_PREFIX": "33"}, "monitor.new_ip_ipv4_prefix: Expected `int` <= 32"),
+        ("", {"AGENTROUTER_MONITOR_VOLUME_SPIKE_COOLDOWN": "-inf"}, "monitor.volume_spike_cooldown"),
+        ("", {"AGENTROUTER_MONITOR_FACTOR": "3"}, "AGENTROUTER_MONITOR_FACTOR: unknown setting"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:

@@ -1,6 +1,6 @@
 """The monitor's periodic task over a real store: findings become alerts once, only
 the lease holder works, the log is pruned by retention, alerts reach the webhook,
-the task starts and stops cleanly; and the settings load from the environment."""
+the task starts and stops cleanly. (Its settings are the server's: tests/test_config.py.)"""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 
 from agentrouter._core import FakeClock
 from agentrouter.core import Core
-from agentrouter.monitor import Monitor, MonitorSettings, load_monitor_settings
-from agentrouter.monitor.settings import DetectorConfig, MonitorSettingsError
+from agentrouter.config import Settings
+from agentrouter.monitor import Monitor
 from agentrouter.store.analytics import Analytics
 from agentrouter.store.models import RequestRecord
 
@@ -47,7 +47,7 @@ async def seed_known_key(core: Core, clock: FakeClock) -> str:
 
 async def test_steady_key_raises_nothing_then_a_new_ip_raises_one_alert(core: Core, clock: FakeClock) -> None:
     key_id = await seed_known_key(core, clock)
-    monitor = Monitor(core.store, MonitorSettings(), clock=core.now)
+    monitor = Monitor(core.store, Settings(), clock=core.now)
     result = await monitor.run_once()
     assert result.leader and result.keys_checked == 1 and result.alerts == []
 
@@ -63,21 +63,23 @@ async def test_steady_key_raises_nothing_then_a_new_ip_raises_one_alert(core: Co
 
 
 async def test_only_the_lease_holder_runs(core: Core, clock: FakeClock) -> None:
-    settings = MonitorSettings(monitor_interval=10)
+    settings = Settings(monitor_interval=10)
     one = Monitor(core.store, settings, clock=core.now, holder="one")
     two = Monitor(core.store, settings, clock=core.now, holder="two")
     assert (await one.run_once()).leader
     assert not (await two.run_once()).leader
+    assert one.leader and not two.leader and (one.runs, two.runs) == (1, 0)
     clock.advance(one.lease_ttl + 1)  # "one" died without releasing
     assert (await two.run_once()).leader
     assert not (await one.run_once()).leader
+    assert two.leader and not one.leader
 
 
 async def test_request_log_is_pruned_by_retention(core: Core, clock: FakeClock) -> None:
     analytics = Analytics(core.store)
     now = clock.unix
     await analytics.add_requests(requests("key_x", now - 40 * DAY, 5) + requests("key_x", now - 1 * DAY, 7))
-    monitor = Monitor(core.store, MonitorSettings(request_log_retention_days=30), clock=core.now)
+    monitor = Monitor(core.store, Settings(request_log_retention_days=30), clock=core.now)
     result = await monitor.run_once()
     assert result.pruned == 5
     assert await analytics.count_requests() == 7
@@ -122,7 +124,7 @@ async def test_new_alerts_reach_the_webhook_and_failed_ones_are_tried_again(
     key_id = await seed_known_key(core, clock)
     await Analytics(core.store).add_requests(requests(key_id, clock.unix - 30, 1, ip="192.0.2.50"))
     hook.statuses = [500, 500]  # the first run's try and its one retry fail
-    settings = MonitorSettings(alert_webhook_url=hook.url, alert_webhook_retries=1, alert_webhook_backoff=0.01)
+    settings = Settings(alert_webhook_url=hook.url, alert_webhook_retries=1, alert_webhook_backoff=0.01)
     monitor = Monitor(core.store, settings, clock=core.now)
     try:
         first = await monitor.run_once()
@@ -143,7 +145,7 @@ async def test_new_alerts_reach_the_webhook_and_failed_ones_are_tried_again(
 
 
 async def test_the_task_runs_periodically_and_stops_cleanly(core: Core) -> None:
-    monitor = Monitor(core.store, MonitorSettings(monitor_interval=0.05), clock=core.now)
+    monitor = Monitor(core.store, Settings(monitor_interval=0.05), clock=core.now)
     monitor.start()
     monitor.start()  # idempotent: one task
     for _ in range(100):
@@ -156,7 +158,7 @@ async def test_the_task_runs_periodically_and_stops_cleanly(core: Core) -> None:
     await monitor.stop()
     assert task.done() and not task.cancelled()
     # The lease was released: another process takes it at once.
-    other = Monitor(core.store, MonitorSettings(), clock=core.now, holder="other")
+    other = Monitor(core.store, Settings(), clock=core.now, holder="other")
     assert (await other.run_once()).leader
 
 
@@ -165,45 +167,7 @@ async def test_with_detectors_disabled_the_task_still_prunes(core: Core, clock: 
     analytics = Analytics(core.store)
     await analytics.add_requests(requests(key_id, clock.unix - 40 * DAY, 2) +
                                  requests(key_id, clock.unix - 30, 1, ip="192.0.2.1"))
-    monitor = Monitor(core.store, MonitorSettings(monitor_enabled=False), clock=core.now)
+    monitor = Monitor(core.store, Settings(monitor_enabled=False), clock=core.now)
     result = await monitor.run_once()
     assert result.leader and result.pruned == 2 and result.keys_checked == 0 and result.alerts == []
     assert await analytics.list_alerts() == []
-
-
-def test_settings_defaults_and_environment() -> None:
-    s = load_monitor_settings(env={})
-    assert s.request_log_retention_days == 30 and s.alert_webhook_url is None and s.monitor_interval == 60
-    assert s.detectors == DetectorConfig()
-    s = load_monitor_settings(env={
-        "AGENTROUTER_REQUEST_LOG_RETENTION_DAYS": "7",
-        "AGENTROUTER_ALERT_WEBHOOK_URL": "https://hooks.example.test/agentrouter",
-        "AGENTROUTER_MONITOR_VOLUME_FACTOR": "8",
-        "AGENTROUTER_MONITOR_NEW_IP_IPV6_PREFIX": "48",
-    })
-    assert s.request_log_retention_days == 7
-    assert s.alert_webhook_url == "https://hooks.example.test/agentrouter"
-    assert s.detectors.volume_factor == 8 and s.detectors.new_ip_ipv6_prefix == 48
-
-
-def test_settings_from_the_server_settings_object_and_a_table() -> None:
-    class ServerSettings:
-        request_log_retention_days = 14.0
-        alert_webhook_url = None
-
-    s = load_monitor_settings(ServerSettings(), env={}, table={"failure_rate": 0.6, "monitor_interval": 30})
-    assert s.request_log_retention_days == 14 and s.detectors.failure_rate == 0.6 and s.monitor_interval == 30
-
-
-@pytest.mark.parametrize(
-    ("env", "named"),
-    [
-        ({"AGENTROUTER_REQUEST_LOG_RETENTION_DAYS": "0"}, "request_log_retention_days"),
-        ({"AGENTROUTER_REQUEST_LOG_RETENTION_DAYS": "soon"}, "AGENTROUTER_REQUEST_LOG_RETENTION_DAYS"),
-        ({"AGENTROUTER_MONITOR_FAILURE_RATE": "2"}, "detectors.failure_rate"),
-        ({"AGENTROUTER_ALERT_WEBHOOK_URL": "ftp://x"}, "alert_webhook_url"),
-    ],
-)
-def test_bad_settings_name_the_field(env: dict[str, str], named: str) -> None:
-    with pytest.raises(MonitorSettingsError, match=named):
-        load_monitor_settings(env=env)

@@ -9,6 +9,13 @@ The file::
     data_dir = "/var/lib/agentrouter"
     max_body_bytes = 33554432    # 32 MiB
     shutdown_timeout = 30        # seconds to drain in-flight requests on SIGTERM
+    request_log_retention_days = 30
+    alert_webhook_url = "https://hooks.example.com/agentrouter"   # default: none
+    monitor_enabled = true       # false: no detector runs (the request log is still pruned)
+    monitor_interval = 60        # seconds between monitor runs
+
+    [monitor]                    # thresholds of the unusual-usage detectors
+    volume_factor = 5            # (DetectorConfig; reasoning in agentrouter.monitor.detectors)
 
     [[providers]]
     name = "openai"
@@ -21,8 +28,10 @@ Every ``[server]`` setting is also read from ``AGENTROUTER_<NAME>`` (``AGENTROUT
 ``AGENTROUTER_WORKERS``, ``AGENTROUTER_DATA_DIR``, ``AGENTROUTER_MAX_BODY_BYTES``, …),
 every provider setting from ``AGENTROUTER_PROVIDERS__<PROVIDER>__<NAME>`` (for instance
 ``AGENTROUTER_PROVIDERS__OPENAI__BASE_URL``; lists are comma-separated; a provider named
-only in the environment needs its ``TYPE``), and the file itself from
-``AGENTROUTER_CONFIG``. The environment wins over the file. Variables this module does
+only in the environment needs its ``TYPE``), every ``[monitor]`` threshold from
+``AGENTROUTER_MONITOR_<NAME>`` (``AGENTROUTER_MONITOR_VOLUME_FACTOR``), and the file
+itself from ``AGENTROUTER_CONFIG``. The environment wins over the file; an empty
+``AGENTROUTER_ALERT_WEBHOOK_URL`` means no webhook. Other variables this module does
 not know are ignored: ``AGENTROUTER_API_KEY`` and ``AGENTROUTER_BASE_URL`` belong to
 clients (see the product document), not to the server.
 
@@ -30,12 +39,14 @@ A model maps to the first provider that lists it (an exact name or an ``fnmatch`
 glob). With no provider configured, the built-in ``mock`` provider serves its models.
 
 Nothing here writes to ``os.environ``; the loaded ``Settings`` is passed to whoever
-needs it. A bad setting raises ``ConfigError`` whose message names the field (and the
-variable, when the value came from the environment).
+needs it (the gateway, the management API and its monitor). A bad setting raises
+``ConfigError`` whose message names the field (and the variable, when the value came
+from the environment).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -46,6 +57,7 @@ import msgspec
 
 __all__ = [
     "ConfigError",
+    "DetectorConfig",
     "ProviderSettings",
     "Settings",
     "load_settings",
@@ -54,10 +66,16 @@ __all__ = [
 
 ENV_PREFIX = "AGENTROUTER_"
 PROVIDERS_ENV_PREFIX = "AGENTROUTER_PROVIDERS__"
+MONITOR_ENV_PREFIX = "AGENTROUTER_MONITOR_"
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+HOUR = 3600.0
 
 ProviderType = Literal["openai", "anthropic", "mock"]
 _Seconds = Annotated[float, msgspec.Meta(gt=0)]
+_Positive = Annotated[float, msgspec.Meta(gt=0)]
+_NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+_Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
+_Count = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class ConfigError(Exception):
@@ -88,6 +106,52 @@ class ProviderSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Sent to an ``anthropic`` provider when the caller sent no ``anthropic-version``."""
 
 
+class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Thresholds of the four unusual-usage detectors: the ``[monitor]`` table of the
+    file, ``AGENTROUTER_MONITOR_<NAME>`` in the environment. The reasoning behind each
+    default is in ``agentrouter.monitor.detectors``."""
+
+    # (1) volume far above the key's own baseline
+    volume_factor: Annotated[float, msgspec.Meta(gt=1)] = 5.0
+    volume_min_requests: _Count = 100
+    volume_baseline_days: _Count = 7
+    volume_min_active_days: _Count = 3
+
+    # (2) use in hours when the key is normally idle
+    unusual_hour_baseline_days: _Count = 14
+    unusual_hour_min_active_days: _Count = 7
+    unusual_hour_idle_fraction: _Fraction = 0.1
+    unusual_hour_neighbour_hours: Annotated[int, msgspec.Meta(ge=0, le=11)] = 1
+    unusual_hour_min_requests: _Count = 5
+
+    # (3) a high failure rate
+    failure_rate: _Fraction = 0.5
+    failure_margin: _Fraction = 0.25
+    failure_min_requests: _Count = 20
+    failure_baseline_days: _Count = 7
+    failure_baseline_min_requests: _Count = 100
+
+    # (4) a client IP never seen before for the key
+    new_ip_learning_hours: _NonNegative = 24.0
+    new_ip_lookback_hours: _Positive = 24.0
+    new_ip_ipv4_prefix: Annotated[int, msgspec.Meta(ge=8, le=32)] = 32
+    new_ip_ipv6_prefix: Annotated[int, msgspec.Meta(ge=16, le=128)] = 64
+
+    # one alert per condition: after an alert of a kind for a key, the same kind
+    # stays quiet for that key this many seconds (new_ip: per network, forever)
+    volume_spike_cooldown: _NonNegative = 6 * HOUR
+    unusual_hour_cooldown: _NonNegative = 6 * HOUR
+    failure_rate_cooldown: _NonNegative = 6 * HOUR
+
+    def cooldown(self, kind: str) -> float:
+        return float(getattr(self, f"{kind}_cooldown", 0.0))
+
+    @property
+    def history_days(self) -> int:
+        """How far back the runner reads hourly history for these detectors."""
+        return max(self.volume_baseline_days, self.unusual_hour_baseline_days, self.failure_baseline_days) + 1
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Everything the server needs; build it with ``load_settings``."""
 
@@ -102,6 +166,28 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     usage_flush_interval: _Seconds = 1.0
     log_level: Literal["critical", "error", "warning", "warn", "info", "debug"] = "info"
     access_log: bool = False
+
+    # The request log and the unusual-usage monitor (agentrouter.monitor).
+    request_log_retention_days: _Positive = 30.0
+    """Request-log rows older than this are deleted (hourly rollups and known client
+    IPs are kept ``rollup_retention_days``, so the monitor's baselines outlive the log)."""
+    rollup_retention_days: _Positive = 400.0
+    alert_webhook_url: str | None = None
+    """POSTed a JSON document for each new alert; none: alerts are only stored."""
+    alert_webhook_timeout: _Seconds = 5.0
+    alert_webhook_retries: Annotated[int, msgspec.Meta(ge=0, le=20)] = 3
+    """Retries after a failed POST (connection error, timeout, 408, 429 or 5xx),
+    with exponential backoff from ``alert_webhook_backoff`` seconds."""
+    alert_webhook_backoff: _NonNegative = 0.5
+    alert_webhook_rounds: _Count = 5
+    """Monitor runs that try an undelivered alert again before giving up on it."""
+    monitor_enabled: bool = True
+    """false: no detector runs; the monitor's task still prunes the request log."""
+    monitor_interval: _Seconds = 60.0
+    """Seconds between two runs of the monitor (one process of a server runs it)."""
+    monitor: DetectorConfig = msgspec.field(default_factory=DetectorConfig)
+    """The detectors' thresholds (``[monitor]``, ``AGENTROUTER_MONITOR_<NAME>``)."""
+
     providers: tuple[ProviderSettings, ...] = ()
 
     @property
@@ -110,8 +196,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 # Server settings: file key == Settings field == AGENTROUTER_<FIELD upper>.
-_SERVER_FIELDS = tuple(f for f in Settings.__struct_fields__ if f != "providers")
+_TABLES = ("providers", "monitor")
+_SERVER_FIELDS = tuple(f for f in Settings.__struct_fields__ if f not in _TABLES)
 _PROVIDER_FIELDS = ProviderSettings.__struct_fields__
+_MONITOR_FIELDS = DetectorConfig.__struct_fields__
+# AGENTROUTER_MONITOR_ENABLED is a server setting, AGENTROUTER_MONITOR_<threshold> a
+# [monitor] one: the two sets of names must never meet.
+assert not {f"monitor_{f}" for f in _MONITOR_FIELDS} & set(_SERVER_FIELDS)
 _LIST_FIELDS = {"models"}
 
 
@@ -169,8 +260,15 @@ def _flatten_file(raw: dict[str, Any], where: str) -> dict[str, Any]:
             if not isinstance(value, list) or not all(isinstance(p, dict) for p in value):
                 raise ConfigError(f"{where}: providers: expected an array of tables ([[providers]])")
             data["providers"] = [dict(p) for p in value]
+        elif key == "monitor":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: monitor: expected a table ([monitor])")
+            for mkey in value:
+                if mkey not in _MONITOR_FIELDS:
+                    raise ConfigError(f"{where}: monitor.{mkey}: unknown setting")
+            data["monitor"] = dict(value)
         else:
-            raise ConfigError(f"{where}: {key}: unknown setting (expected [server] or [[providers]])")
+            raise ConfigError(f"{where}: {key}: unknown setting (expected [server], [monitor] or [[providers]])")
     return data
 
 
@@ -184,6 +282,18 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str], origin: dict[str, s
         if var in env:
             data[field] = env[var]
             origin[f"server.{field}"] = var
+    if data.get("alert_webhook_url") == "":
+        data["alert_webhook_url"] = None  # an empty variable switches the webhook off
+
+    for var in sorted(env):
+        if not var.startswith(MONITOR_ENV_PREFIX) or var[len(ENV_PREFIX):].lower() in _SERVER_FIELDS:
+            continue
+        field = var[len(MONITOR_ENV_PREFIX):].lower()
+        if field not in _MONITOR_FIELDS:
+            raise ConfigError(f"{var}: unknown setting; {MONITOR_ENV_PREFIX}<NAME> takes NAME from: "
+                              + ", ".join(f.upper() for f in _MONITOR_FIELDS))
+        data.setdefault("monitor", {})[field] = env[var]
+        origin[f"monitor.{field}"] = var
 
     providers: list[dict[str, Any]] = data.setdefault("providers", [])
     by_key = {_env_key(str(p.get("name", ""))): p for p in providers}
@@ -217,6 +327,12 @@ def _validate(data: dict[str, Any], env: Mapping[str, str], origin: dict[str, st
         settings = msgspec.convert(data, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(_explain(str(exc), providers, origin) + where) from None
+    _check_finite(settings, origin, where)
+    url = settings.alert_webhook_url
+    if url is not None and not url.startswith(("http://", "https://")):
+        var = origin.get("server.alert_webhook_url")
+        raise ConfigError(f"server.alert_webhook_url: expected an http:// or https:// URL, got {url!r}"
+                          + (f" (from {var})" if var else "") + where)
 
     seen: set[str] = set()
     resolved: list[ProviderSettings] = []
@@ -229,6 +345,19 @@ def _validate(data: dict[str, Any], env: Mapping[str, str], origin: dict[str, st
     if not resolved:
         resolved.append(_check_provider(ProviderSettings(name="mock", type="mock"), "providers[0]", env))
     return msgspec.structs.replace(settings, providers=tuple(resolved))
+
+
+def _check_finite(settings: Settings, origin: dict[str, str], where: str) -> None:
+    """Infinity and NaN pass msgspec's bounds; no duration or threshold here means them."""
+    structs: list[tuple[str, Any]] = [("server", settings), ("monitor", settings.monitor)]
+    structs += [(f"providers[{i}] ({p.name!r})", p) for i, p in enumerate(settings.providers)]
+    for label, struct in structs:
+        for field in struct.__struct_fields__:
+            value = getattr(struct, field)
+            if isinstance(value, float) and not math.isfinite(value):
+                var = origin.get(f"{label}.{field}") or origin.get(f"providers.{_env_key(label)}.{field}")
+                raise ConfigError(f"{label}.{field}: expected a finite number, got {value!r}"
+                                  + (f" (from {var})" if var else "") + where)
 
 
 def _check_provider(p: ProviderSettings, label: str, env: Mapping[str, str]) -> ProviderSettings:
@@ -278,6 +407,9 @@ def _explain(message: str, providers: list[dict[str, Any]], origin: dict[str, st
         var = origin.get(f"providers.{_env_key(str(name))}.{field}") if name else None
         field_label = f"{label}.{field}" if field else label
         return f"{field_label}: {text}" + (f" (from {var})" if var else "")
+    if path == "monitor" or path.startswith("monitor."):
+        var = origin.get(path)
+        return f"{path}: {text}" + (f" (from {var})" if var else "")
     field = path.split(".", 1)[0].split("[", 1)[0]
     var = origin.get(f"server.{field}")
     return f"server.{path}: {text}" + (f" (from {var})" if var else "")

@@ -7,8 +7,12 @@
   core in its lifespan startup and ``await api.shutdown()`` in its shutdown. The API
   then shares the worker's core (store connection, limiter region, digester).
 * **On its own** (``agentrouter.api.devserver:app`` under Granian, and the tests):
-  it answers ASGI ``lifespan`` itself, opening a core from the environment
-  (``AGENTROUTER_DATA_DIR``) when it was built without one.
+  it answers ASGI ``lifespan`` itself, opening a core on the settings' data
+  directory when it was built without one.
+
+Its settings (the request log's retention, the webhook, the monitor's interval and
+thresholds) are the server's ``Settings``, passed in; built without them, it loads
+them once with ``load_settings()`` (``AGENTROUTER_CONFIG`` and ``AGENTROUTER_*``).
 
 ``startup`` also starts the monitor's task (one per process; the lease in the store
 makes only one process do the work): it prunes the request log past its retention
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -33,10 +38,10 @@ from agentrouter.api.docs import docs_html
 from agentrouter.api.errors import ApiError
 from agentrouter.api.openapi import openapi_json
 from agentrouter.api.routes import Context, Request, match
+from agentrouter.config import Settings, load_settings
 from agentrouter.core import Core
 from agentrouter.keys import KeyConflict, KeyInputError
 from agentrouter.monitor.runner import Monitor
-from agentrouter.monitor.settings import MonitorSettings, load_monitor_settings
 from agentrouter.store import StoreError
 
 __all__ = ["ManagementApi", "build_api", "MAX_BODY"]
@@ -46,7 +51,7 @@ log = logging.getLogger("agentrouter.api")
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-CoreOpener = Callable[[], Awaitable[Core]]
+CoreOpener = Callable[[Settings], Awaitable[Core]]
 
 MAX_BODY = 1024 * 1024
 PREFIX = "/api"
@@ -62,12 +67,12 @@ class ManagementApi:
         self,
         core: Core | None = None,
         *,
-        settings: MonitorSettings | None = None,
+        settings: Settings | None = None,
         open_core: CoreOpener | None = None,
         run_monitor: bool = True,
     ) -> None:
         self.core = core
-        self.settings = settings if settings is not None else load_monitor_settings()
+        self.settings = settings if settings is not None else load_settings()
         self._open_core = open_core
         self._owns_core = False
         self._run_monitor = run_monitor
@@ -89,8 +94,8 @@ class ManagementApi:
         if core is not None:
             self._bind(core)
         elif self.core is None:
-            opener = self._open_core or _open_core_from_env
-            self._bind(await opener())
+            opener = self._open_core or _open_core
+            self._bind(await opener(self.settings))
             self._owns_core = True
         assert self.core is not None
         if self._run_monitor and self.monitor is None:
@@ -200,25 +205,23 @@ class ManagementApi:
 def build_api(
     core: Core | None = None,
     *,
-    settings: Any = None,
+    settings: Settings | None = None,
     open_core: CoreOpener | None = None,
     run_monitor: bool = True,
 ) -> ManagementApi:
     """The management API app.
 
     ``core``: an opened ``Core`` to use; None to bind it later with
-    ``await api.startup(core)`` or to open one at lifespan startup (``open_core``, by
-    default ``Core.open()`` from the environment). ``settings``: a ``MonitorSettings``,
-    or the server ``Settings`` (fields of the same name are read from it, then
-    ``AGENTROUTER_*`` variables). ``run_monitor``: start the monitor task in startup.
+    ``await api.startup(core)`` or to open one at lifespan startup (``open_core(settings)``,
+    by default ``Core.open`` on ``settings.data_dir``). ``settings``: the server
+    ``Settings`` (None: ``load_settings()``). ``run_monitor``: start the monitor task
+    in startup.
     """
-    if settings is None or not isinstance(settings, MonitorSettings):
-        settings = load_monitor_settings(settings)
     return ManagementApi(core, settings=settings, open_core=open_core, run_monitor=run_monitor)
 
 
-async def _open_core_from_env() -> Core:
-    return await Core.open()
+async def _open_core(settings: Settings) -> Core:
+    return await Core.open(Path(settings.data_dir) if settings.data_dir else None)
 
 
 # -- HTTP helpers ------------------------------------------------------------------

@@ -4,12 +4,13 @@
   each default threshold);
 * ``runner.Monitor``: the one periodic task (lease-guarded across workers);
 * ``webhook.WebhookSender``: POSTs alerts with retries and a timeout;
-* ``settings.MonitorSettings``: retention, webhook and thresholds.
+* ``settings``: which of the server ``Settings`` (retention, webhook, thresholds)
+  the monitor reads.
 """
 
 from agentrouter.monitor.detectors import Finding, KeyHistory, detect
 from agentrouter.monitor.runner import Monitor, RunResult
-from agentrouter.monitor.settings import DetectorConfig, MonitorSettings, load_monitor_settings
+from agentrouter.monitor.settings import DetectorConfig
 from agentrouter.monitor.webhook import WebhookSender
 
 __all__ = [
@@ -17,9 +18,7 @@ __all__ = [
     "Finding",
     "KeyHistory",
     "Monitor",
-    "MonitorSettings",
     "RunResult",
     "WebhookSender",
     "detect",
-    "load_monitor_settings",
 ]

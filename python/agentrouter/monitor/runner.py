@@ -21,7 +21,8 @@ from collections.abc import Callable
 import msgspec
 
 from agentrouter.monitor.detectors import KeyHistory, detect
-from agentrouter.monitor.settings import DAY, HOUR, MonitorSettings
+from agentrouter.config import Settings
+from agentrouter.monitor.settings import DAY, HOUR
 from agentrouter.monitor.webhook import WebhookSender, alert_event
 from agentrouter.store import Store
 from agentrouter.store.analytics import Analytics
@@ -49,7 +50,7 @@ class Monitor:
     def __init__(
         self,
         store: Store,
-        settings: MonitorSettings,
+        settings: Settings,
         *,
         clock: Callable[[], float] = time.time,
         sender: WebhookSender | None = None,
@@ -72,6 +73,9 @@ class Monitor:
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self.runs = 0
+        """Runs this process did as the lease holder."""
+        self.leader = False
+        """Whether this process held the lease at its last run."""
 
     @property
     def lease_ttl(self) -> float:
@@ -122,7 +126,14 @@ class Monitor:
 
     async def run_once(self) -> RunResult:
         now = self._clock()
-        if not await self.analytics.take_lease(LEASE, self.holder, now=now, ttl=self.lease_ttl):
+        leader = await self.analytics.take_lease(LEASE, self.holder, now=now, ttl=self.lease_ttl)
+        if leader != self.leader:
+            self.leader = leader
+            if leader:
+                log.info("monitor: this process (%s) holds the %r lease and runs the monitor", self.holder, LEASE)
+            else:
+                log.info("monitor: the %r lease went to another process", LEASE)
+        if not leader:
             return RunResult(leader=False)
         self.runs += 1
         result = RunResult(leader=True)
@@ -147,7 +158,7 @@ class Monitor:
         )
 
     async def detect(self, now: float) -> tuple[int, list[AlertRow]]:
-        config = self.settings.detectors
+        config = self.settings.monitor
         recent = now - max(2 * HOUR, config.new_ip_lookback_hours * HOUR)
         key_ids = await self.analytics.keys_used_since(recent)
         if not key_ids:
