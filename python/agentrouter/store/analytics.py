@@ -4,8 +4,12 @@ Works on the store's own connection (one SQLite file, WAL), beside the key table
 of ``store/sqlite.py``. Four kinds of rows:
 
 * ``request_log``: one row per proxied request (time, key id, model, status,
-  latency, tokens, client IP, user agent), written in batches by ``add_requests``
-  off the hot path and pruned after the retention period. Usage time series with
+  latency, tokens, client IP, user agent; never the key), written in batches off
+  the hot path by the gateway's usage recorder — ``Store.add_usage`` calls
+  ``write_requests`` in the transaction that adds the key totals, so the two never
+  disagree — and pruned after the retention period. A request refused before its
+  key was known (401: no key, a malformed one, an unknown one) has no key and no
+  row. Usage time series with
   latency percentiles, distinct IPs and the per-model breakdown are computed from it.
 * ``usage_hourly`` and ``key_ips``: rollups kept in the same transaction as the log
   rows, so the monitor's baselines (days and weeks of a key's history) and a key's
@@ -23,13 +27,15 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Iterable, Sequence
-from typing import Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import aiosqlite
 import msgspec
 
 from agentrouter.store.models import ALERT_KINDS, AlertRow, RequestRecord
-from agentrouter.store.sqlite import Store
+
+if TYPE_CHECKING:  # sqlite.py imports write_requests from here
+    from agentrouter.store.sqlite import Store
 
 Bucket = Literal["minute", "hour", "day"]
 BUCKET_SECONDS: Final[dict[str, int]] = {"minute": 60, "hour": 3600, "day": 86400}

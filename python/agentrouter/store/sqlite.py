@@ -16,8 +16,9 @@ from typing import Any
 import aiosqlite
 import msgspec
 
+from agentrouter.store.analytics import write_requests
 from agentrouter.store.migrations import MIGRATIONS
-from agentrouter.store.models import KeyRow, UsageDelta, UsageTotals
+from agentrouter.store.models import KeyRow, RequestRecord, UsageDelta, UsageTotals
 
 _KEY_COLUMNS = (
     "k.id, k.name, k.prefix, k.created_at, k.requests, k.interval, k.metadata, k.expires_at, "
@@ -210,11 +211,16 @@ class Store:
 
     # -- usage ---------------------------------------------------------------
 
-    async def add_usage(self, deltas: Sequence[UsageDelta]) -> None:
-        """Add a batch of per-key usage in one transaction."""
-        if not deltas:
+    async def add_usage(self, deltas: Sequence[UsageDelta], requests: Sequence[RequestRecord] = ()) -> None:
+        """Add a batch of per-key usage totals and the request-log rows of the same
+        requests (``analytics.write_requests``: the log and its rollups) in one
+        transaction: the totals and the log never disagree, and a failed write
+        leaves neither."""
+        if not deltas and not requests:
             return
         async with self.transaction() as db:
+            if requests:
+                await write_requests(db, requests)
             await db.executemany(
                 "INSERT INTO key_usage (key_id, requests, successes, failures_4xx, failures_5xx,"
                 " input_tokens, output_tokens, latency_ms_total, last_used_at, last_client_ip)"
