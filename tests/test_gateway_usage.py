@@ -1,16 +1,19 @@
-"""Token parsing for both dialects (JSON and streams) and the in-memory aggregation
-with its batched, loss-free flushing."""
+"""Token parsing for both dialects (JSON and streams), the in-memory aggregation with
+its batched, loss-free flushing, and the request log written with the key totals."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import msgspec
 import pytest
 
 from agentrouter.gateway.usage import StreamUsage, UsageRecorder, tokens_from_json, tokens_from_sse
-from agentrouter.store.models import UsageDelta
+from agentrouter.store.models import RequestRecord, UsageDelta
 
 enc = msgspec.json.encode
 
@@ -136,15 +139,21 @@ def test_tokens_from_sse_ignores_cut_objects() -> None:
 
 
 class Sink:
+    """``Store.add_usage``'s signature; keeps what each successful flush wrote."""
+
     def __init__(self, fail: int = 0) -> None:
         self.batches: list[list[UsageDelta]] = []
+        self.records: list[RequestRecord] = []
+        self.calls = 0
         self.fail = fail
 
-    async def __call__(self, deltas: Sequence[UsageDelta]) -> None:
+    async def __call__(self, deltas: Sequence[UsageDelta], requests: Sequence[RequestRecord] = ()) -> None:
+        self.calls += 1
         if self.fail:
             self.fail -= 1
             raise RuntimeError("database is locked")
         self.batches.append(list(deltas))
+        self.records.extend(requests)
 
 
 def totals(sink: Sink) -> dict[str, tuple[int, ...]]:
@@ -207,3 +216,94 @@ async def test_close_retries_a_failing_store() -> None:
     rec.record("k", 500, 0, 0, 1.0, None)
     await rec.close()
     assert totals(sink) == {"k": (1, 0, 0, 1, 0, 0)}
+
+
+# ------------------------------------------------------------------ the request log
+
+
+async def test_each_request_is_one_log_record_beside_the_totals() -> None:
+    sink = Sink()
+    now = [1000.0]
+    rec = UsageRecorder(sink, interval=60, clock=lambda: now[0])
+    rec.record("k1", 200, 10, 20, 250.0, "10.0.0.1", "gpt-4o", "openai-python/1.0")
+    now[0] = 1002.0
+    rec.record("k1", 404, 0, 0, 1.0, "10.0.0.2", "no-such-model", None)
+    rec.record("k2", 405, 0, 0, 0.5, None)  # refused before the body was read: no model
+    assert (rec.pending_requests, rec.pending_records) == (3, 3)
+    assert await rec.flush()
+    assert sink.records == [
+        RequestRecord(key_id="k1", time=999.75, model="gpt-4o", status=200, latency_ms=250.0, input_tokens=10,
+                      output_tokens=20, client_ip="10.0.0.1", user_agent="openai-python/1.0"),
+        RequestRecord(key_id="k1", time=1001.999, model="no-such-model", status=404, latency_ms=1.0,
+                      client_ip="10.0.0.2"),
+        RequestRecord(key_id="k2", time=1001.9995, model=None, status=405, latency_ms=0.5),
+    ]
+    assert sum(d.requests for d in sink.batches[0]) == len(sink.records)
+    assert (rec.pending_requests, rec.pending_records) == (0, 0)
+    assert await rec.flush() and sink.calls == 1  # nothing new: no write
+
+
+async def test_a_failed_flush_keeps_totals_and_records_together() -> None:
+    sink = Sink(fail=2)
+    rec = UsageRecorder(sink, interval=60)
+    rec.record("k", 200, 1, 2, 1.0, "1.1.1.1", "m1")
+    assert not await rec.flush()
+    rec.record("k", 500, 0, 0, 1.0, "1.1.1.1", "m2")
+    assert not await rec.flush()
+    assert sink.batches == [] and sink.records == []
+    assert await rec.flush()
+    assert totals(sink) == {"k": (2, 1, 0, 1, 1, 2)}
+    assert [r.model for r in sink.records] == ["m1", "m2"]  # the older first, nothing twice
+
+
+async def test_pending_records_are_capped_while_the_store_is_down(caplog: pytest.LogCaptureFixture) -> None:
+    sink = Sink(fail=3)
+    rec = UsageRecorder(sink, interval=60, max_pending_requests=4)
+    for i in range(3):
+        rec.record("k", 200, 1, 1, 1.0, None, f"m{i}")
+    assert not await rec.flush()
+    for i in range(3, 6):
+        rec.record("k", 200, 1, 1, 1.0, None, f"m{i}")
+    assert rec.pending_records == 4 and rec.pending_requests == 6  # totals are never dropped
+    assert not await rec.flush()
+    assert not await rec.flush()
+    assert await rec.flush()
+    assert totals(sink) == {"k": (6, 6, 0, 0, 6, 6)}
+    assert [r.model for r in sink.records] == ["m0", "m1", "m2", "m3"]  # the oldest kept
+    assert rec.dropped_records == 2
+    assert [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()] == [
+        "request log: 2 records dropped (more than 4 waited for the store to be written); "
+        "the key totals still count them"
+    ]
+
+
+async def test_a_flush_writes_totals_and_log_in_one_store_transaction(tmp_path: Path) -> None:
+    """Through the real store: a batch whose totals cannot be written leaves no log
+    rows either; a recorder's flush writes both, and the log's view equals the totals."""
+    from agentrouter.core import Core
+    from agentrouter.store.analytics import Analytics
+
+    core = await Core.open(tmp_path / "data", env={"AGENTROUTER_SECRET": "usage-test-secret-0123456789abcdef"})
+    try:
+        key = (await core.keys.create(name="logged")).row.id
+        analytics = Analytics(core.store)
+        orphan = RequestRecord(key_id=key, time=time.time(), model="gpt-4o", status=200, latency_ms=1.0)
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):  # the totals' insert fails after the log's
+            await core.store.add_usage([UsageDelta(key_id="key_missing", requests=1)], [orphan])
+        assert await analytics.count_requests() == 0
+
+        rec = UsageRecorder(core.store.add_usage, interval=60)
+        rec.record(key, 200, 5, 7, 3.0, "10.0.0.9", "gpt-4o", "curl/8")
+        rec.record(key, 429, 0, 0, 0.2, "10.0.0.9", None, "curl/8")
+        assert await rec.flush()
+        usage = (await core.keys.get(key)).usage  # type: ignore[union-attr]
+        assert usage.requests == await analytics.count_requests(key) == 2
+        report = await analytics.usage(since=time.time() - 60, until=time.time() + 60, bucket="minute", key_id=key)
+        t = report.totals
+        assert (t.requests, t.successes, t.failures_4xx, t.input_tokens, t.output_tokens) == (
+            usage.requests, usage.successes, usage.failures_4xx, usage.input_tokens, usage.output_tokens)
+        rows = await core.store._db.execute_fetchall(
+            "SELECT model, status, client_ip, user_agent FROM request_log ORDER BY id")
+        assert [tuple(r) for r in rows] == [("gpt-4o", 200, "10.0.0.9", "curl/8"), (None, 429, "10.0.0.9", "curl/8")]
+    finally:
+        await core.close()

@@ -9,7 +9,8 @@ One request, in order::
     model → provider        (routing.ModelRouter; 404 unknown, 400 other dialect)
     forward original bytes  (upstream.UpstreamClient, or the in-process mock)
     relay                   (JSON in one piece; SSE chunk by chunk as it arrives)
-    usage                   (usage.UsageRecorder, in memory; flushed by its own task)
+    usage                   (usage.UsageRecorder: key totals and a request-log record,
+                             in memory; flushed by its own task)
 
 Every answer to a request whose key was valid carries ``X-RateLimit-Limit``,
 ``-Remaining`` and ``-Reset`` (when the key has a limit at all) and counts for the
@@ -322,7 +323,7 @@ class Gateway:
         rid = self._request_id()
 
         # One pass over the headers.
-        authorization = x_api_key = content_length = connection = None
+        authorization = x_api_key = content_length = connection = user_agent = None
         forward: list[tuple[bytes, bytes]] = []
         anthropic_caller = False
         for name, value in scope["headers"]:
@@ -338,6 +339,8 @@ class Gateway:
                 forward.append((name, value))
                 if name == b"anthropic-version":
                     anthropic_caller = True
+                elif name == b"user-agent":
+                    user_agent = value
 
         dialect = route.dialect
         if route.kind is RouteKind.MODELS and anthropic_caller:
@@ -349,18 +352,19 @@ class Gateway:
         if auth.error is not None:
             await _send_error(send, dialect, auth.error, auth.message, rid, auth.decision)
             if record is not None:
-                self._record(record.id, auth.error.status, 0, 0, started, scope)
+                self._record(record.id, auth.error.status, 0, 0, started, scope, None, user_agent)
             return
 
         assert record is not None
         decision = auth.decision
+        model: str | None = None
         try:
             if scope["method"] != route.method:
                 raise _BadRequest(Kinds.METHOD_NOT_ALLOWED,
                                   f"Method {scope['method']} is not allowed on {route.path}; use {route.method}.")
             if route.kind is RouteKind.MODELS:
                 status = await self._models(route, scope, dialect, rid, decision, send)
-                self._record(record.id, status, 0, 0, started, scope)
+                self._record(record.id, status, 0, 0, started, scope, None, user_agent)
                 return
             body = await self._read_body(receive, content_length)
             model, stream = _peek_body(body)
@@ -373,7 +377,7 @@ class Gateway:
         except _BadRequest as exc:
             extra = [route.allow_header] if exc.kind is Kinds.METHOD_NOT_ALLOWED else None
             await _send_error(send, dialect, exc.kind, str(exc), rid, decision, exc.param, extra)
-            self._record(record.id, exc.kind.status, 0, 0, started, scope)
+            self._record(record.id, exc.kind.status, 0, 0, started, scope, model, user_agent)
             return
 
         if provider.is_mock:
@@ -384,13 +388,15 @@ class Gateway:
                 forward = [(n, v) for n, v in forward if n not in nominated]
             status, inp, out = await self._proxy(route, dialect, provider, body, forward, scope, receive, send,
                                                  rid, decision)
-        self._record(record.id, status, inp, out, started, scope)
+        self._record(record.id, status, inp, out, started, scope, model, user_agent)
 
-    def _record(self, key_id: str, status: int, inp: int, out: int, started: float, scope: Scope) -> None:
+    def _record(self, key_id: str, status: int, inp: int, out: int, started: float, scope: Scope,
+                model: str | None, user_agent: bytes | None) -> None:
         client = scope.get("client")
         assert self.usage is not None
         self.usage.record(key_id, status, inp, out, (time.perf_counter() - started) * 1000.0,
-                          client[0] if client else None)
+                          client[0] if client else None, model,
+                          user_agent.decode("latin-1") if user_agent is not None else None)
 
     async def _read_body(self, receive: Receive, content_length: bytes | None) -> bytes:
         limit = self._max_body

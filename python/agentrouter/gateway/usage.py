@@ -1,10 +1,22 @@
-"""Usage per key: counted in memory on the hot path, written in batches off it.
+"""Usage per key and the request log: gathered in memory on the hot path, written in
+batches off it.
 
 ``UsageRecorder.record`` adds one request to the key's running totals (a dict lookup
-and a few integer additions); one tracked task hands everything gathered so far to
-the store about once a second (``Store.add_usage``, one transaction), and ``close``
-writes the rest, so a graceful shutdown loses nothing. A failed write keeps the
-numbers and tries again on the next tick.
+and a few integer additions) and appends one small ``RequestRecord`` for the request
+log (time, key id, model, status, latency, tokens, client IP, user agent; never the
+key). One tracked task hands everything gathered so far to the store about once a
+second — ``Store.add_usage(deltas, requests)``, totals and log rows in one
+transaction, so the two never disagree — and ``close`` writes the rest, so a
+graceful shutdown loses nothing. A failed write keeps both and tries again on the
+next tick.
+
+Memory stays bounded when the store is down for long: the totals are a few numbers
+per key and are never dropped, but at most ``max_pending_requests`` log records wait;
+the records past that are dropped (and counted, and logged at the next flush), so
+after a long outage the log has fewer rows than the totals count.
+
+Requests refused before their key is known (401: no key, a malformed, unknown,
+deleted or expired one) belong to no key: they are in neither the totals nor the log.
 
 Tokens are read cheaply:
 
@@ -30,7 +42,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
-from agentrouter.store.models import UsageDelta
+from agentrouter.store.models import RequestRecord, UsageDelta
 
 __all__ = ["UsageRecorder", "StreamUsage", "tokens_from_json", "tokens_from_sse"]
 
@@ -181,22 +193,39 @@ class _Totals:
             self.last_client_ip = d.last_client_ip or self.last_client_ip
 
 
-Sink = Callable[[Sequence[UsageDelta]], Awaitable[None]]
+Sink = Callable[[Sequence[UsageDelta], Sequence[RequestRecord]], Awaitable[None]]
+"""``Store.add_usage``: writes the totals and the log records in one transaction."""
+
+MAX_PENDING_REQUESTS = 100_000
+"""Request-log records kept while the store cannot be written (about 300 bytes each)."""
 
 
 class UsageRecorder:
-    """Per-key totals since the last flush, and the one task that flushes them."""
+    """Per-key totals and request-log records since the last flush, and the one task
+    that flushes them."""
 
-    def __init__(self, sink: Sink, interval: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        *,
+        max_pending_requests: int = MAX_PENDING_REQUESTS,
+    ) -> None:
         self._sink = sink
         self._interval = interval
         self._clock = clock
+        self._max_requests = max_pending_requests
         self._pending: dict[str, _Totals] = {}
+        self._requests: list[RequestRecord] = []
+        self._dropped = 0  # log records dropped since the last report
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
         self.flushed_requests = 0
         """Requests written so far by this process (for tests and logs)."""
+        self.dropped_records = 0
+        """Request-log records this process dropped because too many were waiting."""
 
     def record(
         self,
@@ -206,7 +235,20 @@ class UsageRecorder:
         output_tokens: int,
         latency_ms: float,
         client_ip: str | None,
+        model: str | None = None,
+        user_agent: str | None = None,
     ) -> None:
+        """Count one answered request of ``key_id`` (``model``: None when the request
+        was refused before its body was read)."""
+        now = self._clock()
+        if len(self._requests) < self._max_requests:
+            self._requests.append(RequestRecord(
+                key_id=key_id, time=now - latency_ms / 1000.0, model=model, status=status,
+                latency_ms=latency_ms, input_tokens=input_tokens, output_tokens=output_tokens,
+                client_ip=client_ip, user_agent=user_agent,
+            ))
+        else:
+            self._dropped += 1
         t = self._pending.get(key_id)
         if t is None:
             t = self._pending[key_id] = _Totals()
@@ -220,13 +262,19 @@ class UsageRecorder:
         t.input_tokens += input_tokens
         t.output_tokens += output_tokens
         t.latency_ms += latency_ms
-        t.last_used_at = self._clock()
+        t.last_used_at = now
         if client_ip is not None:
             t.last_client_ip = client_ip
 
     @property
     def pending_requests(self) -> int:
+        """Requests counted in the totals and not written yet."""
         return sum(t.requests for t in self._pending.values())
+
+    @property
+    def pending_records(self) -> int:
+        """Request-log records not written yet."""
+        return len(self._requests)
 
     def start(self) -> None:
         """Start the periodic flush (on the running loop)."""
@@ -246,25 +294,41 @@ class UsageRecorder:
     async def flush(self) -> bool:
         """Write what was gathered; on failure keep it for the next try. True on success."""
         async with self._lock:
-            if not self._pending:
+            self._report_dropped()
+            if not self._pending and not self._requests:
                 return True
             batch, self._pending = self._pending, {}
+            records, self._requests = self._requests, []
             deltas = [t.delta(k) for k, t in batch.items()]
             try:
-                await self._sink(deltas)
+                await self._sink(deltas, records)
             except Exception:
-                log.exception("writing usage for %d keys failed; keeping it for the next flush", len(deltas))
-                self._restore(deltas)
+                log.exception("writing usage for %d keys (%d requests) failed; keeping it for the next flush",
+                              len(deltas), len(records))
+                self._restore(deltas, records)
                 return False
             self.flushed_requests += sum(d.requests for d in deltas)
             return True
 
-    def _restore(self, deltas: list[UsageDelta]) -> None:
+    def _restore(self, deltas: list[UsageDelta], records: list[RequestRecord]) -> None:
         for d in deltas:
             t = self._pending.get(d.key_id)
             if t is None:
                 t = self._pending[d.key_id] = _Totals()
             t.merge(d)
+        # The older records first; past the cap, the newest are the ones dropped.
+        records.extend(self._requests)
+        if len(records) > self._max_requests:
+            self._dropped += len(records) - self._max_requests
+            del records[self._max_requests:]
+        self._requests = records
+
+    def _report_dropped(self) -> None:
+        if self._dropped:
+            self.dropped_records += self._dropped
+            log.error("request log: %d records dropped (more than %d waited for the store to be written); "
+                      "the key totals still count them", self._dropped, self._max_requests)
+            self._dropped = 0
 
     async def close(self, attempts: int = 3) -> None:
         """Stop the periodic task and write everything that is left."""
@@ -276,6 +340,8 @@ class UsageRecorder:
             if await self.flush():
                 return
             await asyncio.sleep(0.2 * (attempt + 1))
+        self._report_dropped()
         lost = self.pending_requests
-        if lost:
-            log.error("usage of %d requests could not be written at shutdown", lost)
+        if lost or self._requests:
+            log.error("usage of %d requests (%d request-log records) could not be written at shutdown",
+                      lost, len(self._requests))
