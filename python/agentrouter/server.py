@@ -6,8 +6,10 @@
    and its migrations, and the shared limiter region) so that workers never race to
    create them, then closes it;
 2. starts Granian's process manager with an in-process target loader: each worker
-   builds ``create_app(settings)`` from the same frozen settings (nothing is passed
-   through the environment);
+   builds the gateway from the same frozen settings (nothing is passed through the
+   environment), with the management API mounted for every path outside ``/v1``
+   (``load_app``). Each worker's API starts the monitor's task; a lease in the store
+   lets one process of the server do the monitor's work at a time;
 3. blocks until SIGTERM / SIGINT.
 
 What happens on SIGTERM (Granian 2.x): the parent stops accepting and signals the
@@ -40,10 +42,14 @@ KILL_MARGIN = 10
 
 
 def load_app(settings: Settings) -> Any:
-    """Granian's target loader, called in each worker process."""
+    """Granian's target loader, called in each worker process: the gateway, with the
+    management API as its fallback app. The gateway's lifespan calls the API's
+    ``startup(core)`` once its core is open and its ``shutdown()`` before closing it."""
+    from agentrouter.api import build_api
     from agentrouter.gateway.app import create_app
 
-    return create_app(settings)
+    api = build_api(settings=settings)
+    return create_app(settings, fallback=api)
 
 
 async def _prepare(settings: Settings) -> None:

@@ -163,7 +163,9 @@ class ManagementApi:
             return
 
         if not path.startswith(PREFIX + "/"):
-            await _send_error(send, ApiError(404, f"Unknown path {path!r}; the management API lives under /api."))
+            await _send_error(send, ApiError(
+                404, f"Unknown path {path!r}: the management API lives under /api, the OpenAI- and "
+                "Anthropic-compatible API under /v1."))
             return
         decision: Any = None
         try:

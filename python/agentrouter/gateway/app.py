@@ -166,7 +166,8 @@ class Gateway:
                 return
 
     async def startup(self) -> None:
-        """Open the core, load the key table, start the usage flusher and the pools."""
+        """Open the core, load the key table, start the pools and the mounted app
+        (the management API: it shares this worker's core), then the usage flusher."""
         self._rid_prefix = "req_" + secrets.token_hex(6)  # per worker: ids unique across workers
         core = await self._open_core(self.settings)
         try:
@@ -174,6 +175,9 @@ class Gateway:
             await core.load_table(table)
             for client in self._clients.values():
                 await client.start()
+            startup = getattr(self._fallback, "startup", None)
+            if startup is not None:
+                await startup(core)
         except BaseException:
             await self._close_clients()
             await core.close()
@@ -182,9 +186,6 @@ class Gateway:
         self.auth = Authenticator(table, core, core.limiter.generation)
         self.usage = UsageRecorder(core.store.add_usage, self.settings.usage_flush_interval)
         self.usage.start()
-        startup = getattr(self._fallback, "startup", None)
-        if startup is not None:
-            await startup(core)  # a mounted app (the management API) shares this worker's core
         self._hook_termination_signals()
         # What start-up allocated lives as long as the worker: keep it out of the
         # collector's full passes (shorter pauses on the hot path).
@@ -206,13 +207,15 @@ class Gateway:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.usage is not None:
             await self.usage.close()
-        shutdown = getattr(self._fallback, "shutdown", None)
-        if shutdown is not None:
-            await shutdown()
-        await self._close_clients()
-        if self.core is not None:
-            await self.core.close()
-            self.core = None
+        try:
+            shutdown = getattr(self._fallback, "shutdown", None)
+            if shutdown is not None:
+                await shutdown()  # the mounted app, while the core it shares is open
+        finally:
+            await self._close_clients()
+            if self.core is not None:
+                await self.core.close()
+                self.core = None
 
     async def _drain(self) -> None:
         while self._inflight:
@@ -292,13 +295,12 @@ class Gateway:
         if route is None:
             if path.startswith("/v1/models/"):
                 route = _MODEL_DETAIL
-            elif self._fallback is not None and not path.startswith("/v1/"):
+            elif self._fallback is not None and _for_fallback(path):
                 await self._fallback(scope, receive, send)
                 return
             else:
-                dialect = Dialect.ANTHROPIC if path.startswith("/v1/messages") else Dialect.OPENAI
-                rid = self._request_id()
-                await _send_error(send, dialect, Kinds.ROUTE_NOT_FOUND, f"Unknown path {path!r}.", rid, None)
+                dialect, message = _unknown_path(path)
+                await _send_error(send, dialect, Kinds.ROUTE_NOT_FOUND, message, self._request_id(), None)
                 return
 
         task = asyncio.current_task()
@@ -608,6 +610,31 @@ async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], left: _Le
 _MODEL_DETAIL = Route(RouteKind.MODELS, Dialect.OPENAI, "GET")
 
 
+def _for_fallback(path: str) -> bool:
+    """Whether a path that is no route goes to the mounted app (the management API
+    under /api, later the console): not /v1, and not a route missing its /v1 (an
+    SDK whose base URL lacks it), which the gateway answers in the route's dialect."""
+    return not (path == "/v1" or path.startswith("/v1/")) and "/v1" + path not in ROUTES
+
+
+def _unknown_path(path: str) -> tuple[Dialect, str]:
+    """The dialect and message of a 404 for a path the gateway does not serve, with
+    a hint when the client's base URL lacks /v1 or repeats it."""
+    route = ROUTES.get("/v1" + path)
+    if route is not None:
+        return route.dialect, (
+            f"Unknown path {path!r}; did you mean '/v1{path}'? The API is served under /v1: an OpenAI "
+            "client's base URL ends with /v1 (an Anthropic client's is the server's address; it adds /v1)."
+        )
+    route = ROUTES.get(path[3:]) if path.startswith("/v1/v1/") else None
+    if route is not None:
+        return route.dialect, (
+            f"Unknown path {path!r}; did you mean {path[3:]!r}? The client's base URL repeats /v1 (an "
+            "Anthropic client adds /v1 itself: its base URL is the server's address without /v1)."
+        )
+    return (Dialect.ANTHROPIC if path.startswith("/v1/messages") else Dialect.OPENAI), f"Unknown path {path!r}."
+
+
 def _model_entry(name: str, provider: Provider, dialect: Dialect) -> dict[str, Any]:
     if dialect is Dialect.ANTHROPIC:
         return {"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"}
@@ -702,8 +729,10 @@ async def _send_error(
 
 def create_app(settings: Settings, *, open_core: CoreOpener | None = None, fallback: ASGIApp | None = None) -> Gateway:
     """The gateway app for ``settings``. ``open_core`` replaces ``Core.open`` (tests);
-    ``fallback`` receives every request outside ``/v1`` (the console, the management
-    API). If it has ``async startup(core)`` / ``async shutdown()``, they are called from
-    the gateway's lifespan, after the core is open and before it is closed."""
+    ``fallback`` receives every request outside ``/v1`` (the management API, later the
+    console) except a ``/v1`` route's path without its ``/v1`` (``/chat/completions``:
+    an SDK's base URL lacking it), which the gateway answers with a 404 in the route's
+    dialect. If it has ``async startup(core)`` / ``async shutdown()``, they are called
+    from the gateway's lifespan, after the core is open and before it is closed."""
     return Gateway(settings, open_core=open_core, fallback=fallback)
 
