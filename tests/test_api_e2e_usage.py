@@ -1,21 +1,18 @@
 """Usage figures in the API equal what end-to-end traffic produced.
 
-The real gateway (``agentrouter serve``, two workers) proxies to the fake upstream on
-loopback; the management API is served beside it on the same data directory. A key
-made through the API is used for a known mix of requests (JSON and streamed, both
+The real server (``agentrouter serve``, two workers) proxies to the fake upstream on
+loopback and serves the management API under ``/api`` on the same port. A key made
+through the API is used for a known mix of requests (JSON and streamed, both
 dialects, and refused ones); the API then reports exactly the requests sent and the
-tokens of the fake's usage blocks. A key deleted through the API is refused by the
-gateway on its next request.
-
-The second half checks the request log's view (``/api/v1/keys/{id}/usage``) of the
-same traffic: it needs the gateway's usage recorder to hand each request to
-``Analytics.add_requests`` at each flush. Until that is wired, it is an expected
-failure (strict: it fails loudly once the gateway writes the log, to be unmarked).
-``test_store_flush_path`` proves the store side of that path meanwhile.
+tokens of the fake's usage blocks, both in the key's totals and in the request log's
+view (``/api/v1/keys/{id}/usage``), which the gateway's usage recorder writes in the
+same transaction. A key deleted through the API is refused by the gateway on its
+next request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +21,11 @@ from typing import Any
 import httpx
 import pytest
 
-from agentrouter.store import UsageDelta
+from agentrouter.datadir import DB_FILE
+from agentrouter.store import Store, UsageDelta
 from agentrouter.store.analytics import Analytics
 from agentrouter.store.models import RequestRecord
-from tests.api_fixtures import ApiServer, api_error, record
+from tests.api_fixtures import api_error, record
 from tests.e2e.conftest import Gateway, start_gateway
 from tests.upstream_fake import FakeUpstream, refused_port
 
@@ -37,14 +35,25 @@ MESSAGES = [{"role": "user", "content": "Hello!"}]
 
 
 class Stack:
-    def __init__(self, fake: FakeUpstream, gateway: Gateway, api: ApiServer, admin: str) -> None:
+    def __init__(self, fake: FakeUpstream, gateway: Gateway, admin: str) -> None:
         self.fake = fake
         self.gateway = gateway
-        self.api = api
         self.admin = admin
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.api.url, timeout=30.0, headers={"authorization": f"Bearer {self.admin}"})
+        """The management API, mounted in the gateway."""
+        return httpx.Client(base_url=self.gateway.url, timeout=30.0,
+                            headers={"authorization": f"Bearer {self.admin}"})
+
+    def with_store(self, op: Any) -> Any:
+        async def main() -> Any:
+            store = await Store.open(self.gateway.data_dir / DB_FILE)
+            try:
+                return await op(store)
+            finally:
+                await store.close()
+
+        return asyncio.run(main())
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +62,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     sock, port = refused_port()
     with FakeUpstream() as fake:
         gateway = start_gateway(tmp, fake, f"http://127.0.0.1:{port}")
-        api = None
         try:
-            api = ApiServer(gateway.data_dir, workers=1, secret=None).start()
-            admin = api.create_key("--name", "admin", "--scope", "manage")["key"]
-            yield Stack(fake, gateway, api, admin)
+            admin = gateway.cli_json("keys", "create", "--name", "admin", "--scope", "manage")["key"]
+            yield Stack(fake, gateway, admin)
         finally:
-            if api is not None:
-                api.stop()
             gateway.stop()
             sock.close()
 
@@ -133,22 +138,22 @@ def test_key_totals_in_the_api_equal_the_traffic(stack: Stack, traffic: dict[str
     assert row["usage"] == usage and row["last_used_at"] == usage["last_used_at"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gateway's usage recorder does not hand requests to Analytics.add_requests yet",
-)
 def test_the_request_log_view_equals_the_traffic(stack: Stack, traffic: dict[str, Any]) -> None:
     key_id = traffic["key"]["id"]
     wait_for_requests(stack, key_id, len(traffic["statuses"]))
     with stack.client() as api:
         report = api.get(f"/api/v1/keys/{key_id}/usage", params={"since": "1h", "by": "minute"}).json()
+        overall = api.get("/api/v1/usage", params={"since": "1h", "by": "hour"}).json()
     t = report["totals"]
-    assert t["requests"] == len(traffic["statuses"])
+    assert t["requests"] == len(traffic["statuses"]) == 13
     assert (t["successes"], t["failures_4xx"]) == (11, 2)
     assert t["input_tokens"] == traffic["input_tokens"] and t["output_tokens"] == traffic["output_tokens"]
     assert t["distinct_client_ips"] == 1
     assert {m["model"]: m["requests"] for m in report["models"]} == {
         "gpt-4o": 8, "claude-3-5-sonnet": 3, "no-such-model": 2}
+    assert t["latency_ms_p50"] is not None and 0 < t["latency_ms_p50"] <= t["latency_ms_p95"]
+    assert sum(b["requests"] for b in report["series"]) == t["requests"]
+    assert overall["totals"]["requests"] >= t["requests"]  # every key's traffic, this key's included
 
 
 def test_a_key_deleted_through_the_api_is_refused_by_the_gateway(stack: Stack) -> None:
@@ -162,8 +167,8 @@ def test_a_key_deleted_through_the_api_is_refused_by_the_gateway(stack: Stack) -
             with httpx.Client(base_url=stack.gateway.url, timeout=30.0,
                               headers={"authorization": f"Bearer {key['key']}"}) as gw:
                 assert gw.get("/v1/models").status_code == 401
-        # And the API itself refuses an inference key.
-        with httpx.Client(base_url=stack.api.url, headers={"x-api-key": key["key"]}) as other:
+        # And the API itself refuses the deleted key.
+        with httpx.Client(base_url=stack.gateway.url, headers={"x-api-key": key["key"]}) as other:
             api_error(other.get("/api/v1/keys"), 401, "authentication_error")
 
 
@@ -190,7 +195,7 @@ def test_store_flush_path(stack: Stack) -> None:
             await store.add_usage([delta])
             await Analytics(store).add_requests(records)
 
-        stack.api.with_store(flush)
+        stack.with_store(flush)
         totals = api.get(f"/api/v1/keys/{key['id']}").json()["usage"]
         report = api.get(f"/api/v1/keys/{key['id']}/usage", params={"since": "10m", "by": "minute"}).json()
     t = report["totals"]

@@ -1,5 +1,6 @@
 """SIGTERM under load: in-flight requests (streams included) are drained and their
-usage is flushed, so requests answered == requests stored for the key."""
+usage is flushed, so requests answered == requests stored for the key == rows in the
+request log (written in the same transaction as the totals)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from agentrouter.datadir import DB_FILE
+from agentrouter.store import Store
 from tests.e2e.conftest import async_client, start_gateway
 from tests.upstream_fake import FakeUpstream
 
@@ -94,3 +97,20 @@ async def test_sigterm_under_load_loses_no_usage(tmp_path: Path, fake: FakeUpstr
     assert len(finished) == len(ok), summary
     assert usage["input_tokens"] == sum(r.usage[0] for r in finished)
     assert usage["output_tokens"] == sum(r.usage[1] for r in finished)
+
+    # The request log: one row per answered request, the same figures as the totals.
+    rows, statuses, tokens_in, tokens_out = await request_log(gw.data_dir / DB_FILE, created["id"])
+    assert rows == len(answered) == usage["requests"], summary
+    assert statuses == sorted(status for status, _ in answered), summary
+    assert (tokens_in, tokens_out) == (usage["input_tokens"], usage["output_tokens"])
+
+
+async def request_log(db: Path, key_id: str) -> tuple[int, list[int], int, int]:
+    """(rows, their statuses sorted, input tokens, output tokens) of a key's request log."""
+    store = await Store.open(db)
+    try:
+        found = list(await store._db.execute_fetchall(
+            "SELECT status, input_tokens, output_tokens FROM request_log WHERE key_id = ?", (key_id,)))
+    finally:
+        await store.close()
+    return (len(found), sorted(r[0] for r in found), sum(r[1] for r in found), sum(r[2] for r in found))
