@@ -5,7 +5,7 @@ delivered on any 2xx answer. Connection errors, timeouts, 408, 429 and 5xx are
 retried ``retries`` times with exponential backoff (``backoff`` · 2ⁿ seconds, at most
 30 s, or the ``Retry-After`` the receiver asked for when that is shorter than a
 minute); any other answer is final. An alert that was not delivered is tried again
-on later monitor runs (``MonitorSettings.alert_webhook_rounds``).
+on later monitor runs (``Settings.alert_webhook_rounds``).
 
 The document sent::
 
