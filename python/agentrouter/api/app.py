@@ -26,7 +26,7 @@ Public (no key): ``GET /api/openapi.json`` (the OpenAPI 3.1 document of v1) and
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -38,6 +38,7 @@ from agentrouter.api.docs import docs_html
 from agentrouter.api.errors import ApiError
 from agentrouter.api.openapi import openapi_json
 from agentrouter.api.routes import Context, Request, match
+from agentrouter.asgi import Receive, Scope, Send, run_lifespan
 from agentrouter.config import Settings, load_settings
 from agentrouter.core import Core
 from agentrouter.keys import KeyConflict, KeyInputError
@@ -48,9 +49,6 @@ __all__ = ["ManagementApi", "build_api", "MAX_BODY"]
 
 log = logging.getLogger("agentrouter.api")
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 CoreOpener = Callable[[Settings], Awaitable[Core]]
 
 MAX_BODY = 1024 * 1024
@@ -119,28 +117,7 @@ class ManagementApi:
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "lifespan":
-            await self._lifespan(receive, send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.startup()
-                except Exception as exc:
-                    log.exception("management API start-up failed")
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                try:
-                    await self.shutdown()
-                except Exception as exc:
-                    log.exception("management API shutdown failed")
-                    await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
-                    return
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+            await run_lifespan(receive, send, self.startup, self.shutdown, log=log, name="management API")
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]

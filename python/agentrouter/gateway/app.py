@@ -34,11 +34,12 @@ import math
 import secrets
 import signal
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
+from agentrouter.asgi import ASGIApp, Receive, Scope, Send, run_lifespan
 from agentrouter.config import Settings
 from agentrouter.gateway import mock
 from agentrouter.gateway.auth import Authenticator
@@ -52,10 +53,6 @@ __all__ = ["Gateway", "create_app"]
 
 log = logging.getLogger("agentrouter.gateway")
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 CoreOpener = Callable[[Settings], Awaitable[Any]]
 
 # Request headers never forwarded: the caller's credentials, hop-by-hop headers
@@ -138,32 +135,11 @@ class Gateway:
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "lifespan":
-            await self._lifespan(receive, send)
+            await run_lifespan(receive, send, self.startup, self.shutdown, log=log, name="agentrouter")
         elif self._fallback is not None:
             await self._fallback(scope, receive, send)
 
     # ------------------------------------------------------------------ lifespan
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.startup()
-                except Exception as exc:
-                    log.exception("start-up failed")
-                    await send({"type": "lifespan.startup.failed", "message": f"agentrouter start-up failed: {exc}"})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                try:
-                    await self.shutdown()
-                except Exception as exc:
-                    log.exception("shutdown failed")
-                    await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
-                    return
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     async def startup(self) -> None:
         """Open the core, load the key table, start the pools and the mounted app

@@ -213,7 +213,7 @@ class Analytics:
             where += " AND key_id = :key_id"
             params["key_id"] = key_id
 
-        series_stats = await self._grouped(f"CAST(time / :width AS INTEGER)", where, params)
+        series_stats = await self._grouped("CAST(time / :width AS INTEGER)", where, params)
         totals = (await self._grouped("0", where, params)).get(0, UsageStats())
         model_stats = await self._grouped("model", where, params)
 
