@@ -32,8 +32,11 @@ never decompresses, follows no redirects and keeps no cookies.
   closed instead of reused. A request that finds a reused connection closed by the
   server before any byte of the answer came back is sent once more on a new one.
 * Timeouts: ``connect_timeout`` for the TCP/TLS connection, ``read_timeout`` for the
-  longest silence while waiting for the answer or the next bytes of a stream (one
-  timer per request, re-armed only when it fires early, not one per read).
+  longest silence while waiting for the answer or the next bytes of a stream. One
+  timer per connection, not per read nor per request: it stays armed across the
+  requests of a keep-alive connection, and when it fires it compares the silence so
+  far with ``read_timeout`` and re-arms itself for the rest (or lapses on an idle
+  connection), so a busy connection costs no timer work per request.
 * Back-pressure: a stream whose reader falls behind by more than 1 MiB pauses
   reading from the upstream until it catches up.
 * Cancellation: an abandoned response (``release`` before the end, or the calling
@@ -159,6 +162,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.state == _UNTIL_CLOSE:
             self._finish()
         elif self.state != _DONE:
@@ -166,9 +172,6 @@ class _Connection(asyncio.Protocol):
                 self.head.set_exception(_Stale())
                 self.head.exception()  # retrieved by post()
                 self.state = _DONE
-                if self.timer is not None:
-                    self.timer.cancel()
-                    self.timer = None
             else:
                 self._fail(UpstreamUnavailable(
                     "the upstream closed the connection" + (f": {exc}" if exc else " before the answer ended")))
@@ -187,7 +190,8 @@ class _Connection(asyncio.Protocol):
         self.buf.clear()
         self.head = self.loop.create_future()
         self.last_activity = self.loop.time()
-        self.timer = self.loop.call_later(read_timeout, self._check_timeout, read_timeout)
+        if self.timer is None:  # else the timer of an earlier request still runs: see _check_timeout
+            self.timer = self.loop.call_later(read_timeout, self._check_timeout, read_timeout)
         if body and len(body) < 65536:
             self.transport.write(request + body)
         else:
@@ -199,7 +203,7 @@ class _Connection(asyncio.Protocol):
     def _check_timeout(self, read_timeout: float) -> None:
         self.timer = None
         if self.state == _DONE:
-            return
+            return  # between requests: the next one arms a new timer
         silent = self.loop.time() - self.last_activity
         if silent >= read_timeout * 0.999:
             self._fail(UpstreamTimeout(f"no answer from the upstream for {read_timeout:g} s"))
@@ -376,10 +380,7 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def _finish(self) -> None:
-        self.state = _DONE
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.state = _DONE  # the timer stays armed for the connection's next request
         self._wake()
 
     def _fail(self, error: UpstreamError) -> None:
