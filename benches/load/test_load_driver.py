@@ -74,15 +74,37 @@ def test_report_verdicts(tmp_path: Path) -> None:
         'direct_ttfb {"n": 10, "first_p50_us": 80, "first_p99_us": 150, "total_p50_us": 90, "total_p99_us": 160}',
         'gw_ttfb {"n": 10, "first_p50_us": 900, "first_p99_us": 1500, "total_p50_us": 950, "total_p99_us": 1600}',
         'rss {"warm_kib": 60000, "mid_kib": 61000, "end_kib": 61500, "before_requests": 100}',
+        # [B], the comparison placement: far over the targets, and still not a failure.
+        "direct_lat_b RESULT requests=90000 duration_us=10000000 p50_us=30 p99_us=60 non2xx=0",
+        "gw_lat_b RESULT requests=9000 duration_us=10000000 p50_us=900 p99_us=2000 non2xx=0",
+        'direct_ttfb_b {"n": 10, "first_p50_us": 40, "first_p99_us": 90, "total_p50_us": 45, "total_p99_us": 95}',
+        'gw_ttfb_b {"n": 10, "first_p50_us": 40, "first_p99_us": 90, "total_p50_us": 45, "total_p99_us": 95}',
     ]
     results = tmp_path / "results.txt"
     results.write_text("\n".join(lines) + "\n")
     table, ok = driver.report(driver.parse_results(results))
     assert not ok
     rows = {line.split("  ")[0]: line for line in table.splitlines()}
-    assert rows["JSON req/s @16 conns"].endswith("PASS")
-    assert "0.250x" in rows["JSON req/s @16 conns"]
-    assert rows["latency p50 @1 conn (us)"].endswith("PASS")  # +240 us
-    assert rows["latency p99 @1 conn (us)"].endswith("PASS")  # +580 us
-    assert rows["first streamed byte p50 (us)"].endswith("FAIL")  # +820 us
-    assert rows["worker RSS (MiB) warm/mid/end"].endswith("PASS")
+    assert rows["JSON req/s @16 conns [T]"].endswith("PASS")
+    assert "0.250x" in rows["JSON req/s @16 conns [T]"]
+    assert rows["latency p50 @1 conn (us) [A]"].endswith("PASS")  # +240 us
+    assert rows["latency p99 @1 conn (us) [A]"].endswith("PASS")  # +580 us
+    assert rows["first streamed byte p50 (us) [A]"].endswith("FAIL")  # +820 us
+    assert rows["worker RSS (MiB) warm/mid/end [T]"].endswith("PASS")
+    # [B] is reported with its figures, and judged nowhere.
+    assert "+870 us" in rows["latency p50 @1 conn (us) [B]"]
+    assert rows["latency p50 @1 conn (us) [B]"].split()[-2:] == ["judged)", "-"]
+    assert "+0 us" in rows["first streamed byte p50 (us) [B]"]
+    # The placements used are spelled out under the table.
+    assert "  [A] nginx on CPU 0 beside the gateway" in table
+    assert "  [B] nginx on CPU 1 beside wrk" in table
+
+
+def test_report_without_the_comparison_placement(tmp_path: Path) -> None:
+    """A run of some phases only reports what it measured."""
+    results = tmp_path / "results.txt"
+    results.write_text("direct_lat RESULT requests=5 duration_us=1 p50_us=60 p99_us=120 non2xx=0\n"
+                       "gw_lat RESULT requests=5 duration_us=1 p50_us=500 p99_us=700 non2xx=0\n")
+    table, ok = driver.report(driver.parse_results(results))
+    assert not ok  # +440 us p50
+    assert "[B]" not in table and "[T]" not in table
