@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import string
+import sys
 from hashlib import sha256
 
 import pytest
@@ -69,6 +70,14 @@ def test_digest_is_hmac_sha256_of_the_whole_key() -> None:
         Digester(b"x" * 31)
 
 
+@pytest.mark.parametrize("length", [0, 1, 43, 44, 55, 56, 63, 64, 65, 130])
+def test_digest_matches_hmac_at_every_length(length: int) -> None:
+    # Up to 55 bytes the core hashes the message as one block after the key's pads.
+    for secret in (SECRET, bytes(range(100))):
+        message = ("sk-ar-" + "x" * length)[:length]
+        assert Digester(secret).digest(message) == hmac.new(secret, message.encode(), sha256).digest()
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -109,6 +118,22 @@ def test_key_table_outcomes(limiter: RateLimiter, clock: FakeClock) -> None:
     assert table.authenticate(key)[0] == core.AUTH_EXPIRED
     limiter.revoke_slot(1, 11)
     assert table.authenticate(key)[0] == core.AUTH_REVOKED
+
+
+def test_the_table_hands_back_the_records_it_was_given(limiter: RateLimiter) -> None:
+    digester = Digester(SECRET)
+    table = KeyTable(digester, limiter)
+    key = core.generate_key()
+    limiter.claim_slot(1, 11)
+    rec = record()
+    table.replace_all([(digester.digest(key), rec)], 0)
+    held = sys.getrefcount(rec)
+    for _ in range(100):
+        assert table.authenticate(key)[1] is rec
+        assert table.check(key)[1] is rec
+    assert sys.getrefcount(rec) == held
+    table.replace_all([], 0)
+    assert sys.getrefcount(rec) == held - 1
 
 
 def test_a_reused_slot_revokes_the_old_record(limiter: RateLimiter) -> None:

@@ -65,6 +65,32 @@ def test_cost(limiter: RateLimiter) -> None:
     assert limiter.acquire("k", requests=10, interval=10.0, cost=6).remaining == 0
 
 
+def test_a_decision_is_a_read_only_value(limiter: RateLimiter) -> None:
+    d = limiter.acquire("k", requests=1, interval=10.0)
+    assert isinstance(d, Decision)
+    assert repr(d) == f"Decision(allowed=True, limit=1, remaining=0, reset={UNIX0 + 10}, retry_after=None, reason=None)"
+    assert repr(limiter.acquire("k", requests=1, interval=10.0)) == (
+        f"Decision(allowed=False, limit=1, remaining=0, reset={UNIX0 + 10}, retry_after=10.0, reason='rate_limited')"
+    )
+    with pytest.raises(AttributeError):
+        d.allowed = False  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Decision()  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        type("Sub", (Decision,), {})
+
+
+def test_decisions_are_freed(limiter: RateLimiter) -> None:
+    # Each decision holds a reference to its type and gives it back when freed.
+    before = sys.getrefcount(Decision)
+    kept = [limiter.acquire("k", requests=None) for _ in range(100)]
+    assert sys.getrefcount(Decision) == before + 100
+    del kept
+    for _ in range(1000):
+        limiter.acquire("k", requests=10, interval=1.0)
+    assert sys.getrefcount(Decision) == before
+
+
 def test_unlimited(limiter: RateLimiter) -> None:
     for _ in range(1000):
         assert fields(limiter.acquire("k", requests=None, cost=3)) == (True, None, None, None, None, None)

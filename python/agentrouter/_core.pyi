@@ -202,6 +202,7 @@ class KeyTable:
         """The shared generation the current contents were loaded at."""
     def replace_all(self, entries: list[tuple[bytes, KeyRecord]], generation: int) -> None: ...
     def authenticate(self, raw: str) -> tuple[int, KeyRecord | None]:
-        """(AUTH_*, record): format, digest, constant-time lookup, revoked flag, expiry."""
+        """(AUTH_*, record): format, digest, constant-time lookup, revoked flag, expiry.
+        The record is the ``KeyRecord`` object given to ``replace_all``."""
     def check(self, raw: str, cost: int = 1) -> tuple[int, KeyRecord | None, Decision | None]:
         """``authenticate`` then, when it is AUTH_OK, ``acquire_slot`` for the key."""

@@ -75,6 +75,7 @@ impl Clock for MonotonicClock {
     fn unix_ns(&self) -> i128 {
         clock_gettime_ns(libc::CLOCK_REALTIME)
     }
+    #[inline(always)]
     fn now(&self) -> (u64, i128) {
         let mono = self.monotonic_ns();
         let offset =

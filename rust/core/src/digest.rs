@@ -1,6 +1,7 @@
 //! HMAC-SHA256 of a key under the server secret: the only form a key is stored in.
 
 use hmac::{Hmac, Mac};
+use sha2::digest::generic_array::GenericArray;
 use sha2::Sha256;
 
 use crate::error::{Error, Result};
@@ -8,10 +9,29 @@ use crate::error::{Error, Result};
 pub type Digest = [u8; 32];
 pub const MIN_SECRET_LEN: usize = 32;
 
-/// Keeps an HMAC already keyed with the secret (inner and outer pads absorbed)
-/// and clones it per digest, so each digest costs two SHA-256 blocks, not four.
+const BLOCK: usize = 64;
+/// The longest message that fits one SHA-256 block with its padding (0x80 and
+/// the 8-byte length): every well-formed key (44 bytes) does.
+const ONE_BLOCK_MAX: usize = BLOCK - 9;
+const IV: [u32; 8] = [
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
+
+/// Holds the SHA-256 states after the inner and outer HMAC pads (RFC 2104), so
+/// a digest of a key costs exactly two compressions — the minimum for HMAC — and
+/// no hashing state is copied or buffered. Longer messages (never a valid key)
+/// go through the `hmac` crate, which the tests check this against.
 #[derive(Clone)]
 pub struct Digester {
+    inner: [u32; 8],
+    outer: [u32; 8],
     keyed: Hmac<Sha256>,
 }
 
@@ -24,14 +44,56 @@ impl Digester {
             )));
         }
         let keyed = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts any key length");
-        Ok(Self { keyed })
+        // A key longer than a block is replaced by its hash (RFC 2104), then zero-padded.
+        let mut key = [0u8; BLOCK];
+        if secret.len() > BLOCK {
+            use sha2::Digest as _;
+            key[..32].copy_from_slice(&Sha256::digest(secret));
+        } else {
+            key[..secret.len()].copy_from_slice(secret);
+        }
+        let pad = |byte: u8| {
+            let mut state = IV;
+            let block = key.map(|k| k ^ byte);
+            sha2::compress256(&mut state, &[GenericArray::from(block)]);
+            state
+        };
+        Ok(Self {
+            inner: pad(0x36),
+            outer: pad(0x5c),
+            keyed,
+        })
     }
 
     pub fn digest(&self, raw: &str) -> Digest {
-        let mut mac = self.keyed.clone();
-        mac.update(raw.as_bytes());
-        mac.finalize().into_bytes().into()
+        let msg = raw.as_bytes();
+        if msg.len() > ONE_BLOCK_MAX {
+            let mut mac = self.keyed.clone();
+            mac.update(msg);
+            return mac.finalize().into_bytes().into();
+        }
+        // The inner hash continues from the padded key (one block already
+        // hashed), so the message's length in the padding counts that block.
+        let inner = finish_one_block(self.inner, msg);
+        finish_one_block(self.outer, &inner)
     }
+}
+
+/// Finishes a SHA-256 whose first block (the padded key) is already in `state`,
+/// with `msg` (at most `ONE_BLOCK_MAX` bytes) as the last block.
+#[inline]
+fn finish_one_block(mut state: [u32; 8], msg: &[u8]) -> Digest {
+    let mut block = [0u8; BLOCK];
+    block[..msg.len()].copy_from_slice(msg);
+    block[msg.len()] = 0x80;
+    let bits = ((BLOCK + msg.len()) as u64) * 8;
+    block[BLOCK - 8..].copy_from_slice(&bits.to_be_bytes());
+    sha2::compress256(&mut state, &[GenericArray::from(block)]);
+    let mut out = [0u8; 32];
+    for (chunk, word) in out.chunks_exact_mut(4).zip(state) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
+    out
 }
 
 #[cfg(test)]
@@ -66,6 +128,30 @@ mod tests {
 
     const KEY_SHAPED_EXPECTED: &str =
         "d62772497e7c7e76efb4cdee0b13a57d1fd9dfc8f4550e98124c481c7e235c16";
+
+    /// The two-compression path agrees with the `hmac` crate for every message
+    /// length around the one-block limit and for secrets shorter and longer than
+    /// a block.
+    #[test]
+    fn one_block_path_matches_the_hmac_crate() {
+        for secret_len in [32, 63, 64, 65, 131] {
+            let secret: Vec<u8> = (0..secret_len).map(|i| (i * 7 + 3) as u8).collect();
+            let d = Digester::new(&secret).unwrap();
+            for len in 0..=BLOCK + 10 {
+                let msg: String = (0..len)
+                    .map(|i| char::from(b'A' + (i % 26) as u8))
+                    .collect();
+                let mut mac = Hmac::<Sha256>::new_from_slice(&secret).unwrap();
+                mac.update(msg.as_bytes());
+                let expected: Digest = mac.finalize().into_bytes().into();
+                assert_eq!(
+                    d.digest(&msg),
+                    expected,
+                    "secret {secret_len} bytes, message {len}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn short_secrets_are_refused() {

@@ -83,6 +83,7 @@ impl Quota {
     /// `None` when `requests` is `None`: no limit, and the interval is ignored.
     /// Callers pass the same limit call after call, so the last quota built on
     /// each thread is kept: building one costs several 64-bit divisions.
+    #[inline(always)]
     pub fn optional(requests: Option<u64>, interval_secs: f64) -> Result<Option<Self>> {
         thread_local! {
             static LAST: Cell<Option<(u64, u64, Quota)>> = const { Cell::new(None) };
@@ -196,6 +197,7 @@ impl Decision {
 ///
 /// Only `now` in units needs 128 bits; everything relative to `now` is at most
 /// `2·tau` and stays in `u64` (divisions of `u128` would double the cost).
+#[inline(always)]
 pub fn decide(
     q: &Quota,
     tat: u64,
@@ -211,26 +213,17 @@ pub fn decide(
     // `backlog` = max(tat, now) − now, in units: how far the bucket is from full.
     let backlog = (u128::from(tat).clamp(now, now + u128::from(tau)) - now) as u64;
     let unix_ns = i64::try_from(unix_ns).unwrap_or(i64::MAX);
-    let reset = |backlog: u64| {
-        let full_at = unix_ns.saturating_add(backlog.div_ceil(s) as i64);
-        full_at.div_euclid(NS_PER_SEC as i64)
-            + i64::from(full_at.rem_euclid(NS_PER_SEC as i64) != 0)
-    };
-    let refused = |reason, retry_after| Decision {
-        allowed: false,
-        limit: Some(q.requests),
-        remaining: Some((tau - backlog) / t),
-        reset: Some(reset(backlog)),
-        retry_after,
-        reason: Some(reason),
-    };
     if cost > q.requests {
-        return Ok((refused(Reason::CostExceedsLimit, None), None));
+        return Ok((
+            refused(q, backlog, unix_ns, Reason::CostExceedsLimit, None),
+            None,
+        ));
     }
     let after = backlog + cost * t; // cost·t ≤ tau
     if after > tau {
         let retry_after = (after - tau) as f64 / (s as f64 * NS_PER_SEC as f64);
-        return Ok((refused(Reason::RateLimited, Some(retry_after)), None));
+        let decision = refused(q, backlog, unix_ns, Reason::RateLimited, Some(retry_after));
+        return Ok((decision, None));
     }
     let stored = u64::try_from(now + u128::from(after)).map_err(|_| {
         Error::Region("the monotonic clock is beyond the range this quota can represent".into())
@@ -239,11 +232,43 @@ pub fn decide(
         allowed: true,
         limit: Some(q.requests),
         remaining: Some((tau - after) / t),
-        reset: Some(reset(after)),
+        reset: Some(reset(q, unix_ns, after)),
         retry_after: None,
         reason: None,
     };
     Ok((decision, Some(stored)))
+}
+
+/// Kept out of line: the admitting path is the one to keep short.
+#[inline(never)]
+fn refused(
+    q: &Quota,
+    backlog: u64,
+    unix_ns: i64,
+    reason: Reason,
+    retry_after: Option<f64>,
+) -> Decision {
+    Decision {
+        allowed: false,
+        limit: Some(q.requests),
+        remaining: Some((q.tau - backlog) / q.t),
+        reset: Some(reset(q, unix_ns, backlog)),
+        retry_after,
+        reason: Some(reason),
+    }
+}
+
+/// Unix seconds, rounded up, when a bucket `backlog` units from full is full.
+#[inline(always)]
+fn reset(q: &Quota, unix_ns: i64, backlog: u64) -> i64 {
+    // s = 1 for every R that divides I in ns (most limits): skip the division.
+    let backlog_ns = if q.scale == 1 {
+        backlog
+    } else {
+        backlog.div_ceil(q.scale)
+    };
+    let full_at = unix_ns.saturating_add(backlog_ns as i64);
+    full_at.div_euclid(NS_PER_SEC as i64) + i64::from(full_at.rem_euclid(NS_PER_SEC as i64) != 0)
 }
 
 #[cfg(test)]

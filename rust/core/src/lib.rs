@@ -17,4 +17,4 @@ pub use error::{Error, Result};
 pub use gcra::{Decision, Quota, Reason};
 pub use key::{display_prefix, generate_key, is_well_formed, KEY_LENGTH, KEY_PREFIX};
 pub use limiter::{RateLimiter, DEFAULT_CAPACITY};
-pub use table::{Auth, KeyRecord, KeyTable};
+pub use table::{Auth, HoldsRecord, KeyRecord, KeyTable};

@@ -104,11 +104,23 @@ impl Hasher for PrefixHasher {
     }
 }
 
-type Candidates = HashMap<u128, (Digest, Arc<KeyRecord>), BuildHasherDefault<PrefixHasher>>;
+/// What the table keeps for each key: the record itself, or something that owns
+/// one. The Python binding keeps the Python object wrapping the record, so that
+/// `authenticate` can hand back that very object instead of making a new one.
+pub trait HoldsRecord: Send + Sync + 'static {
+    fn record(&self) -> &KeyRecord;
+}
 
-#[derive(Default)]
-struct Snapshot {
-    by_prefix: Candidates,
+impl HoldsRecord for Arc<KeyRecord> {
+    fn record(&self) -> &KeyRecord {
+        self
+    }
+}
+
+type Candidates<R> = HashMap<u128, (Digest, R), BuildHasherDefault<PrefixHasher>>;
+
+struct Snapshot<R> {
+    by_prefix: Candidates<R>,
     generation: u64,
 }
 
@@ -116,19 +128,36 @@ fn prefix(digest: &Digest) -> u128 {
     u128::from_le_bytes(digest[..16].try_into().expect("16 bytes"))
 }
 
-pub struct KeyTable {
-    digester: Digester,
-    limiter: Arc<RateLimiter>,
-    snapshot: ArcSwap<Snapshot>,
+/// Compares two digests in constant time: the differences of all 32 bytes are
+/// folded into one word before the single comparison (`subtle` keeps the compiler
+/// from turning that into an early exit).
+fn same_digest(a: &Digest, b: &Digest) -> bool {
+    let diff = a
+        .chunks_exact(8)
+        .zip(b.chunks_exact(8))
+        .fold(0u64, |diff, (a, b)| {
+            let word = |c: &[u8]| u64::from_ne_bytes(c.try_into().expect("8 bytes"));
+            diff | (word(a) ^ word(b))
+        });
+    bool::from(diff.ct_eq(&0))
 }
 
-impl KeyTable {
+pub struct KeyTable<R: HoldsRecord = Arc<KeyRecord>> {
+    digester: Digester,
+    limiter: Arc<RateLimiter>,
+    snapshot: ArcSwap<Snapshot<R>>,
+}
+
+impl<R: HoldsRecord> KeyTable<R> {
     /// An empty table; expiry is judged on the limiter's clock.
     pub fn new(digester: Digester, limiter: Arc<RateLimiter>) -> Self {
         Self {
             digester,
             limiter,
-            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                by_prefix: Candidates::default(),
+                generation: 0,
+            }),
         }
     }
 
@@ -146,12 +175,12 @@ impl KeyTable {
     /// Swaps in a new set of keys, loaded from the store at `generation`.
     pub fn replace_all(
         &self,
-        entries: impl IntoIterator<Item = (Digest, Arc<KeyRecord>)>,
+        entries: impl IntoIterator<Item = (Digest, R)>,
         generation: u64,
     ) -> Result<()> {
         let mut by_prefix = Candidates::default();
         for (digest, record) in entries {
-            self.limiter.check_slot(record.slot)?;
+            self.limiter.check_slot(record.record().slot)?;
             if by_prefix
                 .insert(prefix(&digest), (digest, record))
                 .is_some()
@@ -168,20 +197,22 @@ impl KeyTable {
     }
 
     /// Format, digest, constant-time lookup, revoked flag, expiry — in that order.
-    pub fn authenticate(&self, raw: &str) -> (Auth, Option<Arc<KeyRecord>>) {
+    /// `found` receives the outcome and the key's entry, borrowed from the table.
+    pub fn authenticate_with<T>(&self, raw: &str, found: impl FnOnce(Auth, Option<&R>) -> T) -> T {
         if !is_well_formed(raw) {
-            return (Auth::Malformed, None);
+            return found(Auth::Malformed, None);
         }
         let digest = self.digester.digest(raw);
         let snapshot = self.snapshot.load();
-        let found = snapshot
+        let entry = snapshot
             .by_prefix
             .get(&prefix(&digest))
-            .filter(|(stored, _)| bool::from(stored.ct_eq(&digest)));
-        let Some((_, record)) = found else {
+            .filter(|(stored, _)| same_digest(stored, &digest));
+        let Some((_, entry)) = entry else {
             let stale = self.limiter.generation() != snapshot.generation;
-            return (if stale { Auth::Stale } else { Auth::Unknown }, None);
+            return found(if stale { Auth::Stale } else { Auth::Unknown }, None);
         };
+        let record = entry.record();
         // The slot was range-checked by `replace_all`, so this cannot fail.
         let live = self
             .limiter
@@ -197,24 +228,43 @@ impl KeyTable {
         } else {
             Auth::Ok
         };
-        (auth, Some(Arc::clone(record)))
+        found(auth, Some(entry))
     }
 
-    /// `authenticate`, then for a valid key, take `cost` from its bucket.
-    pub fn check(
+    /// `authenticate_with`, then for a valid key, take `cost` from its bucket.
+    pub fn check_with<T>(
         &self,
         raw: &str,
         cost: u64,
-    ) -> Result<(Auth, Option<Arc<KeyRecord>>, Option<Decision>)> {
+        checked: impl FnOnce(Auth, Option<&R>, Option<Decision>) -> T,
+    ) -> Result<T> {
         if cost == 0 {
             return Err(Error::invalid("cost must be at least 1"));
         }
-        let (auth, record) = self.authenticate(raw);
-        let decision = match (&auth, &record) {
-            (Auth::Ok, Some(r)) => Some(self.limiter.acquire_quota(r.slot, r.quota(), cost)?),
-            _ => None,
-        };
-        Ok((auth, record, decision))
+        self.authenticate_with(raw, |auth, entry| {
+            let decision = match (auth, entry) {
+                (Auth::Ok, Some(e)) => {
+                    let r = e.record();
+                    Some(self.limiter.acquire_quota(r.slot, r.quota(), cost)?)
+                }
+                _ => None,
+            };
+            Ok(checked(auth, entry, decision))
+        })
+    }
+}
+
+impl<R: HoldsRecord + Clone> KeyTable<R> {
+    /// `authenticate_with`, returning a clone of the key's entry.
+    pub fn authenticate(&self, raw: &str) -> (Auth, Option<R>) {
+        self.authenticate_with(raw, |auth, entry| (auth, entry.cloned()))
+    }
+
+    /// `check_with`, returning a clone of the key's entry.
+    pub fn check(&self, raw: &str, cost: u64) -> Result<(Auth, Option<R>, Option<Decision>)> {
+        self.check_with(raw, cost, |auth, entry, decision| {
+            (auth, entry.cloned(), decision)
+        })
     }
 }
 
@@ -316,6 +366,17 @@ mod tests {
             .replace_all([(near, record(1, 11, None, None))], 0)
             .unwrap();
         assert_eq!(f.table.authenticate(&other).0, Auth::Ok);
+    }
+
+    #[test]
+    fn same_digest_sees_a_difference_in_any_byte() {
+        let a: Digest = std::array::from_fn(|i| i as u8);
+        assert!(same_digest(&a, &a));
+        for i in 0..32 {
+            let mut b = a;
+            b[i] ^= 0x80;
+            assert!(!same_digest(&a, &b), "byte {i}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use pyo3::prelude::*;
 
+mod decision;
 mod error;
 mod keys;
 mod limiter;

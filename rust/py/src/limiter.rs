@@ -1,4 +1,4 @@
-//! `RateLimiter`, `Decision` and `FakeClock`.
+//! `RateLimiter` and `FakeClock` (`Decision` is in `decision`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -6,7 +6,8 @@ use std::sync::Arc;
 use agentrouter_core::{self as core, Clock, Error};
 use pyo3::prelude::*;
 
-use crate::error::{count, CoreResult};
+use crate::decision::Decision;
+use crate::error::{count, CoreError, CoreResult};
 
 /// A clock for tests: time moves only when told to.
 #[pyclass(frozen, module = "agentrouter._core")]
@@ -47,56 +48,6 @@ impl FakeClock {
             self.0.unix()
         )
     }
-}
-
-/// The limiter's answer. A refusal is a value, never an exception.
-/// A free list spares an allocation per decision on the hot path.
-#[pyclass(frozen, freelist = 64, module = "agentrouter._core")]
-pub struct Decision(pub core::Decision);
-
-#[pymethods]
-impl Decision {
-    #[getter]
-    fn allowed(&self) -> bool {
-        self.0.allowed
-    }
-    #[getter]
-    fn limit(&self) -> Option<u64> {
-        self.0.limit
-    }
-    #[getter]
-    fn remaining(&self) -> Option<u64> {
-        self.0.remaining
-    }
-    #[getter]
-    fn reset(&self) -> Option<i64> {
-        self.0.reset
-    }
-    #[getter]
-    fn retry_after(&self) -> Option<f64> {
-        self.0.retry_after
-    }
-    #[getter]
-    fn reason(&self) -> Option<&'static str> {
-        self.0.reason.map(core::Reason::as_str)
-    }
-
-    fn __repr__(&self) -> String {
-        let d = &self.0;
-        format!(
-            "Decision(allowed={}, limit={}, remaining={}, reset={}, retry_after={}, reason={})",
-            if d.allowed { "True" } else { "False" },
-            py_repr(d.limit),
-            py_repr(d.remaining),
-            py_repr(d.reset),
-            py_repr(d.retry_after),
-            py_repr(d.reason.map(|r| format!("'{}'", r.as_str()))),
-        )
-    }
-}
-
-fn py_repr<T: std::fmt::Display>(value: Option<T>) -> String {
-    value.map_or_else(|| "None".to_owned(), |v| v.to_string())
 }
 
 /// GCRA buckets, one `AtomicU64` each, in a memory map.
@@ -149,24 +100,28 @@ impl RateLimiter {
         self.0.capacity()
     }
 
+    // The acquires build their `Decision` object themselves instead of returning
+    // `CoreResult<Decision>`: PyO3 would move the decision through its generic
+    // return path, and that copy stalled on store forwarding (seen with `perf`).
     #[pyo3(
         signature = (key, requests = Some(100), interval = 60.0, cost = 1),
         text_signature = "($self, key, requests=100, interval=60.0, cost=1)"
     )]
-    fn acquire(
+    fn acquire<'py>(
         &self,
+        py: Python<'py>,
         key: &str,
         requests: Option<i64>,
         interval: f64,
         cost: i64,
-    ) -> CoreResult<Decision> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let limit = self::requests(requests)?;
-        Ok(Decision(self.0.acquire(
-            key,
-            limit,
-            interval,
-            count("cost", cost)?,
-        )?))
+        let cost = count("cost", cost)?;
+        let decision = self
+            .0
+            .acquire(key, limit, interval, cost)
+            .map_err(CoreError::from)?;
+        Decision(decision).into_pyobject(py)
     }
 
     fn generation(&self) -> u64 {
@@ -190,20 +145,21 @@ impl RateLimiter {
     }
 
     #[pyo3(signature = (slot, requests, interval, cost = 1))]
-    fn acquire_slot(
+    fn acquire_slot<'py>(
         &self,
+        py: Python<'py>,
         slot: i64,
         requests: Option<i64>,
         interval: f64,
         cost: i64,
-    ) -> CoreResult<Decision> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let limit = self::requests(requests)?;
-        Ok(Decision(self.0.acquire_slot(
-            self.slot(slot)?,
-            limit,
-            interval,
-            count("cost", cost)?,
-        )?))
+        let (slot, cost) = (self.slot(slot)?, count("cost", cost)?);
+        let decision = self
+            .0
+            .acquire_slot(slot, limit, interval, cost)
+            .map_err(CoreError::from)?;
+        Decision(decision).into_pyobject(py)
     }
 
     fn __repr__(&self) -> String {
@@ -217,6 +173,6 @@ impl RateLimiter {
 
 pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<FakeClock>()?;
-    m.add_class::<Decision>()?;
+    crate::decision::init(m)?;
     m.add_class::<RateLimiter>()
 }

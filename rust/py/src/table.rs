@@ -6,12 +6,13 @@ use agentrouter_core::{self as core, Auth, Error};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::decision::Decision;
 use crate::error::{count, CoreResult};
 use crate::keys::Digester;
-use crate::limiter::{Decision, RateLimiter};
+use crate::limiter::RateLimiter;
 
-#[pyclass(frozen, freelist = 64, module = "agentrouter._core")]
-pub struct KeyRecord(Arc<core::KeyRecord>);
+#[pyclass(frozen, module = "agentrouter._core")]
+pub struct KeyRecord(core::KeyRecord);
 
 #[pymethods]
 impl KeyRecord {
@@ -28,7 +29,7 @@ impl KeyRecord {
     ) -> CoreResult<Self> {
         let requests = requests.map(|r| count("requests", r)).transpose()?;
         let record = core::KeyRecord::new(id, slot, tag, requests, interval, expires_at, scope)?;
-        Ok(Self(Arc::new(record)))
+        Ok(Self(record))
     }
 
     #[getter]
@@ -69,13 +70,23 @@ impl KeyRecord {
     }
 }
 
+/// The table keeps the Python `KeyRecord` objects it was given, so `authenticate`
+/// and `check` return those objects (a reference count, no allocation).
+struct PyRecord(Py<KeyRecord>);
+
+impl core::HoldsRecord for PyRecord {
+    fn record(&self) -> &core::KeyRecord {
+        &self.0.get().0
+    }
+}
+
+fn record(py: Python<'_>, entry: Option<&PyRecord>) -> Option<Py<KeyRecord>> {
+    entry.map(|e| e.0.clone_ref(py))
+}
+
 /// digest → KeyRecord for this process; lock-free reads, atomic swaps.
 #[pyclass(frozen, module = "agentrouter._core")]
-pub struct KeyTable(core::KeyTable);
-
-fn record(r: Option<Arc<core::KeyRecord>>) -> Option<KeyRecord> {
-    r.map(KeyRecord)
-}
+pub struct KeyTable(core::KeyTable<PyRecord>);
 
 #[pymethods]
 impl KeyTable {
@@ -102,7 +113,7 @@ impl KeyTable {
         generation: u64,
     ) -> CoreResult<()> {
         let entries = entries
-            .iter()
+            .into_iter()
             .map(|(digest, record)| {
                 let digest: core::Digest = digest.as_bytes().try_into().map_err(|_| {
                     Error::invalid(format!(
@@ -110,21 +121,29 @@ impl KeyTable {
                         digest.as_bytes().len()
                     ))
                 })?;
-                Ok((digest, Arc::clone(&record.get().0)))
+                Ok((digest, PyRecord(record.unbind())))
             })
             .collect::<core::Result<Vec<_>>>()?;
         Ok(self.0.replace_all(entries, generation)?)
     }
 
-    fn authenticate(&self, raw: &str) -> (u8, Option<KeyRecord>) {
-        let (auth, r) = self.0.authenticate(raw);
-        (auth as u8, record(r))
+    fn authenticate(&self, py: Python<'_>, raw: &str) -> (u8, Option<Py<KeyRecord>>) {
+        self.0
+            .authenticate_with(raw, |auth, entry| (auth as u8, record(py, entry)))
     }
 
     #[pyo3(signature = (raw, cost = 1))]
-    fn check(&self, raw: &str, cost: i64) -> CoreResult<(u8, Option<KeyRecord>, Option<Decision>)> {
-        let (auth, r, decision) = self.0.check(raw, count("cost", cost)?)?;
-        Ok((auth as u8, record(r), decision.map(Decision)))
+    fn check(
+        &self,
+        py: Python<'_>,
+        raw: &str,
+        cost: i64,
+    ) -> CoreResult<(u8, Option<Py<KeyRecord>>, Option<Decision>)> {
+        Ok(self
+            .0
+            .check_with(raw, count("cost", cost)?, |auth, entry, decision| {
+                (auth as u8, record(py, entry), decision.map(Decision))
+            })?)
     }
 }
 

@@ -1,0 +1,233 @@
+//! `Decision`, the limiter's answer, as a plain C-level Python type.
+//!
+//! Every acquire returns a new one, so making and freeing it is on the hot path.
+//! A `#[pyclass]` instance costs about 40 ns there: PyO3 allocates through
+//! `object.__new__` (and, with a free list, a mutex), and frees through a type-slot
+//! lookup. This type is a struct allocated with `PyObject_Malloc` and read through
+//! getters, about 10 ns (measured with `benches/bench_core.py`). It holds no
+//! references to other objects, so it needs no garbage-collector support; it has
+//! no constructor and no subclasses, like the `#[pyclass]` it replaces.
+
+use std::ffi::{c_void, CStr};
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use agentrouter_core as core;
+use pyo3::exceptions::PyMemoryError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::IntoPyObjectExt;
+
+/// The instance layout: the object header, then the core's decision (`Copy`,
+/// nothing to drop).
+#[repr(C)]
+struct DecisionObject {
+    ob_base: ffi::PyObject,
+    decision: core::Decision,
+}
+
+/// The type object, created once by `init` (before any method that returns a
+/// decision can be called) and kept alive for the life of the process.
+static TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(ptr::null_mut());
+
+/// What methods return to make a Python `Decision`.
+pub struct Decision(pub core::Decision);
+
+impl<'py> IntoPyObject<'py> for Decision {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    #[inline(always)]
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let tp = TYPE.load(Ordering::Acquire);
+        debug_assert!(
+            !tp.is_null(),
+            "Decision used before the module was initialised"
+        );
+        // SAFETY: we are attached to the interpreter (`py`); the block is sized for
+        // `DecisionObject`, its payload is written before the object is published,
+        // and `PyObject_Init` sets the type (taking a reference to it: a heap
+        // type) and the reference count. `dealloc` undoes exactly this.
+        unsafe {
+            let obj = ffi::PyObject_Malloc(size_of::<DecisionObject>()).cast::<DecisionObject>();
+            if obj.is_null() {
+                return Err(PyMemoryError::new_err(()));
+            }
+            ptr::addr_of_mut!((*obj).decision).write(self.0);
+            ffi::PyObject_Init(obj.cast(), tp);
+            Ok(Bound::from_owned_ptr(py, obj.cast()))
+        }
+    }
+}
+
+unsafe extern "C" fn dealloc(obj: *mut ffi::PyObject) {
+    // SAFETY: called by CPython once the last reference is gone, on an object made
+    // by `into_pyobject`. The type is decremented after the memory is released,
+    // as heap types require.
+    unsafe {
+        let tp = ffi::Py_TYPE(obj);
+        ffi::PyObject_Free(obj.cast());
+        ffi::Py_DECREF(tp.cast());
+    }
+}
+
+/// The decision inside `obj`.
+///
+/// # Safety
+/// `obj` is a live `Decision`: CPython only calls this type's slots on its own
+/// instances.
+unsafe fn decision<'a>(obj: *mut ffi::PyObject) -> &'a core::Decision {
+    // SAFETY: as documented above.
+    unsafe { &(*obj.cast::<DecisionObject>()).decision }
+}
+
+/// Hands a slot's result to CPython: a new reference, or NULL with the error set.
+fn into_ptr(py: Python<'_>, result: PyResult<Bound<'_, PyAny>>) -> *mut ffi::PyObject {
+    match result {
+        Ok(value) => value.into_ptr(),
+        Err(e) => {
+            e.restore(py);
+            ptr::null_mut()
+        }
+    }
+}
+
+macro_rules! getter {
+    ($name:ident, |$d:ident| $value:expr) => {
+        unsafe extern "C" fn $name(obj: *mut ffi::PyObject, _: *mut c_void) -> *mut ffi::PyObject {
+            // SAFETY: a getter of this type, called by CPython (attached) on an instance.
+            let (py, $d) = unsafe { (Python::assume_attached(), decision(obj)) };
+            into_ptr(py, $value.into_bound_py_any(py))
+        }
+    };
+}
+
+getter!(allowed, |d| d.allowed);
+getter!(limit, |d| d.limit);
+getter!(remaining, |d| d.remaining);
+getter!(reset, |d| d.reset);
+getter!(retry_after, |d| d.retry_after);
+getter!(reason, |d| d.reason.map(core::Reason::as_str));
+
+/// `Decision(allowed=True, limit=…, …)`, each field as Python shows it.
+unsafe extern "C" fn repr(obj: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: this type's `tp_repr`, called by CPython (attached) on an instance.
+    let (py, d) = unsafe { (Python::assume_attached(), decision(obj)) };
+    let text = || -> PyResult<Bound<'_, PyAny>> {
+        let fields = [
+            ("allowed", d.allowed.into_bound_py_any(py)?),
+            ("limit", d.limit.into_bound_py_any(py)?),
+            ("remaining", d.remaining.into_bound_py_any(py)?),
+            ("reset", d.reset.into_bound_py_any(py)?),
+            ("retry_after", d.retry_after.into_bound_py_any(py)?),
+            (
+                "reason",
+                d.reason.map(core::Reason::as_str).into_bound_py_any(py)?,
+            ),
+        ];
+        let mut shown = Vec::with_capacity(fields.len());
+        for (name, value) in fields {
+            shown.push(format!("{name}={}", value.repr()?));
+        }
+        format!("Decision({})", shown.join(", ")).into_bound_py_any(py)
+    };
+    into_ptr(py, text())
+}
+
+/// CPython keeps a pointer to the getter table for the life of the type.
+struct GetSet([ffi::PyGetSetDef; 7]);
+// SAFETY: the table is immutable and only holds pointers to static C strings and
+// functions; CPython only reads it.
+unsafe impl Sync for GetSet {}
+
+const fn property(name: &'static CStr, get: ffi::getter, doc: &'static CStr) -> ffi::PyGetSetDef {
+    ffi::PyGetSetDef {
+        name: name.as_ptr(),
+        get: Some(get),
+        set: None,
+        doc: doc.as_ptr(),
+        closure: ptr::null_mut(),
+    }
+}
+
+static GETSET: GetSet = GetSet([
+    property(c"allowed", allowed, c"True when the request may proceed."),
+    property(
+        c"limit",
+        limit,
+        c"R, the bucket's capacity; None when unlimited.",
+    ),
+    property(
+        c"remaining",
+        remaining,
+        c"Whole requests that could be admitted right now after this decision.",
+    ),
+    property(
+        c"reset",
+        reset,
+        c"Unix time (seconds, rounded up) when the bucket is full again.",
+    ),
+    property(
+        c"retry_after",
+        retry_after,
+        c"Seconds until this request would be admitted; refusals only, None when it never would.",
+    ),
+    property(
+        c"reason",
+        reason,
+        c"None when allowed; 'rate_limited' or 'cost_exceeds_limit'.",
+    ),
+    ffi::PyGetSetDef {
+        name: ptr::null(),
+        get: None,
+        set: None,
+        doc: ptr::null(),
+        closure: ptr::null_mut(),
+    },
+]);
+
+pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    let mut slots = [
+        ffi::PyType_Slot {
+            slot: ffi::Py_tp_doc,
+            pfunc: c"The limiter's answer. A refusal is a value, never an exception."
+                .as_ptr()
+                .cast_mut()
+                .cast(),
+        },
+        ffi::PyType_Slot {
+            slot: ffi::Py_tp_dealloc,
+            pfunc: dealloc as *mut c_void,
+        },
+        ffi::PyType_Slot {
+            slot: ffi::Py_tp_repr,
+            pfunc: repr as *mut c_void,
+        },
+        ffi::PyType_Slot {
+            slot: ffi::Py_tp_getset,
+            pfunc: GETSET.0.as_ptr().cast_mut().cast(),
+        },
+        ffi::PyType_Slot {
+            slot: 0,
+            pfunc: ptr::null_mut(),
+        },
+    ];
+    let mut spec = ffi::PyType_Spec {
+        name: c"agentrouter._core.Decision".as_ptr(),
+        basicsize: size_of::<DecisionObject>() as _,
+        itemsize: 0,
+        // Neither instantiable nor subclassable from Python, and its attributes
+        // cannot be replaced: only the core makes decisions.
+        flags: (ffi::Py_TPFLAGS_DEFAULT
+            | ffi::Py_TPFLAGS_DISALLOW_INSTANTIATION
+            | ffi::Py_TPFLAGS_IMMUTABLETYPE) as _,
+        slots: slots.as_mut_ptr(),
+    };
+    // SAFETY: a valid spec; CPython copies the slots and keeps `GETSET` (static).
+    let tp = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyType_FromSpec(&mut spec))? };
+    // The static keeps this reference: the type outlives every instance.
+    TYPE.store(tp.clone().into_ptr().cast(), Ordering::Release);
+    m.add("Decision", tp)
+}
