@@ -17,12 +17,11 @@
 //!
 //! The acquire path is a few tens of nanoseconds, so its shape matters (measured
 //! from Python with `benches/bench_core.py`): it is `#[inline(always)]` down to
-//! `gcra::decide`, because a `Decision` (Options, about 70 bytes) moved through call
-//! frames as `Result`s costs store-forwarding stalls at each copy; the bucket's
-//! cache line is requested before the clock is read (`prefetch_for_write`); and
-//! on x86-64 the atomics' orderings compile to the same instructions whatever
-//! they are (plain loads, `lock cmpxchg`), so they are kept at Acquire/AcqRel for
-//! clarity on weaker architectures.
+//! `gcra::decide`, because a `Decision` (Options, about 70 bytes) moved through
+//! call frames as `Result`s stalled on store forwarding at each copy. The atomics'
+//! orderings compile to the same instructions on x86-64 whatever they are (plain
+//! loads, `lock cmpxchg`), so they stay at Acquire/AcqRel, which is what the
+//! reasoning above needs on weaker architectures.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::*;
@@ -86,12 +85,9 @@ impl RateLimiter {
         cost: u64,
     ) -> Result<Decision> {
         let quota = Quota::optional(requests, interval)?;
-        check_cost(cost)?;
         // Hash collisions between names (64-bit tags) would share a bucket: negligible.
-        let tag = region::fnv1a(name.as_bytes()) | 1;
-        let home = self.region.named_home(tag);
-        self.acquire_in(quota.as_ref(), cost, self.region.entry(home)?, || {
-            self.region.named(tag, home)
+        self.acquire_in(quota.as_ref(), cost, || {
+            self.region.named(region::fnv1a(name.as_bytes()) | 1)
         })
     }
 
@@ -110,41 +106,38 @@ impl RateLimiter {
     /// `acquire_slot` with a quota validated beforehand (the key table's records).
     #[inline(always)]
     pub fn acquire_quota(&self, slot: u32, quota: Option<&Quota>, cost: u64) -> Result<Decision> {
-        check_cost(cost)?;
-        let entry = self.region.entry(slot)?;
-        self.acquire_in(quota, cost, entry, || Ok(entry))
+        self.acquire_in(quota, cost, || self.region.entry(slot))
     }
 
-    /// `home` is where the bucket most likely is (for a name, where its probe
-    /// starts); `entry` finds it.
     #[inline(always)]
     fn acquire_in<'a>(
         &'a self,
         quota: Option<&Quota>,
         cost: u64,
-        home: &Entry,
         entry: impl FnOnce() -> Result<&'a Entry>,
     ) -> Result<Decision> {
-        let Some(q) = quota else {
-            return entry().map(|_| Decision::UNLIMITED);
-        };
-        prefetch_for_write(home);
-        let now = self.clock.now();
-        self.acquire_entry(entry()?, q, cost, now)
-            .map(|(decision, _retries)| decision)
+        if cost == 0 {
+            return Err(Error::invalid("cost must be at least 1"));
+        }
+        let entry = entry()?;
+        match quota {
+            None => Ok(Decision::UNLIMITED),
+            Some(q) => self
+                .acquire_entry(entry, q, cost)
+                .map(|(decision, _retries)| decision),
+        }
     }
 
-    /// The CAS loop, deciding at `now` (monotonic ns, Unix ns). Returns the
-    /// decision and how many times the CAS lost a race (for the stress test that
-    /// proves the retry path runs).
+    /// The CAS loop. Returns the decision and how many times the CAS lost a race
+    /// (for the stress test that proves the retry path runs).
     #[inline(always)]
     pub(crate) fn acquire_entry(
         &self,
         entry: &Entry,
         q: &Quota,
         cost: u64,
-        (now_ns, unix_ns): (u64, i128),
     ) -> Result<(Decision, u32)> {
+        let (now_ns, unix_ns) = self.clock.now();
         if cost > q.requests() {
             // Refused whatever the state; report the state only if it is in our quota.
             let own = entry.fingerprint.load(Acquire) == q.fingerprint();
@@ -213,35 +206,6 @@ impl RateLimiter {
     }
 }
 
-#[inline(always)]
-fn check_cost(cost: u64) -> Result<()> {
-    if cost == 0 {
-        return Err(Error::invalid("cost must be at least 1"));
-    }
-    Ok(())
-}
-
-/// Asks for the bucket's cache line, in the exclusive state, before the clock is
-/// read. When other processes (workers serving the same key) keep writing it, the
-/// line then crosses between cores during the clock read, and once, instead of
-/// after it and twice (shared for the load, then exclusive for the CAS). A hint:
-/// nothing is read or written.
-#[inline(always)]
-fn prefetch_for_write(entry: &Entry) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHW never faults and has no architectural effect (x86-64
-    // processors without it execute it as a NOP).
-    unsafe {
-        std::arch::asm!(
-            "prefetchw [{0}]",
-            in(reg) std::ptr::from_ref(entry),
-            options(nostack, preserves_flags, readonly)
-        );
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = entry;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,9 +223,8 @@ mod tests {
     }
 
     fn tat(l: &RateLimiter, name: &str) -> u64 {
-        let tag = region::fnv1a(name.as_bytes()) | 1;
         l.region
-            .named(tag, l.region.named_home(tag))
+            .named(region::fnv1a(name.as_bytes()) | 1)
             .unwrap()
             .tat
             .load(Acquire)
@@ -464,8 +427,7 @@ mod tests {
                             let entry = limiter.region.entry(0).unwrap();
                             let (mut admitted, mut retries) = (0, 0);
                             for _ in 0..CAPACITY {
-                                let now = limiter.clock.now();
-                                let (d, r) = limiter.acquire_entry(entry, &quota, 1, now).unwrap();
+                                let (d, r) = limiter.acquire_entry(entry, &quota, 1).unwrap();
                                 admitted += u64::from(d.allowed);
                                 retries += r;
                             }

@@ -250,13 +250,11 @@ impl Region {
     }
 
     /// The entry owned by `tag` (a hashed name, non-zero), claiming a free one if
-    /// needed: linear probing from `home`, which is `named_home(tag)` (callers
-    /// compute it once to prefetch it). Named entries are never freed,
+    /// needed: linear probing from `tag % capacity`. Named entries are never freed,
     /// so the probe sequence of a name never has holes.
-    pub fn named(&self, tag: u64, home: u32) -> Result<&Entry> {
-        debug_assert_eq!(home, self.named_home(tag));
+    pub fn named(&self, tag: u64) -> Result<&Entry> {
         let entries = self.entries();
-        let start = home as usize;
+        let start = (tag % u64::from(self.capacity)) as usize;
         for e in entries[start..].iter().chain(&entries[..start]) {
             let mut owner = e.tag.load(Acquire);
             if owner == 0 {
@@ -275,11 +273,6 @@ impl Region {
             "the limiter's bucket table is full (capacity {})",
             self.capacity
         )))
-    }
-
-    /// The slot where the probe for the name `tag` starts (and usually ends).
-    pub fn named_home(&self, tag: u64) -> u32 {
-        (tag % u64::from(self.capacity)) as u32
     }
 
     pub fn claim(&self, slot: u32, tag: u64) -> Result<()> {
@@ -409,12 +402,12 @@ mod tests {
     #[test]
     fn named_entries_probe_linearly_and_fill_up() {
         let r = Region::anonymous(2).unwrap();
-        let a = r.named(4, r.named_home(4)).unwrap() as *const Entry; // 4 % 2 = 0
-        let b = r.named(6, r.named_home(6)).unwrap() as *const Entry; // collides, probes to 1
+        let a = r.named(4).unwrap() as *const Entry; // 4 % 2 = 0
+        let b = r.named(6).unwrap() as *const Entry; // collides, probes to 1
         assert_ne!(a, b);
-        assert_eq!(r.named(4, r.named_home(4)).unwrap() as *const Entry, a);
-        assert_eq!(r.named(6, r.named_home(6)).unwrap() as *const Entry, b);
-        assert!(matches!(r.named(8, r.named_home(8)), Err(Error::Region(_))));
+        assert_eq!(r.named(4).unwrap() as *const Entry, a);
+        assert_eq!(r.named(6).unwrap() as *const Entry, b);
+        assert!(matches!(r.named(8), Err(Error::Region(_))));
     }
 
     #[test]
