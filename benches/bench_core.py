@@ -5,24 +5,30 @@ reference measured in the same run (same pytest-benchmark group).
 
 Targets: authenticate <= 2 us and acquire <= 0.5 us median from Python, and at
 least 5x faster than the reference. Both sides are called the same way: the
-bound method itself, with positional arguments, no wrapper.
+bound method itself, with positional arguments, no wrapper (pytest-benchmark's
+own call adds the same ~25 ns to each side).
 
 "Contended" runs keep other callers hammering the same bucket while measuring,
-and here the two sides cannot be contended the same way:
+and the two sides cannot be contended the same way:
 
-* The native bucket is a word in shared memory, and the real contention is the
-  gateway's: several worker *processes* serving the same key. So the hammers are
+* The native bucket is a word in shared memory, and its real contention is the
+  gateway's: several worker *processes* serving the same key. So its hammers are
   processes (one per spare CPU, at most three) that map the same region file and
-  call the same method in a loop. They run in parallel with the measured thread,
-  so the bucket's cache line moves between cores and compare-and-swap retries
-  happen.
-* The reference is a Python object: other processes cannot reach it, so its
+  call the same method in a tight loop, in parallel with the measured thread: the
+  bucket's cache line moves between cores on nearly every call.
+* The reference is a Python object that other processes cannot reach, so its
   hammers are threads of the measuring process (as many as the native side has
   processes). Under the GIL they interleave with the measured thread rather than
-  run beside it, so its "contention" is GIL hand-offs and, when a thread is
-  switched out while holding the lock, waits on the lock.
+  run beside it: its "contention" is GIL hand-offs and, when a thread is switched
+  out while holding the lock, waits on that lock.
 
-Parallel exactness is tested in tests/test_limiter_multiprocess.py.
+So the native side is measured under the harsher contention, the only kind that
+can make it share state across processes, which the reference cannot do at all.
+(Parallel exactness is tested in tests/test_limiter_multiprocess.py.)
+
+On a shared machine, look at the spread over several runs: a busy neighbour can
+make every call about 1.5x slower for seconds at a time, and when that hits one
+test of a group and not the other, that group's ratio is off in either direction.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def test_a_decision_is_a_read_only_value(limiter: RateLimiter) -> None:
     with pytest.raises(AttributeError):
         d.allowed = False  # type: ignore[misc]
     with pytest.raises(TypeError):
-        Decision()  # type: ignore[call-arg]
+        Decision()
     with pytest.raises(TypeError):
         type("Sub", (Decision,), {})
 
