@@ -119,25 +119,30 @@ impl RateLimiter {
         if cost == 0 {
             return Err(Error::invalid("cost must be at least 1"));
         }
-        let entry = entry()?;
-        match quota {
-            None => Ok(Decision::UNLIMITED),
-            Some(q) => self
-                .acquire_entry(entry, q, cost)
-                .map(|(decision, _retries)| decision),
-        }
+        let Some(q) = quota else {
+            return entry().map(|_| Decision::UNLIMITED);
+        };
+        // The clock first, then every access to the bucket's line back to back.
+        // Finding a named bucket reads its line; read before the clock (~25 ns),
+        // the line is often taken back meanwhile by another process writing it
+        // and fetched again for the CAS. With a process hammering the same name,
+        // this order halved what the contention costs a call (~45 ns to ~25 ns).
+        let now = self.clock.now();
+        self.acquire_entry(entry()?, q, cost, now)
+            .map(|(decision, _retries)| decision)
     }
 
-    /// The CAS loop. Returns the decision and how many times the CAS lost a race
-    /// (for the stress test that proves the retry path runs).
+    /// The CAS loop, deciding at `now` (monotonic ns, Unix ns). Returns the
+    /// decision and how many times the CAS lost a race (for the stress test that
+    /// proves the retry path runs).
     #[inline(always)]
     pub(crate) fn acquire_entry(
         &self,
         entry: &Entry,
         q: &Quota,
         cost: u64,
+        (now_ns, unix_ns): (u64, i128),
     ) -> Result<(Decision, u32)> {
-        let (now_ns, unix_ns) = self.clock.now();
         if cost > q.requests() {
             // Refused whatever the state; report the state only if it is in our quota.
             let own = entry.fingerprint.load(Acquire) == q.fingerprint();
@@ -427,7 +432,8 @@ mod tests {
                             let entry = limiter.region.entry(0).unwrap();
                             let (mut admitted, mut retries) = (0, 0);
                             for _ in 0..CAPACITY {
-                                let (d, r) = limiter.acquire_entry(entry, &quota, 1).unwrap();
+                                let now = limiter.clock.now();
+                                let (d, r) = limiter.acquire_entry(entry, &quota, 1, now).unwrap();
                                 admitted += u64::from(d.allowed);
                                 retries += r;
                             }
