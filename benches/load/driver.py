@@ -6,6 +6,8 @@
         response body (the first SSE event), and to the end of the response.
     driver.py rss PID
         The resident set size of a process in KiB (VmRSS).
+    driver.py cpu PID
+        The CPU time a process has used so far, all its threads, in ns (schedstat).
     driver.py report RESULTS_FILE
         The table of figures, ratios and targets from the results run.sh gathered.
 
@@ -156,6 +158,16 @@ def _pct(values: list[int], p: float) -> float:
     return float(ordered[k])
 
 
+def cpu_ns(pid: int) -> int:
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # a thread that ended meanwhile
+    return total
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -223,6 +235,10 @@ def report(results: dict[str, dict[str, float]]) -> tuple[str, bool]:
                 row(f"latency {p} @1 conn (us) [{tag}]", f"{lat_d[f'{p}_us']:.0f}", f"{lat_g[f'{p}_us']:.0f}",
                     f"{added:+.0f} us ({lat_g[f'{p}_us'] / lat_d[f'{p}_us']:.2f}x)",
                     f"added <= {target:.0f}" if judged else "(not judged)", added <= target if judged else None)
+        cpu = results.get(f"gw_lat_cpu{suffix}")
+        if cpu and lat_g:
+            row(f"gateway CPU per request @1 conn (us) [{tag}]", "", f"{cpu['us_per_request']:.0f}",
+                f"{cpu['us_per_request'] / lat_g['p50_us']:.0%} of its p50", "", None)
         ttfb_d, ttfb_g = results.get(f"direct_ttfb{suffix}"), results.get(f"gw_ttfb{suffix}")
         if ttfb_d and ttfb_g:
             added = ttfb_g["first_p50_us"] - ttfb_d["first_p50_us"]
@@ -266,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-seconds", type=float, default=20.0)
     p = sub.add_parser("rss")
     p.add_argument("pid", type=int)
+    p = sub.add_parser("cpu")
+    p.add_argument("pid", type=int)
     p = sub.add_parser("report")
     p.add_argument("results")
     args = parser.parse_args(argv)
@@ -275,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
     elif args.cmd == "rss":
         print(rss_kib(args.pid))
+    elif args.cmd == "cpu":
+        print(cpu_ns(args.pid))
     else:
         table, ok = report(parse_results(Path(args.results)))
         print(table)

@@ -29,6 +29,11 @@
 #       gateway and provider on different machines) pays on the direct path too.
 #   nginx is moved between CPUs with `taskset -a -p` (master and worker), in one run.
 #
+# At 1 connection the request chain is serial, so the gateway's latency is close to
+# the CPU time its worker spends per request (reported too, from schedstat): anything
+# else that takes CPU 0 meanwhile (another process on a busy machine, or the worker's
+# own periodic usage flush) shows directly in the p99. Repeat a run on a busy machine.
+#
 # Prints a table of figures and ratios (gateway vs direct, same run and placement) with
 # the targets: >= 4,500 req/s at 16 connections; added latency at 1 connection
 # <= 0.3 ms p50 and <= 1 ms p99; added time to first streamed byte <= 0.5 ms; worker
@@ -189,6 +194,16 @@ run_wrk() {  # run_wrk NAME CONNECTIONS SECONDS URL BODY
         "$WORK/wrk-$name.out" | tr -s ' ' | sed 's/^ //')"
 }
 
+run_wrk_cpu() {  # run_wrk_cpu NAME ...: run_wrk, and the gateway worker's CPU time per request
+    local name=$1 before after n
+    before=$("$PY" "$HERE/driver.py" cpu "$WPID")
+    run_wrk "$@"
+    after=$("$PY" "$HERE/driver.py" cpu "$WPID")
+    n=$(grep "^$name " "$RESULTS" | sed -E 's/.*requests=([0-9]+).*/\1/')
+    echo "${name}_cpu {\"us_per_request\": $(awk -v a="$after" -v b="$before" -v n="$n" \
+        'BEGIN { printf "%.1f", (a - b) / 1000 / (n > 0 ? n : 1) }')}" >> "$RESULTS"
+}
+
 run_ttfb() {  # run_ttfb NAME PORT PATH
     local name=$1 port=$2 path=$3 out
     out=$(taskset -c 1 "$PY" "$HERE/driver.py" ttfb 127.0.0.1 "$port" "$path" \
@@ -236,7 +251,7 @@ if has_phase latency; then
     pin_nginx 0
     echo "latency at 1 connection (${SECONDS_EACH}s each) [A]: nginx on CPU 0 beside the gateway, wrk on CPU 1"
     run_wrk direct_lat 1 "$SECONDS_EACH" "$DIRECT_JSON" "$HERE/request.json"
-    run_wrk gw_lat 1 "$SECONDS_EACH" "$GW_URL" "$HERE/request.json"
+    run_wrk_cpu gw_lat 1 "$SECONDS_EACH" "$GW_URL" "$HERE/request.json"
     echo "time to first streamed byte (${TTFB_N} requests each, one keep-alive connection) [A]"
     run_ttfb direct_ttfb "$NGINX_PORT" /sse/v1/chat/completions
     run_ttfb gw_ttfb "$GW_PORT" /v1/chat/completions
@@ -244,7 +259,7 @@ if has_phase latency; then
     pin_nginx 1
     echo "latency at 1 connection (${SECONDS_EACH}s each) [B]: nginx on CPU 1 beside wrk, not judged"
     run_wrk direct_lat_b 1 "$SECONDS_EACH" "$DIRECT_JSON" "$HERE/request.json"
-    run_wrk gw_lat_b 1 "$SECONDS_EACH" "$GW_URL" "$HERE/request.json"
+    run_wrk_cpu gw_lat_b 1 "$SECONDS_EACH" "$GW_URL" "$HERE/request.json"
     echo "time to first streamed byte [B]"
     run_ttfb direct_ttfb_b "$NGINX_PORT" /sse/v1/chat/completions
     run_ttfb gw_ttfb_b "$GW_PORT" /v1/chat/completions

@@ -71,6 +71,7 @@ def test_report_verdicts(tmp_path: Path) -> None:
         "gw_tput RESULT requests=50000 duration_us=10000000 p50_us=2000 p99_us=4000 non2xx=0",
         "direct_lat RESULT requests=50000 duration_us=10000000 p50_us=60 p99_us=120 non2xx=0",
         "gw_lat RESULT requests=20000 duration_us=10000000 p50_us=300 p99_us=700 non2xx=0",
+        'gw_lat_cpu {"us_per_request": 240}',
         'direct_ttfb {"n": 10, "first_p50_us": 80, "first_p99_us": 150, "total_p50_us": 90, "total_p99_us": 160}',
         'gw_ttfb {"n": 10, "first_p50_us": 900, "first_p99_us": 1500, "total_p50_us": 950, "total_p99_us": 1600}',
         'rss {"warm_kib": 60000, "mid_kib": 61000, "end_kib": 61500, "before_requests": 100}',
@@ -91,6 +92,7 @@ def test_report_verdicts(tmp_path: Path) -> None:
     assert rows["latency p99 @1 conn (us) [A]"].endswith("PASS")  # +580 us
     assert rows["first streamed byte p50 (us) [A]"].endswith("FAIL")  # +820 us
     assert rows["worker RSS (MiB) warm/mid/end [T]"].endswith("PASS")
+    assert "80% of its p50" in rows["gateway CPU per request @1 conn (us) [A]"]
     # [B] is reported with its figures, and judged nowhere.
     assert "+870 us" in rows["latency p50 @1 conn (us) [B]"]
     assert rows["latency p50 @1 conn (us) [B]"].split()[-2:] == ["judged)", "-"]
@@ -108,3 +110,14 @@ def test_report_without_the_comparison_placement(tmp_path: Path) -> None:
     table, ok = driver.report(driver.parse_results(results))
     assert not ok  # +440 us p50
     assert "[B]" not in table and "[T]" not in table
+
+
+def test_cpu_of_a_process_counts_its_threads() -> None:
+    import os
+    import time
+
+    before = driver.cpu_ns(os.getpid())
+    end = time.process_time() + 0.05
+    while time.process_time() < end:
+        pass
+    assert driver.cpu_ns(os.getpid()) - before >= 40_000_000
