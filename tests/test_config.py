@@ -243,3 +243,15 @@ def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
                               env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in proc.stderr
+
+
+def test_a_provider_ca_file_must_exist(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    body = ('[[providers]]\nname = "corp"\ntype = "openai"\nbase_url = "https://llm.corp.example/v1"\n'
+            'api_key = "k"\nmodels = ["gpt-*"]\nca_file = "{}"\n')
+    cfg.write_text(body.format(tmp_path / "missing.pem"))
+    with pytest.raises(ConfigError, match=r"providers\[0\] \('corp'\)\.ca_file: no such file"):
+        load_settings(cfg, env={})
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    cfg.write_text(body.format(tmp_path / "ca.pem"))
+    assert load_settings(cfg, env={}).providers[0].ca_file == str(tmp_path / "ca.pem")

@@ -93,6 +93,9 @@ class ProviderSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     api_key: str | None = None
     api_key_env: str | None = None
     """Name of the environment variable holding the key; read once at load time."""
+    ca_file: str | None = None
+    """A PEM bundle to trust instead of the system's store for an ``https`` upstream
+    (a private CA, a TLS-inspecting proxy)."""
     models: tuple[str, ...] = ()
     """Exact names and ``fnmatch`` globs (``gpt-4o-*``). A ``mock`` provider with no
     list serves all the mock's models."""
@@ -382,6 +385,8 @@ def _check_provider(p: ProviderSettings, label: str, env: Mapping[str, str]) -> 
             changes["api_key"] = key
         if not p.models:
             raise ConfigError(f"{label}.models: list at least one model name or pattern")
+        if p.ca_file is not None and not Path(p.ca_file).is_file():
+            raise ConfigError(f"{label}.ca_file: no such file: {p.ca_file}")
     for j, m in enumerate(p.models):
         if not m or m != m.strip():
             raise ConfigError(f"{label}.models[{j}]: empty or padded model name {m!r}")

@@ -437,7 +437,7 @@ class UpstreamClient:
 
     For an ``https`` ``base_url`` the certificate is verified against ``ssl_context``
     when given, else against ``ca_file`` alone when given (a keyword here, or a
-    ``ca_file`` field of the provider's settings once the configuration has one),
+    ``ca_file`` field of the provider's settings),
     else against the system's trust store.
     """
 
@@ -459,7 +459,7 @@ class UpstreamClient:
         self._keepalive = settings.keepalive_timeout
         self._ssl: ssl.SSLContext | None = None
         if url.scheme == "https":
-            self._ssl = ssl_context or tls_context(ca_file or getattr(settings, "ca_file", None))
+            self._ssl = ssl_context or tls_context(ca_file or settings.ca_file)
         self._idle: list[_Connection] = []
         self._open = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
