@@ -5,56 +5,13 @@ a stale connection, timeouts, back-pressure and cancellation."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
 from agentrouter.config import ProviderSettings
 from agentrouter.gateway.upstream import UpstreamClient, UpstreamTimeout, UpstreamUnavailable
-from tests.gateway_fixtures import refused_port
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-class RawServer:
-    """A loopback TCP server whose handler reads requests and writes raw bytes."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.connections = 0
-        self.requests: list[bytes] = []
-        self.server: asyncio.Server | None = None
-        self.port = 0
-
-    async def __aenter__(self) -> RawServer:
-        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self.connections += 1
-            try:
-                await self.handler(reader, writer)
-            except (ConnectionError, asyncio.IncompleteReadError):
-                pass
-            finally:
-                writer.close()
-
-        self.server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-
-    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        body = await reader.readexactly(length)
-        self.requests.append(head + body)
-        return body
-
+from tests.gateway_fixtures import RawServer, refused_port
 
 async def client_for(port: int, **settings: object) -> UpstreamClient:
     client = UpstreamClient(ProviderSettings(name="t", type="openai", base_url=f"http://127.0.0.1:{port}/v1",

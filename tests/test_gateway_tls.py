@@ -18,7 +18,7 @@ import trustme
 from agentrouter.config import ProviderSettings
 from agentrouter.gateway.app import Gateway
 from agentrouter.gateway.upstream import UpstreamClient, UpstreamUnavailable
-from tests.gateway_fixtures import call, new_key, settings_for, start_gateway, stored_usage
+from tests.gateway_fixtures import RawServer, call, new_key, settings_for, start_gateway, stored_usage
 
 ANSWER = b'{"id":"chatcmpl-tls","object":"chat.completion","choices":[],' \
          b'"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}'
@@ -27,46 +27,13 @@ EVENTS = [b'data: {"n": %d}\n\n' % i for i in range(5)] + [b"data: [DONE]\n\n"]
 Handler = Callable[["TLSServer", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-class TLSServer:
+class TLSServer(RawServer):
     """HTTP/1.1 over TLS on 127.0.0.1, certificate for ``localhost`` from ``ca``."""
 
     def __init__(self, ca: trustme.CA, handler: Handler, host: str = "localhost") -> None:
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert(host).configure_cert(self.context)
-        self.handler = handler
-        self.connections = 0
-        self.requests: list[bytes] = []
-        self.server: asyncio.Server | None = None
-        self.port = 0
-
-    async def __aenter__(self) -> TLSServer:
-        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self.connections += 1
-            try:
-                await self.handler(self, reader, writer)
-            except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-                pass
-            finally:
-                writer.close()
-
-        self.server = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=self.context)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-
-    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        body = await reader.readexactly(length)
-        self.requests.append(head + body)
-        return body
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(host).configure_cert(context)
+        super().__init__(lambda reader, writer: handler(self, reader, writer), ssl=context)
 
 
 async def json_server(server: TLSServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
