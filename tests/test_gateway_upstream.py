@@ -11,7 +11,6 @@ import anthropic
 import msgspec
 import openai
 import pytest
-from aiohttp import web
 
 from agentrouter.gateway.app import Gateway
 from tests.gateway_fixtures import (  # noqa: F401
