@@ -46,9 +46,9 @@ class Store:
     async def open(cls, path: Path) -> Store:
         db = await aiosqlite.connect(path, isolation_level=None)  # explicit transactions only
         try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=NORMAL")
             await db.execute("PRAGMA busy_timeout=10000")
+            await _enable_wal(db)
+            await db.execute("PRAGMA synchronous=NORMAL")
             await db.execute("PRAGMA foreign_keys=ON")
             store = cls(db, path)
             await store._migrate()
@@ -262,6 +262,20 @@ def _key_row(r: sqlite3.Row | tuple[Any, ...]) -> KeyRow:
         metadata=msgspec.json.decode(r[6]), expires_at=r[7], state=r[8], scope=r[9],
         owner=r[10], slot=r[11], tag=r[12], rotated_to=r[13], deleted_at=r[14], usage=usage,
     )
+
+
+async def _enable_wal(db: aiosqlite.Connection) -> None:
+    """Switch to WAL (a persistent property of the file). SQLite answers "database is
+    locked" at once, without its busy handler, while another connection opening a
+    new file at the same moment holds the lock, so wait and try again."""
+    for attempt in range(100):
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 99:
+                raise
+            await asyncio.sleep(0.01 + 0.01 * (attempt % 10))
 
 
 def _statements(script: str) -> list[str]:
