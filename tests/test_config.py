@@ -204,6 +204,7 @@ def test_the_api_and_monitor_read_no_environment_of_their_own(monkeypatch: pytes
         ("", {"AGENTROUTER_MONITOR_NEW_IP_IPV4_PREFIX": "33"}, "monitor.new_ip_ipv4_prefix: Expected `int` <= 32"),
         ("", {"AGENTROUTER_MONITOR_VOLUME_SPIKE_COOLDOWN": "-inf"}, "monitor.volume_spike_cooldown"),
         ("", {"AGENTROUTER_MONITOR_FACTOR": "3"}, "AGENTROUTER_MONITOR_FACTOR: unknown setting"),
+        ("[server]\nusage_writer = \"thread\"\n", {}, "server.usage_writer: Invalid enum value 'thread'"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:

@@ -167,6 +167,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = DEFAULT_MAX_BODY_BYTES
     shutdown_timeout: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     usage_flush_interval: _Seconds = 1.0
+    usage_writer: Literal["process", "inline"] = "process"
+    """Who writes usage batches to the store: "process", a child process of each
+    worker at nice 10 (``agentrouter.store.writer``; keeps SQLite's CPU bursts off
+    the serving loop), or "inline", the worker itself (one process fewer; for
+    embedding and tests, at a cost in tail latency)."""
     log_level: Literal["critical", "error", "warning", "warn", "info", "debug"] = "info"
     access_log: bool = False
 

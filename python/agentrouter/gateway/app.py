@@ -10,7 +10,8 @@ One request, in order::
     forward original bytes  (upstream.UpstreamClient, or the in-process mock)
     relay                   (JSON in one piece; SSE chunk by chunk as it arrives)
     usage                   (usage.UsageRecorder: key totals and a request-log record,
-                             in memory; flushed by its own task)
+                             in memory; flushed by its own task to the worker's usage
+                             writer process, store.writer)
 
 Every answer to a request whose key was valid carries ``X-RateLimit-Limit``,
 ``-Remaining`` and ``-Reset`` (when the key has a limit at all) and counts for the
@@ -18,7 +19,7 @@ key; every answer carries ``x-request-id`` (and ``request-id`` on the Anthropic
 routes, where the SDK reads it).
 
 Lifespan startup opens the core (store, shared limiter, digester), loads the key
-table, starts the usage flusher and the upstream pools. Shutdown (Granian sends it
+table, starts the upstream pools, the usage writer process and the usage flusher. Shutdown (Granian sends it
 once the worker's in-flight requests are done) waits for what is still running, up
 to ``shutdown_timeout`` counted from SIGTERM, cancels the rest, writes the usage and
 closes everything. Every task the app starts is tracked and awaited.
@@ -48,6 +49,7 @@ from agentrouter.gateway.providers import Provider
 from agentrouter.gateway.routing import ROUTES, ModelRouter, Route, RouteKind
 from agentrouter.gateway.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
 from agentrouter.gateway.usage import StreamUsage, UsageRecorder, tokens_from_json
+from agentrouter.store.writer import UsageWriter
 
 __all__ = ["Gateway", "create_app"]
 
@@ -120,6 +122,7 @@ class Gateway:
         self.core: Any = None
         self.auth: Authenticator | None = None
         self.usage: UsageRecorder | None = None
+        self.usage_writer: UsageWriter | None = None
         self._rid_prefix = "req_"
         self._rid_counter = itertools.count(1)
         self._inflight: set[asyncio.Task[Any]] = set()
@@ -160,7 +163,17 @@ class Gateway:
             raise
         self.core = core
         self.auth = Authenticator(table, core, core.limiter.generation)
-        self.usage = UsageRecorder(core.store.add_usage, self.settings.usage_flush_interval)
+        sink = core.store.add_usage
+        if self.settings.usage_writer == "process":
+            writer = UsageWriter(core.store.path)
+            try:
+                await writer.start()
+            except BaseException:
+                await self._close_clients()
+                await core.close()
+                raise
+            self.usage_writer = sink = writer
+        self.usage = UsageRecorder(sink, self.settings.usage_flush_interval)
         self.usage.start()
         self._hook_termination_signals()
         # What start-up allocated lives as long as the worker: keep it out of the
@@ -183,6 +196,8 @@ class Gateway:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.usage is not None:
             await self.usage.close()
+        if self.usage_writer is not None:
+            await self.usage_writer.close()
         try:
             shutdown = getattr(self._fallback, "shutdown", None)
             if shutdown is not None:

@@ -4,11 +4,12 @@ batches off it.
 ``UsageRecorder.record`` adds one request to the key's running totals (a dict lookup
 and a few integer additions) and appends one small ``RequestRecord`` for the request
 log (time, key id, model, status, latency, tokens, client IP, user agent; never the
-key). One tracked task hands everything gathered so far to the store about once a
-second — ``Store.add_usage(deltas, requests)``, totals and log rows in one
-transaction, so the two never disagree — and ``close`` writes the rest, so a
-graceful shutdown loses nothing. A failed write keeps both and tries again on the
-next tick.
+key). One tracked task hands everything gathered so far to its sink about once a
+second — the worker's usage writer process (``store.writer.UsageWriter``), or
+``Store.add_usage`` itself with ``usage_writer = "inline"``; either way totals and
+log rows are written in one transaction, so the two never disagree — and ``close``
+writes the rest, so a graceful shutdown loses nothing. A failed write keeps both
+and tries again on the next tick.
 
 Memory stays bounded when the store is down for long: the totals are a few numbers
 per key and are never dropped, but at most ``max_pending_requests`` log records wait;
@@ -194,7 +195,8 @@ class _Totals:
 
 
 Sink = Callable[[Sequence[UsageDelta], Sequence[RequestRecord]], Awaitable[None]]
-"""``Store.add_usage``: writes the totals and the log records in one transaction."""
+"""``UsageWriter`` or ``Store.add_usage``: writes the totals and the log records in
+one transaction, or raises and writes nothing."""
 
 MAX_PENDING_REQUESTS = 100_000
 """Request-log records kept while the store cannot be written (about 300 bytes each)."""

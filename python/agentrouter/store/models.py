@@ -73,11 +73,12 @@ AlertKind = Literal["volume_spike", "unusual_hour", "failure_rate", "new_ip"]
 ALERT_KINDS: tuple[str, ...] = ("volume_spike", "unusual_hour", "failure_rate", "new_ip")
 
 
-class RequestRecord(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+class RequestRecord(msgspec.Struct, kw_only=True, frozen=True, gc=False, array_like=True):
     """One proxied request, as the request log keeps it. Never the key itself.
 
     ``status`` classes: below 400 a success, 400–499 a 4xx failure, anything else
     (5xx, or 0 for a request that ended without a status) a 5xx failure.
+    Encoded as an array: compact on the pipe to the usage writer (``store.writer``).
     """
 
     key_id: str

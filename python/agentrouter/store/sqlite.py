@@ -211,16 +211,22 @@ class Store:
 
     # -- usage ---------------------------------------------------------------
 
-    async def add_usage(self, deltas: Sequence[UsageDelta], requests: Sequence[RequestRecord] = ()) -> None:
+    async def add_usage(
+        self,
+        deltas: Sequence[UsageDelta],
+        requests: Sequence[RequestRecord] = (),
+        *,
+        pause: Callable[[], object] | None = None,
+    ) -> None:
         """Add a batch of per-key usage totals and the request-log rows of the same
         requests (``analytics.write_requests``: the log and its rollups) in one
         transaction: the totals and the log never disagree, and a failed write
-        leaves neither."""
+        leaves neither. ``pause`` is called between chunks of log rows."""
         if not deltas and not requests:
             return
         async with self.transaction() as db:
             if requests:
-                await write_requests(db, requests)
+                await write_requests(db, requests, pause)
             await db.executemany(
                 "INSERT INTO key_usage (key_id, requests, successes, failures_4xx, failures_5xx,"
                 " input_tokens, output_tokens, latency_ms_total, last_used_at, last_client_ip)"
