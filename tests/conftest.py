@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,25 @@ from agentrouter._core import FakeClock
 from agentrouter.core import Core
 
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+
+
+# The server runs its workers on uvloop (``server.event_loop``). The tests of the code
+# that drives the loop's network and process layers directly (the upstream client,
+# TLS, the usage writer's child process) run on both loops; the others on asyncio's.
+BOTH_LOOPS = frozenset({
+    "tests.test_gateway_upstream", "tests.test_gateway_upstream_timer", "tests.test_gateway_tls",
+    "tests.test_gateway_client", "tests.test_usage_writer",
+})
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    factories: dict[str, Callable[[], Any]] = {"asyncio": asyncio.new_event_loop}
+    module = getattr(item, "module", None)
+    if module is not None and module.__name__ in BOTH_LOOPS:
+        import uvloop
+
+        factories["uvloop"] = uvloop.new_event_loop
+    return factories
 
 
 @pytest.fixture

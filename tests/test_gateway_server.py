@@ -80,10 +80,15 @@ class Server:
                         raise AssertionError("server did not start:\n" + self.log.read_text()) from None
                     await asyncio.sleep(0.1)
 
-    async def stop(self, timeout: float = 30) -> int:
+    async def stop(self, timeout: float = 30, *, ctrl_c: bool = False) -> int:
+        """SIGTERM to the server, or (``ctrl_c``) SIGINT to its whole process group,
+        as a terminal's Ctrl-C sends it: the workers and their usage writers too."""
         assert self.proc is not None
         if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if ctrl_c:
+                os.killpg(self.proc.pid, signal.SIGINT)
+            else:
+                self.proc.send_signal(signal.SIGTERM)
         try:
             return await asyncio.wait_for(self.proc.wait(), timeout)
         except TimeoutError:
@@ -154,3 +159,29 @@ async def test_shutdown_timeout_cuts_long_streams_and_still_writes_usage(
             break
         await asyncio.sleep(0.05)
     assert upstream.seen[-1].cancelled
+
+
+async def test_ctrl_c_to_the_process_group_loses_no_usage(tmp_path: Path, upstream: FakeUpstream) -> None:
+    """Ctrl-C reaches every process of the group at once, the usage writers included:
+    they wait for their workers' last batches, and every answered request is stored."""
+    upstream.routes["/v1/chat/completions"] = sse_handler(chat_chunks(10), gap=0.05)
+    server = Server(tmp_path, upstream.base_url)
+    key, key_id = await server.create_key()
+    await server.start()
+    try:
+        async with httpx.AsyncClient() as client:
+            for _ in range(20):
+                r = await client.post(server.url + "/v1/chat/completions", headers={"x-api-key": key},
+                                      json={"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]})
+                assert r.status_code == 200
+        got: list[tuple[float, bytes]] = []
+        stream = asyncio.ensure_future(_stream(server.url, key, got))
+        while len(got) < 2:
+            await asyncio.sleep(0.02)
+    finally:
+        code = await server.stop(ctrl_c=True)
+    assert code == 0, server.log.read_text()
+    assert await stream == 200
+    totals = await server.usage(key_id)
+    assert (totals.requests, totals.successes) == (21, 21), server.log.read_text()
+    assert "usage writer" not in server.log.read_text()  # no writer died and had to be replaced

@@ -89,9 +89,22 @@ def check_address(host: str, port: int) -> None:
             raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+def event_loop() -> Any:
+    """uvloop where it is installed (a dependency on every platform it supports),
+    else asyncio's loop. Never Granian's "auto", which would pick any loop package
+    that happens to be installed."""
+    from granian.constants import Loops
+
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return Loops.asyncio
+    return Loops.uvloop
+
+
 def serve(settings: Settings) -> None:
     """Run the gateway until a termination signal; raises on a failed start."""
-    from granian.constants import HTTPModes, Interfaces
+    from granian.constants import HTTPModes, Interfaces, RuntimeModes
     from granian.log import LogLevels
     from granian.server import Server
 
@@ -109,5 +122,11 @@ def serve(settings: Settings) -> None:
         log_dictconfig=_log_config(settings.log_level),
         log_access=settings.access_log,
         workers_kill_timeout=math.ceil(settings.shutdown_timeout) + KILL_MARGIN,
+        # One Rust I/O thread per worker beside its Python thread, and uvloop: in
+        # interleaved load-benchmark runs about 12% less CPU per request and
+        # 20-45 us less added p50 latency than Granian's defaults for ASGI (the
+        # multi-threaded runtime, asyncio's loop). Workers scale over the cores.
+        runtime_mode=RuntimeModes.st,
+        loop=event_loop(),
     )
     server.serve(target_loader=functools.partial(load_app, settings), wrap_loader=False)

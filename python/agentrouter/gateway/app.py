@@ -28,6 +28,7 @@ closes everything. Every task the app starts is tracked and awaited.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import itertools
 import logging
@@ -129,7 +130,7 @@ class Gateway:
         self._tasks: set[asyncio.Task[Any]] = set()  # watchers and the drain timer
         self._draining = False
         self._drain_deadline: float | None = None
-        self._restore_signals: list[Callable[[], None]] = []
+        self._restore_signals: list[Callable[[], object]] = []
 
     # ------------------------------------------------------------------ ASGI
 
@@ -228,36 +229,32 @@ class Gateway:
 
         Granian (2.x) stops accepting on the signal, waits for the worker's in-flight
         requests, and only then sends ``lifespan.shutdown``; a long stream would hold
-        that back until the parent kills the worker. So the app chains its own
-        callback in front of Granian's loop signal handler: from the signal on,
-        requests have ``shutdown_timeout`` seconds, then they are cancelled, Granian
-        proceeds to the lifespan shutdown, and the usage is written.
+        that back until the parent kills the worker. So from the signal on, requests
+        have ``shutdown_timeout`` seconds, then they are cancelled, Granian proceeds
+        to the lifespan shutdown, and the usage is written.
 
-        asyncio exposes no public getter for an installed handler; the CPython loop
-        keeps them in ``_signal_handlers``. On a loop without it (uvloop), the drain
-        clock starts at ``lifespan.shutdown`` instead and the parent's kill timeout
-        (``server.py``) is the only bound.
+        Granian's handler is a loop signal handler (``loop.add_signal_handler``): the
+        loop, asyncio's or uvloop's, learns of the signal through the wakeup fd, and
+        the Python-level handler it installs does nothing. The app puts its own
+        Python-level handler in that place, which leaves the loop's dispatch as it
+        was. Where no loop handler is installed (the app outside Granian, e.g. in
+        tests) the process's own handling of the signal is left alone.
         """
         loop = asyncio.get_running_loop()
-        handlers = getattr(loop, "_signal_handlers", None)
-        if not isinstance(handlers, dict):
-            return
         for sig in (signal.SIGTERM, signal.SIGINT):
-            handle = handlers.get(sig)
-            if handle is None:
+            previous = signal.getsignal(sig)
+            if not callable(previous) or previous is signal.default_int_handler:
                 continue
-            callback, args = handle._callback, handle._args
 
-            def chained(callback: Any = callback, args: Any = args) -> None:
-                self._on_termination()
-                callback(*args)
+            def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+                loop.call_soon_threadsafe(self._on_termination)
+                previous(signum, frame)
 
-            loop.add_signal_handler(sig, chained)
-
-            def restore(sig: signal.Signals = sig, callback: Any = callback, args: Any = args) -> None:
-                loop.add_signal_handler(sig, callback, *args)
-
-            self._restore_signals.append(restore)
+            try:
+                signal.signal(sig, handler)
+            except ValueError:  # not the main thread: no signals here
+                return
+            self._restore_signals.append(functools.partial(signal.signal, sig, previous))
 
     def _on_termination(self) -> None:
         if self._draining:
