@@ -239,6 +239,9 @@ def report(results: dict[str, dict[str, float]]) -> tuple[str, bool]:
         if cpu and lat_g:
             row(f"gateway CPU per request @1 conn (us) [{tag}]", "", f"{cpu['us_per_request']:.0f}",
                 f"{cpu['us_per_request'] / lat_g['p50_us']:.0%} of its p50", "", None)
+            if "writer_us_per_request" in cpu:
+                row(f"usage writer CPU per request @1 conn (us) [{tag}]", "", f"{cpu['writer_us_per_request']:.1f}",
+                    "", "", None)
         ttfb_d, ttfb_g = results.get(f"direct_ttfb{suffix}"), results.get(f"gw_ttfb{suffix}")
         if ttfb_d and ttfb_g:
             added = ttfb_g["first_p50_us"] - ttfb_d["first_p50_us"]
@@ -259,6 +262,12 @@ def report(results: dict[str, dict[str, float]]) -> tuple[str, bool]:
         flat = growth <= max(2048.0, 0.02 * mid)
         row("worker RSS (MiB) warm/mid/end [T]", "", f"{start / 1024:.1f} / {mid / 1024:.1f} / {end / 1024:.1f}",
             f"{growth / 1024:+.1f} MiB 2nd half", f"flat over {long_requests:,.0f} req", flat)
+        w = results.get("writer_rss")
+        if w:
+            growth = w["end_kib"] - w["mid_kib"]
+            row("usage writer RSS (MiB) warm/mid/end [T]", "",
+                f"{w['warm_kib'] / 1024:.1f} / {w['mid_kib'] / 1024:.1f} / {w['end_kib'] / 1024:.1f}",
+                f"{growth / 1024:+.1f} MiB 2nd half", "flat", growth <= max(2048.0, 0.02 * w["mid_kib"]))
     headers = ("metric", "direct", "gateway", "gateway vs direct", "target", "")
     widths = [max(len(x[i]) for x in [headers, *rows]) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [headers, *rows]]

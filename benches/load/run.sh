@@ -3,8 +3,9 @@
 # a fast local upstream directly and through the gateway, in one run, on loopback only.
 #
 #   upstream   nginx (Debian) serving a canned chat completion and a canned SSE stream
-#   gateway    agentrouter serve --workers 1, pinned to CPU 0; auth, the shared limiter
-#              (a key whose limit is never reached) and usage recording all on
+#   gateway    agentrouter serve --workers 1, pinned to CPU 0 with its usage writer
+#              process; auth, the shared limiter (a key whose limit is never reached)
+#              and usage recording (key totals and the request log) all on
 #   load       wrk (Debian) pinned to CPU 1; driver.py (also on CPU 1) for the time to
 #              the first streamed byte
 #
@@ -194,14 +195,19 @@ run_wrk() {  # run_wrk NAME CONNECTIONS SECONDS URL BODY
         "$WORK/wrk-$name.out" | tr -s ' ' | sed 's/^ //')"
 }
 
-run_wrk_cpu() {  # run_wrk_cpu NAME ...: run_wrk, and the gateway worker's CPU time per request
-    local name=$1 before after n
+run_wrk_cpu() {  # run_wrk_cpu NAME ...: run_wrk, and the CPU time per request of the gateway
+    # worker and of its usage writer process
+    local name=$1 before after wbefore wafter n
     before=$("$PY" "$HERE/driver.py" cpu "$WPID")
+    wbefore=$("$PY" "$HERE/driver.py" cpu "$WRITER_PID")
     run_wrk "$@"
     after=$("$PY" "$HERE/driver.py" cpu "$WPID")
+    wafter=$("$PY" "$HERE/driver.py" cpu "$WRITER_PID")
     n=$(grep "^$name " "$RESULTS" | sed -E 's/.*requests=([0-9]+).*/\1/')
     echo "${name}_cpu {\"us_per_request\": $(awk -v a="$after" -v b="$before" -v n="$n" \
-        'BEGIN { printf "%.1f", (a - b) / 1000 / (n > 0 ? n : 1) }')}" >> "$RESULTS"
+        'BEGIN { printf "%.1f", (a - b) / 1000 / (n > 0 ? n : 1) }'), \"writer_us_per_request\": $(awk \
+        -v a="$wafter" -v b="$wbefore" -v n="$n" 'BEGIN { printf "%.1f", (a - b) / 1000 / (n > 0 ? n : 1) }')}" \
+        >> "$RESULTS"
 }
 
 run_ttfb() {  # run_ttfb NAME PORT PATH
@@ -236,7 +242,11 @@ run_wrk warm_direct 16 2 "$DIRECT_JSON" "$HERE/request.json"
 run_wrk warm_gw 16 3 "$GW_URL" "$HERE/request.json"
 run_wrk warm_gw_stream 16 2 "$GW_URL" "$HERE/request-stream.json"
 WPID=$(worker_pid)
+# The worker's usage writer (agentrouter.store.writer): its one child, on CPU 0 too.
+WRITER_PID=$(ps -o pid= --ppid "$WPID" | tr -d ' ' | head -n 1)
+[ -n "$WRITER_PID" ] || { echo "no usage writer process under the worker $WPID" >&2; exit 1; }
 WARM_KIB=$("$PY" "$HERE/driver.py" rss "$WPID")
+WRITER_WARM_KIB=$("$PY" "$HERE/driver.py" rss "$WRITER_PID")
 
 if has_phase throughput; then
     echo "throughput at 16 connections (${SECONDS_EACH}s each) [T]: gateway alone on CPU 0, nginx and wrk on CPU 1"
@@ -278,20 +288,25 @@ if has_phase memory; then
     echo "memory: ${LONG_SECONDS}s at 16 connections through the gateway (target ${LONG_REQUESTS} requests at ~${GW_RPS} req/s) [T]"
     run_wrk long1 16 "$HALF" "$GW_URL" "$HERE/request.json"
     MID_KIB=$("$PY" "$HERE/driver.py" rss "$WPID")
+    WRITER_MID_KIB=$("$PY" "$HERE/driver.py" rss "$WRITER_PID")
     run_wrk long2 16 "$HALF" "$GW_URL" "$HERE/request.json"
     END_KIB=$("$PY" "$HERE/driver.py" rss "$WPID")
+    WRITER_END_KIB=$("$PY" "$HERE/driver.py" rss "$WRITER_PID")
     L1=$(grep '^long1 ' "$RESULTS" | sed -E 's/.*requests=([0-9]+).*/\1/')
     L2=$(grep '^long2 ' "$RESULTS" | sed -E 's/.*requests=([0-9]+).*/\1/')
     E1=$(grep '^long1 ' "$RESULTS" | sed -E 's/.*non2xx=([0-9]+).*/\1/')
     E2=$(grep '^long2 ' "$RESULTS" | sed -E 's/.*non2xx=([0-9]+).*/\1/')
     echo "long requests=$((L1 + L2)) duration_us=1 non2xx=$((E1 + E2))" >> "$RESULTS"
     echo "rss {\"warm_kib\": $WARM_KIB, \"mid_kib\": $MID_KIB, \"end_kib\": $END_KIB, \"before_requests\": $BEFORE}" >> "$RESULTS"
+    echo "writer_rss {\"warm_kib\": $WRITER_WARM_KIB, \"mid_kib\": $WRITER_MID_KIB, \"end_kib\": $WRITER_END_KIB}" >> "$RESULTS"
 fi
 
 # Usage recording was on: the key's stored request count covers the run (flushed on SIGTERM).
 stop_pid "$GW_PID"
 GW_PID=""
 STORED=$("${AR[@]}" keys show "$KEY_ID" --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["usage"]["requests"])')
+LOGGED=$("${AR[@]}" usage "$KEY_ID" --since 1d --json \
+    | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["totals"]["requests"])')
 SENT=$(grep -E "^($GW_SENT_RUNS|long1|long2) " "$RESULTS" \
     | sed -E 's/.*requests=([0-9]+).*/\1/' | awk '{s += $1} END {print s + 0}')
 
@@ -299,4 +314,6 @@ echo
 "$PY" "$HERE/driver.py" report "$RESULTS"
 echo "usage stored for the bench key: $STORED requests (wrk counted $SENT completed; wrk does not count"
 echo "requests cut off at the end of each run, so stored >= counted; plus 3 sanity checks and the TTFB runs)"
+echo "request-log rows for the bench key: $LOGGED ($([ "$LOGGED" = "$STORED" ] && echo "= the stored total" \
+    || echo "DIFFERS from the stored total $STORED: records were dropped; see the gateway log"))"
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), loadavg $(cut -d' ' -f1-3 /proc/loadavg)"

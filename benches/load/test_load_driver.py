@@ -71,10 +71,11 @@ def test_report_verdicts(tmp_path: Path) -> None:
         "gw_tput RESULT requests=50000 duration_us=10000000 p50_us=2000 p99_us=4000 non2xx=0",
         "direct_lat RESULT requests=50000 duration_us=10000000 p50_us=60 p99_us=120 non2xx=0",
         "gw_lat RESULT requests=20000 duration_us=10000000 p50_us=300 p99_us=700 non2xx=0",
-        'gw_lat_cpu {"us_per_request": 240}',
+        'gw_lat_cpu {"us_per_request": 240, "writer_us_per_request": 6.5}',
         'direct_ttfb {"n": 10, "first_p50_us": 80, "first_p99_us": 150, "total_p50_us": 90, "total_p99_us": 160}',
         'gw_ttfb {"n": 10, "first_p50_us": 900, "first_p99_us": 1500, "total_p50_us": 950, "total_p99_us": 1600}',
         'rss {"warm_kib": 60000, "mid_kib": 61000, "end_kib": 61500, "before_requests": 100}',
+        'writer_rss {"warm_kib": 30000, "mid_kib": 31000, "end_kib": 41000}',
         # [B], the comparison placement: far over the targets, and still not a failure.
         "direct_lat_b RESULT requests=90000 duration_us=10000000 p50_us=30 p99_us=60 non2xx=0",
         "gw_lat_b RESULT requests=9000 duration_us=10000000 p50_us=900 p99_us=2000 non2xx=0",
@@ -93,6 +94,8 @@ def test_report_verdicts(tmp_path: Path) -> None:
     assert rows["first streamed byte p50 (us) [A]"].endswith("FAIL")  # +820 us
     assert rows["worker RSS (MiB) warm/mid/end [T]"].endswith("PASS")
     assert "80% of its p50" in rows["gateway CPU per request @1 conn (us) [A]"]
+    assert "6.5" in rows["usage writer CPU per request @1 conn (us) [A]"]
+    assert rows["usage writer RSS (MiB) warm/mid/end [T]"].endswith("FAIL")  # +9.8 MiB in the 2nd half
     # [B] is reported with its figures, and judged nowhere.
     assert "+870 us" in rows["latency p50 @1 conn (us) [B]"]
     assert rows["latency p50 @1 conn (us) [B]"].split()[-2:] == ["judged)", "-"]
