@@ -27,6 +27,7 @@ import copy
 import functools
 import logging
 import math
+import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,55 @@ def load_app(settings: Settings) -> Any:
     from agentrouter.api import build_api
     from agentrouter.gateway.app import create_app
 
+    _signal_workers_once()
     api = build_api(settings=settings)
     return create_app(settings, fallback=api)
+
+
+def _signal_workers_once() -> None:
+    """Make a worker's termination signal reach Granian once, however many arrive.
+
+    A worker often gets two: Ctrl-C reaches the whole process group, then the parent
+    sends SIGTERM; systemd signals every process of the unit. Granian (2.8) calls
+    ``WorkerSignal.set()`` from its loop signal handler for each, and a second call
+    while the first is being handled can deadlock the worker's main thread (seen
+    with py-spy: blocked in ``WorkerSignal.set`` in about 1 stop in 10 to 20,
+    never exiting; granian issue #875 is the same family). The loader runs in the
+    worker before Granian installs that handler, so it replaces
+    ``granian._signals.set_loop_signals`` with the same function whose handler sets
+    the event only the first time. If Granian's internals are not what this
+    expects, nothing is replaced.
+    """
+    try:
+        from granian import _signals
+        from granian._granian import WorkerSignal
+    except ImportError:
+        return
+    original = getattr(_signals, "set_loop_signals", None)
+    if original is None or getattr(original, "agentrouter_once", False) or not hasattr(_signals, "_get_signals"):
+        return
+
+    def set_loop_signals(loop: Any) -> Any:
+        event = WorkerSignal()
+        fired = False
+
+        def handler(signum: int, frame: Any) -> None:
+            nonlocal fired
+            if not fired:
+                fired = True
+                event.set()
+
+        sigs = _signals._get_signals()
+        try:
+            for sig in sigs:
+                loop.add_signal_handler(sig, handler, sig, None)
+        except NotImplementedError:
+            for sig in sigs:
+                signal.signal(sig, handler)
+        return event
+
+    set_loop_signals.agentrouter_once = True  # type: ignore[attr-defined]
+    _signals.set_loop_signals = set_loop_signals
 
 
 async def _prepare(settings: Settings) -> None:
@@ -122,10 +170,11 @@ def serve(settings: Settings) -> None:
         log_dictconfig=_log_config(settings.log_level),
         log_access=settings.access_log,
         workers_kill_timeout=math.ceil(settings.shutdown_timeout) + KILL_MARGIN,
-        # One Rust I/O thread per worker beside its Python thread, and uvloop: in
-        # interleaved load-benchmark runs about 12% less CPU per request and
-        # 20-45 us less added p50 latency than Granian's defaults for ASGI (the
-        # multi-threaded runtime, asyncio's loop). Workers scale over the cores.
+        # One Rust I/O thread per worker beside its Python thread (Granian's "st"
+        # runtime), on uvloop: in interleaved load-benchmark runs about 12% less CPU
+        # per request and 20-45 us less added p50 than Granian's defaults for ASGI
+        # ("mt", asyncio's loop). Workers scale over the cores. A worker on either
+        # runtime could hang on a second termination signal: _signal_workers_once.
         runtime_mode=RuntimeModes.st,
         loop=event_loop(),
     )
