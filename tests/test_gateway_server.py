@@ -112,6 +112,23 @@ async def _stream(url: str, key: str, got: list[tuple[float, bytes]]) -> int:
             return resp.status_code
 
 
+async def _answer_then_stream(
+    server: Server, key: str, *, requests: int, streams: int
+) -> tuple[list[tuple[float, bytes]], list[asyncio.Future[int]]]:
+    """``requests`` chat completions answered, then ``streams`` streams under way (two
+    chunks received): the chunks received and the streams' futures (their status)."""
+    async with httpx.AsyncClient() as client:
+        for _ in range(requests):
+            r = await client.post(server.url + "/v1/chat/completions", headers={"x-api-key": key},
+                                  json={"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 200
+    got: list[tuple[float, bytes]] = []
+    futures = [asyncio.ensure_future(_stream(server.url, key, got)) for _ in range(streams)]
+    while len(got) < 2:
+        await asyncio.sleep(0.02)
+    return got, futures
+
+
 async def test_sigterm_drains_streams_then_writes_usage(tmp_path: Path, upstream: FakeUpstream) -> None:
     events = chat_chunks(15)
     upstream.routes["/v1/chat/completions"] = sse_handler(events, gap=0.1)
@@ -119,15 +136,7 @@ async def test_sigterm_drains_streams_then_writes_usage(tmp_path: Path, upstream
     key, key_id = await server.create_key()
     await server.start()
     try:
-        async with httpx.AsyncClient() as client:
-            for _ in range(5):
-                r = await client.post(server.url + "/v1/chat/completions", headers={"x-api-key": key},
-                                      json={"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]})
-                assert r.status_code == 200
-        got: list[tuple[float, bytes]] = []
-        streams = [asyncio.ensure_future(_stream(server.url, key, got)) for _ in range(2)]
-        while len(got) < 2:
-            await asyncio.sleep(0.02)
+        got, streams = await _answer_then_stream(server, key, requests=5, streams=2)
     finally:
         code = await server.stop()
     assert code == 0, server.log.read_text()
@@ -175,19 +184,11 @@ async def test_ctrl_c_to_the_process_group_loses_no_usage(tmp_path: Path, upstre
     key, key_id = await server.create_key()
     await server.start()
     try:
-        async with httpx.AsyncClient() as client:
-            for _ in range(20):
-                r = await client.post(server.url + "/v1/chat/completions", headers={"x-api-key": key},
-                                      json={"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]})
-                assert r.status_code == 200
-        got: list[tuple[float, bytes]] = []
-        stream = asyncio.ensure_future(_stream(server.url, key, got))
-        while len(got) < 2:
-            await asyncio.sleep(0.02)
+        _, streams = await _answer_then_stream(server, key, requests=20, streams=1)
     finally:
         code = await server.stop(ctrl_c=True)
     assert code == 0, server.log.read_text()
-    assert await stream == 200
+    assert await streams[0] == 200
     totals = await server.usage(key_id)
     assert (totals.requests, totals.successes) == (21, 21), server.log.read_text()
     assert "usage writer" not in server.log.read_text()  # no writer died and had to be replaced

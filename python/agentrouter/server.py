@@ -15,9 +15,10 @@
 What happens on SIGTERM (Granian 2.x): the parent stops accepting and signals the
 workers; each worker stops accepting, finishes its in-flight requests, then sends the
 app ``lifespan.shutdown``, where the app hands the usage it gathered to its usage
-writer process, waits for that to exit, and closes its pools and the store. The app bounds the drain itself (``shutdown_timeout`` from the
-signal, then it cancels what is left); the parent's ``workers_kill_timeout`` is set a
-little longer, as the last resort for a worker that hangs.
+writer process, waits for that to exit, and closes its pools and the store. The app
+bounds the drain itself (``shutdown_timeout`` from the signal, then it cancels what
+is left); the parent's ``workers_kill_timeout`` is set a little longer, as the last
+resort for a worker that hangs.
 """
 
 from __future__ import annotations

@@ -19,10 +19,10 @@ key; every answer carries ``x-request-id`` (and ``request-id`` on the Anthropic
 routes, where the SDK reads it).
 
 Lifespan startup opens the core (store, shared limiter, digester), loads the key
-table, starts the upstream pools, the usage writer process and the usage flusher. Shutdown (Granian sends it
-once the worker's in-flight requests are done) waits for what is still running, up
-to ``shutdown_timeout`` counted from SIGTERM, cancels the rest, writes the usage and
-closes everything. Every task the app starts is tracked and awaited.
+table, starts the upstream pools, the usage writer process and the usage flusher.
+Shutdown (Granian sends it once the worker's in-flight requests are done) waits for
+what is still running, up to ``shutdown_timeout`` counted from SIGTERM, cancels the
+rest, writes the usage and closes everything. Every task the app starts is tracked and awaited.
 """
 
 from __future__ import annotations
@@ -146,35 +146,32 @@ class Gateway:
     # ------------------------------------------------------------------ lifespan
 
     async def startup(self) -> None:
-        """Open the core, load the key table, start the pools and the mounted app
-        (the management API: it shares this worker's core), then the usage flusher."""
+        """Open the core, load the key table, start the pools, the usage writer and the
+        mounted app (the management API: it shares this worker's core), then the usage
+        flusher."""
         self._rid_prefix = "req_" + secrets.token_hex(6)  # per worker: ids unique across workers
         core = await self._open_core(self.settings)
+        writer = UsageWriter(core.store.path) if self.settings.usage_writer == "process" else None
         try:
             table = core.new_table()
             await core.load_table(table)
             for client in self._clients.values():
                 await client.start()
+            if writer is not None:
+                await writer.start()
             startup = getattr(self._fallback, "startup", None)
             if startup is not None:
                 await startup(core)
         except BaseException:
+            if writer is not None:
+                await writer.close()
             await self._close_clients()
             await core.close()
             raise
         self.core = core
         self.auth = Authenticator(table, core, core.limiter.generation)
-        sink = core.store.add_usage
-        if self.settings.usage_writer == "process":
-            writer = UsageWriter(core.store.path)
-            try:
-                await writer.start()
-            except BaseException:
-                await self._close_clients()
-                await core.close()
-                raise
-            self.usage_writer = sink = writer
-        self.usage = UsageRecorder(sink, self.settings.usage_flush_interval)
+        self.usage_writer = writer
+        self.usage = UsageRecorder(writer or core.store.add_usage, self.settings.usage_flush_interval)
         self.usage.start()
         self._hook_termination_signals()
         # What start-up allocated lives as long as the worker: keep it out of the
