@@ -81,6 +81,12 @@ def test_chat_completion(gateway: Gateway, fake: FakeUpstream, key: dict[str, An
     assert resp.headers.get("x-request-id"), dict(resp.headers)
 
 
+def ran_to_end(fake: FakeUpstream, rec: Recorded) -> bool:
+    """The upstream stream was sent whole. The fake marks it finished after its last
+    write returns, which can be after the client has read that write: wait (bounded)."""
+    return fake.wait_for(lambda: rec.finished)
+
+
 def test_chat_completion_streaming(fake: FakeUpstream, key: dict[str, Any], clients: Any) -> None:
     client = clients("openai", key["key"])
     mark = fake.mark()
@@ -97,7 +103,7 @@ def test_chat_completion_streaming(fake: FakeUpstream, key: dict[str, Any], clie
                 usage = chunk.usage
     assert "".join(text) == TEXT
     rec = only(fake.since(mark), "/v1/chat/completions")
-    assert rec.stream and rec.finished
+    assert rec.stream and ran_to_end(fake, rec)
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == rec.usage
     assert_openai_upstream(rec, key["key"])
 
@@ -172,7 +178,7 @@ def test_responses_streaming(fake: FakeUpstream, key: dict[str, Any], clients: A
         final = stream.get_final_response()
     assert "".join(deltas) == TEXT
     rec = only(fake.since(mark), "/v1/responses")
-    assert rec.stream and rec.finished
+    assert rec.stream and ran_to_end(fake, rec)
     assert (final.usage.input_tokens, final.usage.output_tokens) == rec.usage
 
 
@@ -207,7 +213,7 @@ def test_messages_streaming(fake: FakeUpstream, key: dict[str, Any], clients: An
         final = stream.get_final_message()
     assert text == TEXT
     rec = only(fake.since(mark), "/v1/messages")
-    assert rec.stream and rec.finished
+    assert rec.stream and ran_to_end(fake, rec)
     assert (final.usage.input_tokens, final.usage.output_tokens) == rec.usage
     assert_anthropic_upstream(rec, key["key"])
 
