@@ -97,16 +97,27 @@ async def test_a_killed_writer_is_replaced_and_the_recorder_loses_nothing(core: 
     assert await rec.flush()
     first = writer.pid
     assert first is not None
-    os.kill(first, signal.SIGKILL)
-    while alive(first):
-        await asyncio.sleep(0.01)
     for _ in range(7):
         rec.record(key, 200, 1, 1, 1.0, "10.0.0.1", "m", "ua")
-    assert not await rec.flush()  # the dead child fails this batch; the recorder keeps it
+    # Killed with no await before the flush: the loop has not learnt of the death
+    # yet, so the batch goes to the dead child and fails; the recorder keeps it.
+    os.kill(first, signal.SIGKILL)
+    assert not await rec.flush()
     assert rec.pending_requests == 7 and rec.pending_records == 7
     assert await rec.flush()  # a new child writes it
-    assert writer.spawned == 2 and writer.pid not in (None, first)
-    assert (await core.keys.get(key)).usage.requests == 12 == await Analytics(core.store).count_requests(key)
+    second = writer.pid
+    assert writer.spawned == 2 and second not in (None, first)
+    # A child that died and was reaped meanwhile is replaced before the batch is sent.
+    assert second is not None
+    os.kill(second, signal.SIGKILL)
+    while alive(second):
+        await asyncio.sleep(0.01)
+    rec.record(key, 200, 1, 1, 1.0, "10.0.0.1", "m", "ua")
+    for _ in range(100):  # until the loop has reaped it
+        await asyncio.sleep(0.01)
+    assert await rec.flush()
+    assert writer.spawned == 3 and writer.pid not in (None, first, second)
+    assert (await core.keys.get(key)).usage.requests == 13 == await Analytics(core.store).count_requests(key)
 
 
 async def test_the_writer_ignores_interrupts_and_exits_when_its_parent_is_done(core: Core, writer: UsageWriter) -> None:
