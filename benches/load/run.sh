@@ -231,6 +231,17 @@ pin_nginx() {  # pin_nginx CPU: move nginx (master and workers, every thread) to
 
 has_phase() { [[ $PHASES == *" $1 "* ]]; }
 
+measure_latency() {  # measure_latency SUFFIX TAG WHERE: 1-connection latency and time to
+    # the first streamed byte, direct and through the gateway, in the current placement
+    local suffix=$1 tag=$2 where=$3
+    echo "latency at 1 connection (${SECONDS_EACH}s each) [$tag]: $where"
+    run_wrk "direct_lat$suffix" 1 "$SECONDS_EACH" "$DIRECT_JSON" "$HERE/request.json"
+    run_wrk_cpu "gw_lat$suffix" 1 "$SECONDS_EACH" "$GW_URL" "$HERE/request.json"
+    echo "time to first streamed byte (${TTFB_N} requests each, one keep-alive connection) [$tag]"
+    run_ttfb "direct_ttfb$suffix" "$NGINX_PORT" /sse/v1/chat/completions
+    run_ttfb "gw_ttfb$suffix" "$GW_PORT" /v1/chat/completions
+}
+
 LOAD1=$(cut -d' ' -f1 /proc/loadavg)
 echo "load benchmark: gateway pid $GW_PID on CPU 0, wrk and driver.py on CPU 1, nginx on CPU 1 or 0 by phase;"
 echo "phases:${PHASES% }; loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -259,20 +270,10 @@ fi
 if has_phase latency; then
     # [A]: nginx beside the gateway, so that direct and gateway cross the same boundary.
     pin_nginx 0
-    echo "latency at 1 connection (${SECONDS_EACH}s each) [A]: nginx on CPU 0 beside the gateway, wrk on CPU 1"
-    run_wrk direct_lat 1 "$SECONDS_EACH" "$DIRECT_JSON" "$HERE/request.json"
-    run_wrk_cpu gw_lat 1 "$SECONDS_EACH" "$GW_URL" "$HERE/request.json"
-    echo "time to first streamed byte (${TTFB_N} requests each, one keep-alive connection) [A]"
-    run_ttfb direct_ttfb "$NGINX_PORT" /sse/v1/chat/completions
-    run_ttfb gw_ttfb "$GW_PORT" /v1/chat/completions
+    measure_latency "" "A" "nginx on CPU 0 beside the gateway, wrk on CPU 1"
     # [B]: nginx back beside wrk (the first version's placement), for comparison.
     pin_nginx 1
-    echo "latency at 1 connection (${SECONDS_EACH}s each) [B]: nginx on CPU 1 beside wrk, not judged"
-    run_wrk direct_lat_b 1 "$SECONDS_EACH" "$DIRECT_JSON" "$HERE/request.json"
-    run_wrk_cpu gw_lat_b 1 "$SECONDS_EACH" "$GW_URL" "$HERE/request.json"
-    echo "time to first streamed byte [B]"
-    run_ttfb direct_ttfb_b "$NGINX_PORT" /sse/v1/chat/completions
-    run_ttfb gw_ttfb_b "$GW_PORT" /v1/chat/completions
+    measure_latency _b "B" "nginx on CPU 1 beside wrk, not judged"
 fi
 
 # --- memory over a long run [T] -------------------------------------------------------------
