@@ -47,6 +47,14 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @classmethod
+    async def launch(cls, tmp: Path, upstream_url: str, **env: str) -> tuple[Server, str, str]:
+        """A server with one key (raw key, key id), started."""
+        server = cls(tmp, upstream_url, **env)
+        key, key_id = await server.create_key()
+        await server.start()
+        return server, key, key_id
+
     async def create_key(self) -> tuple[str, str]:
         core = await Core.open(self.data_dir, env=self.env)
         try:
@@ -132,9 +140,7 @@ async def _answer_then_stream(
 async def test_sigterm_drains_streams_then_writes_usage(tmp_path: Path, upstream: FakeUpstream) -> None:
     events = chat_chunks(15)
     upstream.routes["/v1/chat/completions"] = sse_handler(events, gap=0.1)
-    server = Server(tmp_path, upstream.base_url)
-    key, key_id = await server.create_key()
-    await server.start()
+    server, key, key_id = await Server.launch(tmp_path, upstream.base_url)
     try:
         got, streams = await _answer_then_stream(server, key, requests=5, streams=2)
     finally:
@@ -152,9 +158,7 @@ async def test_shutdown_timeout_cuts_long_streams_and_still_writes_usage(
     tmp_path: Path, upstream: FakeUpstream
 ) -> None:
     upstream.routes["/v1/chat/completions"] = sse_handler(chat_chunks(300), gap=0.1)  # 30 s
-    server = Server(tmp_path, upstream.base_url, AGENTROUTER_SHUTDOWN_TIMEOUT="1")
-    key, key_id = await server.create_key()
-    await server.start()
+    server, key, key_id = await Server.launch(tmp_path, upstream.base_url, AGENTROUTER_SHUTDOWN_TIMEOUT="1")
     got: list[tuple[float, bytes]] = []
     stream = asyncio.ensure_future(_stream(server.url, key, got))
     while len(got) < 2:
@@ -180,9 +184,7 @@ async def test_ctrl_c_to_the_process_group_loses_no_usage(tmp_path: Path, upstre
     Each worker gets two signals (SIGINT, then the parent's SIGTERM): without
     ``server._signal_workers_once`` about 1 run in 10 hung a worker inside Granian."""
     upstream.routes["/v1/chat/completions"] = sse_handler(chat_chunks(10), gap=0.05)
-    server = Server(tmp_path, upstream.base_url)
-    key, key_id = await server.create_key()
-    await server.start()
+    server, key, key_id = await Server.launch(tmp_path, upstream.base_url)
     try:
         _, streams = await _answer_then_stream(server, key, requests=20, streams=1)
     finally:
