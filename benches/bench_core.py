@@ -160,9 +160,7 @@ def hammering_processes(path: Path, kind: str, processes: int = HAMMERS) -> Iter
     """Processes calling ``acquire_slot(0, …)`` (``kind="slot"``) or
     ``acquire(NAME, …)`` on the region at ``path`` until the block ends."""
     hammers = [
-        subprocess.Popen(
-            [sys.executable, "-c", HAMMER, str(path), kind], stdout=subprocess.PIPE, text=True
-        )
+        subprocess.Popen([sys.executable, "-c", HAMMER, str(path), kind], stdout=subprocess.PIPE, text=True)
         for _ in range(processes)
     ]
     try:

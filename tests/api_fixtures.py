@@ -80,12 +80,31 @@ class ApiServer:
     def start(self) -> ApiServer:
         # Create the database, its migrations and the limiter region once, before the workers.
         self.cli("keys", "list")
-        cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
-               "--port", str(self.port), "--workers", str(self.workers), "--log-level", "warning",
-               "agentrouter.api.devserver:app"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+            "--log-level",
+            "warning",
+            "agentrouter.api.devserver:app",
+        ]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self.proc.poll() is not None:
@@ -117,8 +136,14 @@ class ApiServer:
     # -- the operator's side ---------------------------------------------------
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "agentrouter.cli", *args], env=self.env,
-                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [sys.executable, "-m", "agentrouter.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
 
     def cli_json(self, *args: str) -> Any:
         proc = self.cli(*args, "--json")
@@ -167,15 +192,34 @@ def admin(api_server: ApiServer) -> dict[str, Any]:
 @pytest.fixture
 def http(api_server: ApiServer, admin: dict[str, Any]) -> Iterator[httpx.Client]:
     """A client that sends the admin key as a Bearer token."""
-    with httpx.Client(base_url=api_server.url, timeout=30.0,
-                      headers={"authorization": f"Bearer {admin['key']}"}) as client:
+    with httpx.Client(
+        base_url=api_server.url, timeout=30.0, headers={"authorization": f"Bearer {admin['key']}"}
+    ) as client:
         yield client
 
 
-def record(key_id: str, t: float, *, status: int = 200, model: str | None = "gpt-4o", latency: float = 20.0,
-           tin: int = 10, tout: int = 4, ip: str | None = "10.9.8.7") -> RequestRecord:
-    return RequestRecord(key_id=key_id, time=t, model=model, status=status, latency_ms=latency, input_tokens=tin,
-                         output_tokens=tout, client_ip=ip, user_agent="api-test")
+def record(
+    key_id: str,
+    t: float,
+    *,
+    status: int = 200,
+    model: str | None = "gpt-4o",
+    latency: float = 20.0,
+    tin: int = 10,
+    tout: int = 4,
+    ip: str | None = "10.9.8.7",
+) -> RequestRecord:
+    return RequestRecord(
+        key_id=key_id,
+        time=t,
+        model=model,
+        status=status,
+        latency_ms=latency,
+        input_tokens=tin,
+        output_tokens=tout,
+        client_ip=ip,
+        user_agent="api-test",
+    )
 
 
 def api_error(resp: httpx.Response, status: int, type_: str, field: str | None = None) -> dict[str, Any]:

@@ -22,10 +22,15 @@ SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 # The server runs its workers on uvloop (``server.event_loop``). The tests of the code
 # that drives the loop's network and process layers directly (the upstream client,
 # TLS, the usage writer's child process) run on both loops; the others on asyncio's.
-BOTH_LOOPS = frozenset({
-    "tests.test_gateway_upstream", "tests.test_gateway_upstream_timer", "tests.test_gateway_tls",
-    "tests.test_gateway_client", "tests.test_usage_writer",
-})
+BOTH_LOOPS = frozenset(
+    {
+        "tests.test_gateway_upstream",
+        "tests.test_gateway_upstream_timer",
+        "tests.test_gateway_tls",
+        "tests.test_gateway_client",
+        "tests.test_usage_writer",
+    }
+)
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
@@ -69,7 +74,11 @@ class Cli:
     def run(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "agentrouter.cli", *args],
-            env=self.env, input=input, capture_output=True, text=True, timeout=60,
+            env=self.env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
     def json(self, *args: str) -> Any:

@@ -156,10 +156,12 @@ def sdk_clients(app: Any, key: str, **options: Any) -> tuple[openai.AsyncOpenAI,
     """The official async SDKs, talking to the app in-process."""
     options.setdefault("max_retries", 0)
     transport = httpx2.ASGITransport(app=app, client=("127.0.0.1", 50001))
-    o = openai.AsyncOpenAI(api_key=key, base_url="http://gateway.test/v1",
-                           http_client=httpx2.AsyncClient(transport=transport), **options)
-    a = anthropic.AsyncAnthropic(api_key=key, base_url="http://gateway.test",
-                                 http_client=httpx2.AsyncClient(transport=transport), **options)
+    o = openai.AsyncOpenAI(
+        api_key=key, base_url="http://gateway.test/v1", http_client=httpx2.AsyncClient(transport=transport), **options
+    )
+    a = anthropic.AsyncAnthropic(
+        api_key=key, base_url="http://gateway.test", http_client=httpx2.AsyncClient(transport=transport), **options
+    )
     return o, a
 
 
@@ -228,8 +230,9 @@ class FakeUpstream:
         return response
 
 
-def json_handler(payload: Any, status: int = 200, delay: float = 0.0,
-                 headers: Mapping[str, str] | None = None) -> Handler:
+def json_handler(
+    payload: Any, status: int = 200, delay: float = 0.0, headers: Mapping[str, str] | None = None
+) -> Handler:
     async def handler(request: web.Request, seen: Seen) -> web.StreamResponse:
         if delay:
             await asyncio.sleep(delay)

@@ -31,10 +31,29 @@ def analytics(store: Store) -> Analytics:
     return Analytics(store)
 
 
-def rec(t: float, *, key: str = "key_a", status: int = 200, latency: float = 10.0, model: str | None = "gpt-4o",
-        tin: int = 10, tout: int = 5, ip: str | None = "10.0.0.1", ua: str | None = "test/1.0") -> RequestRecord:
-    return RequestRecord(key_id=key, time=t, model=model, status=status, latency_ms=latency, input_tokens=tin,
-                         output_tokens=tout, client_ip=ip, user_agent=ua)
+def rec(
+    t: float,
+    *,
+    key: str = "key_a",
+    status: int = 200,
+    latency: float = 10.0,
+    model: str | None = "gpt-4o",
+    tin: int = 10,
+    tout: int = 5,
+    ip: str | None = "10.0.0.1",
+    ua: str | None = "test/1.0",
+) -> RequestRecord:
+    return RequestRecord(
+        key_id=key,
+        time=t,
+        model=model,
+        status=status,
+        latency_ms=latency,
+        input_tokens=tin,
+        output_tokens=tout,
+        client_ip=ip,
+        user_agent=ua,
+    )
 
 
 async def test_migration_adds_the_tables(store: Store) -> None:
@@ -49,8 +68,18 @@ async def test_a_batch_is_one_row_per_request_and_never_a_key(store: Store, anal
     async with store._db.execute("SELECT * FROM request_log LIMIT 1") as cur:
         names = [d[0] for d in cur.description]
         row = await cur.fetchone()
-    assert names == ["id", "time", "key_id", "model", "status", "latency_ms", "input_tokens", "output_tokens",
-                     "client_ip", "user_agent"]
+    assert names == [
+        "id",
+        "time",
+        "key_id",
+        "model",
+        "status",
+        "latency_ms",
+        "input_tokens",
+        "output_tokens",
+        "client_ip",
+        "user_agent",
+    ]
     assert row is not None and len(row[9]) == 512  # long user agents are cut, not refused
 
 
@@ -102,7 +131,7 @@ async def test_usage_refuses_bad_ranges(analytics: Analytics) -> None:
 async def test_hourly_rollups_and_known_ips_follow_the_log(analytics: Analytics) -> None:
     await analytics.add_requests([rec(T0 + 5, ip="10.0.0.1"), rec(T0 + 7, status=500, ip="10.0.0.9")])
     await analytics.add_requests([rec(T0 + 3, status=404, ip="10.0.0.1"), rec(T0 + 3700, ip=None)])
-    hours = (await analytics.hourly(["key_a", "key_x"], T0))
+    hours = await analytics.hourly(["key_a", "key_x"], T0)
     assert hours["key_x"] == []
     h0, h1 = hours["key_a"]
     assert (h0.start, h0.requests, h0.failures_4xx, h0.failures_5xx) == (T0, 3, 1, 1)
@@ -138,25 +167,47 @@ async def test_keys_used_since_lists_active_keys_only(core: Core) -> None:
 
 
 async def test_alerts_dedup_cooldown_and_acknowledgement(analytics: Analytics) -> None:
-    first = await analytics.record_alert(key_id="key_a", kind="new_ip", subject="192.0.2.1",
-                                         evidence={"ip": "192.0.2.1"}, now=T0, cooldown=0)
+    first = await analytics.record_alert(
+        key_id="key_a", kind="new_ip", subject="192.0.2.1", evidence={"ip": "192.0.2.1"}, now=T0, cooldown=0
+    )
     assert first is not None and first.id.startswith("alr_") and first.evidence == {"ip": "192.0.2.1"}
     # The same condition again: no second alert, ever.
-    assert await analytics.record_alert(key_id="key_a", kind="new_ip", subject="192.0.2.1", evidence={},
-                                        now=T0 + 86400 * 30, cooldown=0) is None
+    assert (
+        await analytics.record_alert(
+            key_id="key_a", kind="new_ip", subject="192.0.2.1", evidence={}, now=T0 + 86400 * 30, cooldown=0
+        )
+        is None
+    )
     # Another network is another condition.
-    assert await analytics.record_alert(key_id="key_a", kind="new_ip", subject="192.0.2.2", evidence={},
-                                        now=T0 + 1, cooldown=0) is not None
+    assert (
+        await analytics.record_alert(
+            key_id="key_a", kind="new_ip", subject="192.0.2.2", evidence={}, now=T0 + 1, cooldown=0
+        )
+        is not None
+    )
     # Rate-like kinds: quiet for the cooldown, whatever the hour.
-    spike = await analytics.record_alert(key_id="key_a", kind="volume_spike", subject="h1", evidence={},
-                                         now=T0 + 10, cooldown=3600)
+    spike = await analytics.record_alert(
+        key_id="key_a", kind="volume_spike", subject="h1", evidence={}, now=T0 + 10, cooldown=3600
+    )
     assert spike is not None
-    assert await analytics.record_alert(key_id="key_a", kind="volume_spike", subject="h2", evidence={},
-                                        now=T0 + 3000, cooldown=3600) is None
-    assert await analytics.record_alert(key_id="key_b", kind="volume_spike", subject="h2", evidence={},
-                                        now=T0 + 3000, cooldown=3600) is not None
-    assert await analytics.record_alert(key_id="key_a", kind="volume_spike", subject="h3", evidence={},
-                                        now=T0 + 3611, cooldown=3600) is not None
+    assert (
+        await analytics.record_alert(
+            key_id="key_a", kind="volume_spike", subject="h2", evidence={}, now=T0 + 3000, cooldown=3600
+        )
+        is None
+    )
+    assert (
+        await analytics.record_alert(
+            key_id="key_b", kind="volume_spike", subject="h2", evidence={}, now=T0 + 3000, cooldown=3600
+        )
+        is not None
+    )
+    assert (
+        await analytics.record_alert(
+            key_id="key_a", kind="volume_spike", subject="h3", evidence={}, now=T0 + 3611, cooldown=3600
+        )
+        is not None
+    )
     with pytest.raises(ValueError):
         await analytics.record_alert(key_id="key_a", kind="bogus", subject="", evidence={}, now=T0, cooldown=0)
 
@@ -222,8 +273,10 @@ async def test_concurrent_writes_of_one_process_share_the_connection_safely(stor
     batches = [[rec(T0 + i * 100 + j, key=f"key_{i}") for j in range(50)] for i in range(5)]
     await asyncio.gather(
         *(analytics.add_requests(b) for b in batches),
-        *(analytics.record_alert(key_id=f"key_{i}", kind="new_ip", subject="x", evidence={}, now=T0, cooldown=0)
-          for i in range(5)),
+        *(
+            analytics.record_alert(key_id=f"key_{i}", kind="new_ip", subject="x", evidence={}, now=T0, cooldown=0)
+            for i in range(5)
+        ),
         *(analytics.take_lease("monitor", f"h{i}", now=T0, ttl=30) for i in range(3)),
     )
     assert await analytics.count_requests() == 250

@@ -16,11 +16,22 @@ from tests.conftest import Cli
 async def seed(data_dir: Path, key_id: str, times: list[float], *, status: int = 200, model: str = "gpt-4o") -> None:
     store = await Store.open(data_dir / DB_FILE)
     try:
-        await Analytics(store).add_requests([
-            RequestRecord(key_id=key_id, time=t, model=model, status=status, latency_ms=12.0,
-                          input_tokens=7, output_tokens=3, client_ip="10.1.1.1", user_agent="cli-test")
-            for t in times
-        ])
+        await Analytics(store).add_requests(
+            [
+                RequestRecord(
+                    key_id=key_id,
+                    time=t,
+                    model=model,
+                    status=status,
+                    latency_ms=12.0,
+                    input_tokens=7,
+                    output_tokens=3,
+                    client_ip="10.1.1.1",
+                    user_agent="cli-test",
+                )
+                for t in times
+            ]
+        )
     finally:
         await store.close()
 
@@ -36,7 +47,13 @@ async def test_usage_of_one_key_and_of_all(cli: Cli, data_dir: Path) -> None:
     report = cli.json("usage", prod["id"], "--since", "1h", "--by", "minute")
     assert report["key_id"] == prod["id"] and report["bucket"] == "minute"
     t = report["totals"]
-    assert (t["requests"], t["successes"], t["failures_5xx"], t["input_tokens"], t["output_tokens"]) == (6, 5, 1, 42, 18)
+    assert (t["requests"], t["successes"], t["failures_5xx"], t["input_tokens"], t["output_tokens"]) == (
+        6,
+        5,
+        1,
+        42,
+        18,
+    )
     assert t["latency_ms_p50"] == 12.0 and t["distinct_client_ips"] == 1
     assert sum(b["requests"] for b in report["series"]) == 6
     assert {m["model"]: m["requests"] for m in report["models"]} == {"gpt-4o": 5, "claude-3-5-sonnet": 1}

@@ -42,8 +42,7 @@ class Stack:
 
     def client(self) -> httpx.Client:
         """The management API, mounted in the gateway."""
-        return httpx.Client(base_url=self.gateway.url, timeout=30.0,
-                            headers={"authorization": f"Bearer {self.admin}"})
+        return httpx.Client(base_url=self.gateway.url, timeout=30.0, headers={"authorization": f"Bearer {self.admin}"})
 
     def with_store(self, op: Any) -> Any:
         async def main() -> Any:
@@ -81,26 +80,47 @@ def traffic(stack: Stack) -> dict[str, Any]:
         bearer = {"authorization": f"Bearer {key['key']}"}
         x_api_key = {"x-api-key": key["key"], "anthropic-version": "2023-06-01"}
         for i in range(5):
-            statuses.append(gw.post("/v1/chat/completions", headers=bearer,
-                                    json={"model": "gpt-4o", "messages": MESSAGES}).status_code)
+            statuses.append(
+                gw.post(
+                    "/v1/chat/completions", headers=bearer, json={"model": "gpt-4o", "messages": MESSAGES}
+                ).status_code
+            )
         for i in range(3):
-            with gw.stream("POST", "/v1/chat/completions", headers=bearer,
-                           json={"model": "gpt-4o", "messages": MESSAGES, "stream": True,
-                                 "stream_options": {"include_usage": True}}) as resp:
+            with gw.stream(
+                "POST",
+                "/v1/chat/completions",
+                headers=bearer,
+                json={
+                    "model": "gpt-4o",
+                    "messages": MESSAGES,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                },
+            ) as resp:
                 resp.read()
                 statuses.append(resp.status_code)
         for i in range(2):
-            statuses.append(gw.post("/v1/messages", headers=x_api_key,
-                                    json={"model": "claude-3-5-sonnet", "max_tokens": 64,
-                                          "messages": MESSAGES}).status_code)
-        with gw.stream("POST", "/v1/messages", headers=x_api_key,
-                       json={"model": "claude-3-5-sonnet", "max_tokens": 64, "messages": MESSAGES,
-                             "stream": True}) as resp:
+            statuses.append(
+                gw.post(
+                    "/v1/messages",
+                    headers=x_api_key,
+                    json={"model": "claude-3-5-sonnet", "max_tokens": 64, "messages": MESSAGES},
+                ).status_code
+            )
+        with gw.stream(
+            "POST",
+            "/v1/messages",
+            headers=x_api_key,
+            json={"model": "claude-3-5-sonnet", "max_tokens": 64, "messages": MESSAGES, "stream": True},
+        ) as resp:
             resp.read()
             statuses.append(resp.status_code)
         for i in range(2):  # refused by the gateway, counted for the key
-            statuses.append(gw.post("/v1/chat/completions", headers=bearer,
-                                    json={"model": "no-such-model", "messages": MESSAGES}).status_code)
+            statuses.append(
+                gw.post(
+                    "/v1/chat/completions", headers=bearer, json={"model": "no-such-model", "messages": MESSAGES}
+                ).status_code
+            )
     upstream = [r for r in stack.fake.since(mark) if r.usage is not None]
     return {
         "key": key,
@@ -150,7 +170,10 @@ def test_the_request_log_view_equals_the_traffic(stack: Stack, traffic: dict[str
     assert t["input_tokens"] == traffic["input_tokens"] and t["output_tokens"] == traffic["output_tokens"]
     assert t["distinct_client_ips"] == 1
     assert {m["model"]: m["requests"] for m in report["models"]} == {
-        "gpt-4o": 8, "claude-3-5-sonnet": 3, "no-such-model": 2}
+        "gpt-4o": 8,
+        "claude-3-5-sonnet": 3,
+        "no-such-model": 2,
+    }
     assert t["latency_ms_p50"] is not None and 0 < t["latency_ms_p50"] <= t["latency_ms_p95"]
     assert sum(b["requests"] for b in report["series"]) == t["requests"]
     assert overall["totals"]["requests"] >= t["requests"]  # every key's traffic, this key's included
@@ -159,13 +182,15 @@ def test_the_request_log_view_equals_the_traffic(stack: Stack, traffic: dict[str
 def test_a_key_deleted_through_the_api_is_refused_by_the_gateway(stack: Stack) -> None:
     with stack.client() as api:
         key = api.post("/api/v1/keys", json={"name": "short-lived"}).json()
-        with httpx.Client(base_url=stack.gateway.url, timeout=30.0,
-                          headers={"authorization": f"Bearer {key['key']}"}) as gw:
+        with httpx.Client(
+            base_url=stack.gateway.url, timeout=30.0, headers={"authorization": f"Bearer {key['key']}"}
+        ) as gw:
             assert gw.get("/v1/models").status_code == 200  # created through the API, works at once
             assert api.delete(f"/api/v1/keys/{key['id']}").status_code == 200
         for _ in range(4):  # fresh connections: every worker refuses it
-            with httpx.Client(base_url=stack.gateway.url, timeout=30.0,
-                              headers={"authorization": f"Bearer {key['key']}"}) as gw:
+            with httpx.Client(
+                base_url=stack.gateway.url, timeout=30.0, headers={"authorization": f"Bearer {key['key']}"}
+            ) as gw:
                 assert gw.get("/v1/models").status_code == 401
         # And the API itself refuses the deleted key.
         with httpx.Client(base_url=stack.gateway.url, headers={"x-api-key": key["key"]}) as other:
@@ -184,10 +209,15 @@ def test_store_flush_path(stack: Stack) -> None:
             for i, s in enumerate(statuses)
         ]
         delta = UsageDelta(
-            key_id=key["id"], requests=len(records), successes=sum(r.status < 400 for r in records),
-            failures_4xx=sum(400 <= r.status < 500 for r in records), failures_5xx=sum(r.status >= 500 for r in records),
-            input_tokens=sum(r.input_tokens for r in records), output_tokens=sum(r.output_tokens for r in records),
-            latency_ms_total=sum(r.latency_ms for r in records), last_used_at=max(r.time for r in records),
+            key_id=key["id"],
+            requests=len(records),
+            successes=sum(r.status < 400 for r in records),
+            failures_4xx=sum(400 <= r.status < 500 for r in records),
+            failures_5xx=sum(r.status >= 500 for r in records),
+            input_tokens=sum(r.input_tokens for r in records),
+            output_tokens=sum(r.output_tokens for r in records),
+            latency_ms_total=sum(r.latency_ms for r in records),
+            last_used_at=max(r.time for r in records),
             last_client_ip=records[-1].client_ip,
         )
 

@@ -39,10 +39,16 @@ def test_openapi_document_and_reference_page(api_server: ApiServer) -> None:
     assert spec["openapi"] == "3.1.0" and spec["info"]["version"] == "1.0.0"
     ops = {(m.upper(), p) for p, item in spec["paths"].items() for m in item}
     assert ops == {
-        ("GET", "/api/v1/keys"), ("POST", "/api/v1/keys"), ("GET", "/api/v1/keys/{key_id}"),
-        ("PATCH", "/api/v1/keys/{key_id}"), ("DELETE", "/api/v1/keys/{key_id}"),
-        ("POST", "/api/v1/keys/{key_id}/rotate"), ("GET", "/api/v1/keys/{key_id}/usage"),
-        ("GET", "/api/v1/usage"), ("GET", "/api/v1/alerts"), ("GET", "/api/v1/alerts/{alert_id}"),
+        ("GET", "/api/v1/keys"),
+        ("POST", "/api/v1/keys"),
+        ("GET", "/api/v1/keys/{key_id}"),
+        ("PATCH", "/api/v1/keys/{key_id}"),
+        ("DELETE", "/api/v1/keys/{key_id}"),
+        ("POST", "/api/v1/keys/{key_id}/rotate"),
+        ("GET", "/api/v1/keys/{key_id}/usage"),
+        ("GET", "/api/v1/usage"),
+        ("GET", "/api/v1/alerts"),
+        ("GET", "/api/v1/alerts/{alert_id}"),
         ("POST", "/api/v1/alerts/{alert_id}/ack"),
     }
     assert set(spec["components"]["securitySchemes"]) == {"bearerAuth", "apiKeyHeader"}
@@ -76,8 +82,7 @@ def test_refusals(api_server: ApiServer) -> None:
         err = error(client.get("/api/v1/keys"), 401, "authentication_error")
         assert "Missing API key" in err["message"]
         assert client.get("/api/v1/keys").headers["www-authenticate"].startswith("Bearer")
-        error(client.get("/api/v1/keys", headers={"authorization": "Basic dXNlcjpwYXNz"}), 401,
-              "authentication_error")
+        error(client.get("/api/v1/keys", headers={"authorization": "Basic dXNlcjpwYXNz"}), 401, "authentication_error")
         err = error(client.get("/api/v1/keys", headers={"x-api-key": "sk-ar-nope"}), 401, "authentication_error")
         assert "Malformed" in err["message"]
         unknown = "sk-ar-" + "A" * 32 + "000000"
@@ -96,9 +101,7 @@ def test_inference_key_gets_403(api_server: ApiServer) -> None:
     assert "scope" in err["message"] and inference["key"][13:] not in err["message"]
 
 
-def test_deleted_and_expired_management_keys_get_401_on_every_worker(
-    api_server: ApiServer, http: httpx.Client
-) -> None:
+def test_deleted_and_expired_management_keys_get_401_on_every_worker(api_server: ApiServer, http: httpx.Client) -> None:
     doomed = api_server.create_key("--name", "doomed", "--scope", "manage")
     for _ in range(4):  # warm both workers' key tables with it
         assert get_fresh(api_server, doomed["key"]).status_code == 200
@@ -136,10 +139,15 @@ def test_management_key_rate_limit_and_headers(api_server: ApiServer) -> None:
 
 
 def test_create_returns_the_key_once(api_server: ApiServer, http: httpx.Client) -> None:
-    resp = http.post("/api/v1/keys", json={
-        "name": "prod backend", "rate_limit": {"requests": 100, "interval": 60},
-        "metadata": {"environment": "production", "team": "engineering"}, "expires_in": 86400,
-    })
+    resp = http.post(
+        "/api/v1/keys",
+        json={
+            "name": "prod backend",
+            "rate_limit": {"requests": 100, "interval": 60},
+            "metadata": {"environment": "production", "team": "engineering"},
+            "expires_in": 86400,
+        },
+    )
     assert resp.status_code == 201, resp.text
     body = resp.json()
     assert body["key"].startswith("sk-ar-") and len(body["key"]) == 44
@@ -199,14 +207,30 @@ def test_create_invalid_bodies_name_the_field(http: httpx.Client, body: dict[str
 
 
 def test_create_malformed_requests(http: httpx.Client) -> None:
-    error(http.post("/api/v1/keys", content=b'{"name": ', headers={"content-type": "application/json"}),
-          400, "invalid_request")
-    error(http.post("/api/v1/keys", content=b'["name"]', headers={"content-type": "application/json"}),
-          422, "invalid_request")
-    error(http.post("/api/v1/keys", content=b'{"name": "x"}', headers={"content-type": "text/plain"}),
-          415, "invalid_request")
-    error(http.post("/api/v1/keys", content=b"{" + b" " * (1024 * 1024 + 10) + b"}",
-                    headers={"content-type": "application/json"}), 413, "invalid_request")
+    error(
+        http.post("/api/v1/keys", content=b'{"name": ', headers={"content-type": "application/json"}),
+        400,
+        "invalid_request",
+    )
+    error(
+        http.post("/api/v1/keys", content=b'["name"]', headers={"content-type": "application/json"}),
+        422,
+        "invalid_request",
+    )
+    error(
+        http.post("/api/v1/keys", content=b'{"name": "x"}', headers={"content-type": "text/plain"}),
+        415,
+        "invalid_request",
+    )
+    error(
+        http.post(
+            "/api/v1/keys",
+            content=b"{" + b" " * (1024 * 1024 + 10) + b"}",
+            headers={"content-type": "application/json"},
+        ),
+        413,
+        "invalid_request",
+    )
 
 
 # --------------------------------------------------------------------------- list / get
@@ -215,14 +239,34 @@ def test_create_malformed_requests(http: httpx.Client) -> None:
 def test_list_pagination_labels_and_usage_totals(api_server: ApiServer, http: httpx.Client) -> None:
     tag = f"t{time.monotonic_ns()}"
     made = [
-        http.post("/api/v1/keys", json={"name": f"{tag}-{i}", "metadata": {
-            "run": tag, "environment": "production" if i % 2 == 0 else "staging", "tier": i}}).json()
+        http.post(
+            "/api/v1/keys",
+            json={
+                "name": f"{tag}-{i}",
+                "metadata": {"run": tag, "environment": "production" if i % 2 == 0 else "staging", "tier": i},
+            },
+        ).json()
         for i in range(5)
     ]
     # Usage totals as the gateway writes them.
-    api_server.with_store(lambda s: s.add_usage([UsageDelta(
-        key_id=made[0]["id"], requests=7, successes=5, failures_4xx=1, failures_5xx=1, input_tokens=70,
-        output_tokens=30, latency_ms_total=700.0, last_used_at=time.time(), last_client_ip="10.0.0.7")]))
+    api_server.with_store(
+        lambda s: s.add_usage(
+            [
+                UsageDelta(
+                    key_id=made[0]["id"],
+                    requests=7,
+                    successes=5,
+                    failures_4xx=1,
+                    failures_5xx=1,
+                    input_tokens=70,
+                    output_tokens=30,
+                    latency_ms_total=700.0,
+                    last_used_at=time.time(),
+                    last_client_ip="10.0.0.7",
+                )
+            ]
+        )
+    )
 
     seen: list[str] = []
     cursor = None
@@ -270,11 +314,13 @@ def test_get_and_unknown_ids(http: httpx.Client) -> None:
     made = http.post("/api/v1/keys", json={"name": "lookup"}).json()
     got = http.get(f"/api/v1/keys/{made['id']}").json()
     assert got["id"] == made["id"] and got["name"] == "lookup"
-    for method, path in [("GET", "/api/v1/keys/key_0000000000000000"),
-                         ("PATCH", "/api/v1/keys/key_0000000000000000"),
-                         ("DELETE", "/api/v1/keys/key_0000000000000000"),
-                         ("POST", "/api/v1/keys/key_0000000000000000/rotate"),
-                         ("GET", "/api/v1/keys/key_0000000000000000/usage")]:
+    for method, path in [
+        ("GET", "/api/v1/keys/key_0000000000000000"),
+        ("PATCH", "/api/v1/keys/key_0000000000000000"),
+        ("DELETE", "/api/v1/keys/key_0000000000000000"),
+        ("POST", "/api/v1/keys/key_0000000000000000/rotate"),
+        ("GET", "/api/v1/keys/key_0000000000000000/usage"),
+    ]:
         kwargs: dict[str, Any] = {"json": {}} if method in ("PATCH", "POST") else {}
         err = error(http.request(method, path, **kwargs), 404, "not_found")
         assert "key_0000000000000000" in err["message"]
@@ -297,8 +343,15 @@ def test_unknown_paths_and_methods(api_server: ApiServer, http: httpx.Client) ->
 def test_update_fields(http: httpx.Client) -> None:
     made = http.post("/api/v1/keys", json={"name": "before", "metadata": {"a": 1}}).json()
     url = f"/api/v1/keys/{made['id']}"
-    body = http.patch(url, json={"name": "after", "rate_limit": {"requests": 50, "interval": 10},
-                                 "metadata": {"environment": "staging"}, "expires_in": 3600}).json()
+    body = http.patch(
+        url,
+        json={
+            "name": "after",
+            "rate_limit": {"requests": 50, "interval": 10},
+            "metadata": {"environment": "staging"},
+            "expires_in": 3600,
+        },
+    ).json()
     assert body["name"] == "after" and body["rate_limit"] == {"requests": 50, "interval": 10.0}
     assert body["metadata"] == {"environment": "staging"}  # replaced whole
     assert body["expires_at"] == pytest.approx(time.time() + 3600, abs=5)
@@ -362,8 +415,12 @@ def test_rotate_with_grace(api_server: ApiServer, http: httpx.Client) -> None:
     time.sleep(2.3)
     error(get_fresh(api_server, old["key"]), 401, "authentication_error")
     assert get_fresh(api_server, new["key"]).status_code == 200
-    error(http.post(f"/api/v1/keys/{new['id']}/rotate", json={"grace_seconds": -1}), 422, "invalid_request",
-          "grace_seconds")
+    error(
+        http.post(f"/api/v1/keys/{new['id']}/rotate", json={"grace_seconds": -1}),
+        422,
+        "invalid_request",
+        "grace_seconds",
+    )
     error(http.post(f"/api/v1/keys/{new['id']}/rotate", json={"grace": 5}), 422, "invalid_request", "grace")
 
 
@@ -372,7 +429,6 @@ def test_rotate_without_grace_stops_the_old_key_at_once(api_server: ApiServer, h
     new = http.post(f"/api/v1/keys/{old['id']}/rotate").json()
     error(get_fresh(api_server, old["key"]), 401, "authentication_error")
     assert get_fresh(api_server, new["key"]).status_code == 200
-
 
 
 def test_concurrent_writes_all_succeed(api_server: ApiServer, admin: dict[str, Any]) -> None:

@@ -47,15 +47,17 @@ def contract_key(contract_server: ApiServer) -> str:
 
 
 def _config() -> Any:
-    return schemathesis.Config.from_dict({
-        "generation": {"max-examples": MAX_EXAMPLES},
-        "operations": [
-            {
-                "include-operation-id": list(RANGE_OPERATIONS),
-                "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "404", "422"]}},
-            }
-        ],
-    })
+    return schemathesis.Config.from_dict(
+        {
+            "generation": {"max-examples": MAX_EXAMPLES},
+            "operations": [
+                {
+                    "include-operation-id": list(RANGE_OPERATIONS),
+                    "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "404", "422"]}},
+                }
+            ],
+        }
+    )
 
 
 # The document is built in-process, exactly as the server builds what it serves at
@@ -71,6 +73,5 @@ def test_served_document_is_the_generated_one(contract_server: ApiServer) -> Non
 
 @schema.parametrize()
 def test_api_conforms_to_its_document(case: Any, contract_server: ApiServer, contract_key: str) -> None:
-    response = case.call_and_validate(base_url=contract_server.url,
-                                      headers={"Authorization": f"Bearer {contract_key}"})
+    response = case.call_and_validate(base_url=contract_server.url, headers={"Authorization": f"Bearer {contract_key}"})
     assert response.status_code < 500, response.text

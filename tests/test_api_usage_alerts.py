@@ -31,9 +31,16 @@ def traffic(api_server: ApiServer, admin: dict[str, Any]) -> dict[str, Any]:
     for hour in range(3):
         for i in range(10):
             status = 429 if i == 8 else 502 if i == 9 else 200
-            records.append(record(a["id"], base + hour * 3600 + i * 60, status=status, latency=float(10 * (i + 1)),
-                                  model="gpt-4o" if i % 2 == 0 else "claude-3-5-sonnet",
-                                  ip=f"10.0.0.{i % 3}"))
+            records.append(
+                record(
+                    a["id"],
+                    base + hour * 3600 + i * 60,
+                    status=status,
+                    latency=float(10 * (i + 1)),
+                    model="gpt-4o" if i % 2 == 0 else "claude-3-5-sonnet",
+                    ip=f"10.0.0.{i % 3}",
+                )
+            )
     records += [record(b["id"], now - 300 + i, tin=100, tout=50, ip="10.1.1.1", model=None) for i in range(4)]
     api_server.add_requests(records)
     return {"a": a, "b": b, "base": base, "now": now}
@@ -103,8 +110,9 @@ def test_deleted_keys_keep_their_history(api_server: ApiServer, http: httpx.Clie
         ({"by": "week"}, "by"),
     ],
 )
-def test_bad_ranges_name_the_parameter(http: httpx.Client, traffic: dict[str, Any], params: dict[str, str],
-                                       field: str) -> None:
+def test_bad_ranges_name_the_parameter(
+    http: httpx.Client, traffic: dict[str, Any], params: dict[str, str], field: str
+) -> None:
     error(http.get(f"/api/v1/keys/{traffic['a']['id']}/usage", params=params), 422, "invalid_request", field)
     error(http.get("/api/v1/usage", params=params), 422, "invalid_request", field)
 
@@ -121,8 +129,9 @@ def alerts(api_server: ApiServer, traffic: dict[str, Any]) -> list[dict[str, Any
         a = Analytics(store)
         out = []
         for i, kind in enumerate(["volume_spike", "failure_rate", "unusual_hour", "new_ip", "new_ip"]):
-            row = await a.record_alert(key_id=key_id, kind=kind, subject=f"s{i}", now=now - 100 + i, cooldown=0,
-                                       evidence={"seeded": i})
+            row = await a.record_alert(
+                key_id=key_id, kind=kind, subject=f"s{i}", now=now - 100 + i, cooldown=0, evidence={"seeded": i}
+            )
             assert row is not None
             out.append(row.id)
         return out

@@ -37,9 +37,20 @@ def test_create_shows_the_key_once_and_list_shows_prefix_and_limit(cli: Cli, dat
 
 
 def test_json_output_for_scripts(cli: Cli) -> None:
-    created = cli.json("keys", "create", "--name", "a", "--requests", "5", "--interval", "2m",
-                       "--metadata", '{"environment": "production", "team": "eng"}',
-                       "--expires-in", "7d")
+    created = cli.json(
+        "keys",
+        "create",
+        "--name",
+        "a",
+        "--requests",
+        "5",
+        "--interval",
+        "2m",
+        "--metadata",
+        '{"environment": "production", "team": "eng"}',
+        "--expires-in",
+        "7d",
+    )
     assert created["key"].startswith("sk-ar-")
     assert created["prefix"] == created["key"][:12] + "…"
     assert created["rate_limit"] == {"requests": 5, "interval": 120.0}
@@ -88,8 +99,21 @@ def test_unknown_id_is_an_error(cli: Cli, action: list[str]) -> None:
 def test_update_changes_name_limits_metadata_and_expiry(cli: Cli) -> None:
     k = cli.json("keys", "create", "--name", "old", "--requests", "10")
     assert k["rate_limit"] == {"requests": 10, "interval": 60.0}
-    u = cli.json("keys", "update", k["id"], "--name", "new", "--requests", "20", "--interval", "1h",
-                 "--metadata", '{"team": "ml"}', "--expires-in", "1d")
+    u = cli.json(
+        "keys",
+        "update",
+        k["id"],
+        "--name",
+        "new",
+        "--requests",
+        "20",
+        "--interval",
+        "1h",
+        "--metadata",
+        '{"team": "ml"}',
+        "--expires-in",
+        "1d",
+    )
     assert u["name"] == "new"
     assert u["rate_limit"] == {"requests": 20, "interval": 3600.0}
     assert u["metadata"] == {"team": "ml"}

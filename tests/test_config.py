@@ -100,7 +100,11 @@ def test_request_log_and_monitor_settings(tmp_path: Path) -> None:
     """Defaults; [server] keys and the [monitor] table; AGENTROUTER_* over the file."""
     s = load_settings(env={})
     assert (s.request_log_retention_days, s.alert_webhook_url, s.monitor_enabled, s.monitor_interval) == (
-        30, None, True, 60)
+        30,
+        None,
+        True,
+        60,
+    )
     assert (s.rollup_retention_days, s.alert_webhook_timeout, s.alert_webhook_retries) == (400, 5, 3)
     assert s.monitor == DetectorConfig() and s.monitor.volume_factor == 5
 
@@ -111,23 +115,35 @@ def test_request_log_and_monitor_settings(tmp_path: Path) -> None:
     )
     s = load_settings(write(tmp_path, text), env={})
     assert (s.request_log_retention_days, s.alert_webhook_url, s.monitor_enabled, s.monitor_interval) == (
-        7.5, "https://hooks.example.test/ar", False, 30)
+        7.5,
+        "https://hooks.example.test/ar",
+        False,
+        30,
+    )
     assert s.alert_webhook_retries == 0
     assert (s.monitor.volume_factor, s.monitor.new_ip_ipv6_prefix, s.monitor.failure_rate) == (8, 48, 0.5)
 
-    s = load_settings(write(tmp_path, text), env={
-        "AGENTROUTER_REQUEST_LOG_RETENTION_DAYS": "14",
-        "AGENTROUTER_ALERT_WEBHOOK_URL": "",  # empty: no webhook
-        "AGENTROUTER_MONITOR_ENABLED": "true",
-        "AGENTROUTER_MONITOR_INTERVAL": "0.5",
-        "AGENTROUTER_MONITOR_VOLUME_FACTOR": "9",
-        "AGENTROUTER_MONITOR_FAILURE_RATE": "0.75",
-    })
+    s = load_settings(
+        write(tmp_path, text),
+        env={
+            "AGENTROUTER_REQUEST_LOG_RETENTION_DAYS": "14",
+            "AGENTROUTER_ALERT_WEBHOOK_URL": "",  # empty: no webhook
+            "AGENTROUTER_MONITOR_ENABLED": "true",
+            "AGENTROUTER_MONITOR_INTERVAL": "0.5",
+            "AGENTROUTER_MONITOR_VOLUME_FACTOR": "9",
+            "AGENTROUTER_MONITOR_FAILURE_RATE": "0.75",
+        },
+    )
     assert (s.request_log_retention_days, s.alert_webhook_url, s.monitor_enabled, s.monitor_interval) == (
-        14, None, True, 0.5)
+        14,
+        None,
+        True,
+        0.5,
+    )
     assert (s.monitor.volume_factor, s.monitor.new_ip_ipv6_prefix, s.monitor.failure_rate) == (9, 48, 0.75)
     assert load_settings(env={"AGENTROUTER_ALERT_WEBHOOK_URL": "http://127.0.0.1:9/hook"}).alert_webhook_url == (
-        "http://127.0.0.1:9/hook")
+        "http://127.0.0.1:9/hook"
+    )
 
 
 def test_the_api_and_monitor_read_no_environment_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -156,55 +172,92 @@ def test_the_api_and_monitor_read_no_environment_of_their_own(monkeypatch: pytes
         ("[[providers]]\nname = 'x'\ntype = 'azure'\n", {}, "providers[0] ('x').type: Invalid enum value 'azure'"),
         ("[[providers]]\ntype = 'openai'\n", {}, "providers[0]: Object missing required field `name`"),
         ("[[providers]]\nname = 'x'\ntype = 'openai'\nmodels = ['a']\n", {}, "providers[0] ('x').base_url: required"),
-        ("[[providers]]\nname = 'x'\ntype = 'openai'\nbase_url = 'ftp://h'\nmodels = ['a']\n", {},
-         "providers[0] ('x').base_url: expected an http:// or https:// URL"),
+        (
+            "[[providers]]\nname = 'x'\ntype = 'openai'\nbase_url = 'ftp://h'\nmodels = ['a']\n",
+            {},
+            "providers[0] ('x').base_url: expected an http:// or https:// URL",
+        ),
         ("[[providers]]\nname = 'x'\ntype = 'openai'\nbase_url = 'http://h'\n", {}, "providers[0] ('x').models"),
-        ("[[providers]]\nname = 'x'\ntype = 'openai'\nbase_url = 'http://h'\napi_key_env = 'NOPE_KEY'\n"
-         "models = ['a']\n", {}, "providers[0] ('x').api_key_env: environment variable NOPE_KEY is not set"),
-        ("[[providers]]\nname = 'x'\ntype = 'mock'\nmodel = ['a']\n", {}, "providers[0] ('x'): Object contains "
-         "unknown field `model`"),
-        ("[[providers]]\nname = 'x'\ntype = 'mock'\n[[providers]]\nname = 'x'\ntype = 'mock'\n", {},
-         "providers[1] ('x').name: duplicate provider name"),
+        (
+            "[[providers]]\nname = 'x'\ntype = 'openai'\nbase_url = 'http://h'\napi_key_env = 'NOPE_KEY'\n"
+            "models = ['a']\n",
+            {},
+            "providers[0] ('x').api_key_env: environment variable NOPE_KEY is not set",
+        ),
+        (
+            "[[providers]]\nname = 'x'\ntype = 'mock'\nmodel = ['a']\n",
+            {},
+            "providers[0] ('x'): Object contains unknown field `model`",
+        ),
+        (
+            "[[providers]]\nname = 'x'\ntype = 'mock'\n[[providers]]\nname = 'x'\ntype = 'mock'\n",
+            {},
+            "providers[1] ('x').name: duplicate provider name",
+        ),
         ("[[providers]]\nname = 'x'\ntype = 'mock'\nread_timeout = -1\n", {}, "providers[0] ('x').read_timeout"),
         ("[server\n", {}, "invalid TOML"),
         ("", {"AGENTROUTER_PORT": "eighty"}, "server.port: Expected `int`, got `str` (from AGENTROUTER_PORT)"),
         ("", {"AGENTROUTER_WORKERS": "-1"}, "(from AGENTROUTER_WORKERS)"),
         ("", {"AGENTROUTER_MAX_BODY_BYTES": "1k"}, "server.max_body_bytes"),
-        ("", {"AGENTROUTER_PROVIDERS__X__TYPE": "mock", "AGENTROUTER_PROVIDERS__X__READ_TIMEOUT": "soon"},
-         "providers[0] ('x').read_timeout: Expected `float`, got `str` (from AGENTROUTER_PROVIDERS__X__READ_TIMEOUT)"),
+        (
+            "",
+            {"AGENTROUTER_PROVIDERS__X__TYPE": "mock", "AGENTROUTER_PROVIDERS__X__READ_TIMEOUT": "soon"},
+            "providers[0] ('x').read_timeout: Expected `float`, got `str` (from AGENTROUTER_PROVIDERS__X__READ_TIMEOUT)",
+        ),
         ("", {"AGENTROUTER_PROVIDERS__X__COLOUR": "red"}, "AGENTROUTER_PROVIDERS__X__COLOUR: expected"),
-        ("", {"AGENTROUTER_PROVIDERS__X__BASE_URL": "http://h"}, "providers[0] ('x'): Object missing required "
-         "field `type`"),
+        (
+            "",
+            {"AGENTROUTER_PROVIDERS__X__BASE_URL": "http://h"},
+            "providers[0] ('x'): Object missing required field `type`",
+        ),
         # The request log and the monitor.
         ("[server]\nrequest_log_retention_days = 0\n", {}, "server.request_log_retention_days: Expected `float` > 0"),
-        ("", {"AGENTROUTER_REQUEST_LOG_RETENTION_DAYS": "soon"},
-         "server.request_log_retention_days: Expected `float`, got `str` (from AGENTROUTER_REQUEST_LOG_RETENTION_DAYS)"),
-        ("", {"AGENTROUTER_REQUEST_LOG_RETENTION_DAYS": "inf"},
-         "server.request_log_retention_days: expected a finite number, got inf (from "
-         "AGENTROUTER_REQUEST_LOG_RETENTION_DAYS)"),
+        (
+            "",
+            {"AGENTROUTER_REQUEST_LOG_RETENTION_DAYS": "soon"},
+            "server.request_log_retention_days: Expected `float`, got `str` (from AGENTROUTER_REQUEST_LOG_RETENTION_DAYS)",
+        ),
+        (
+            "",
+            {"AGENTROUTER_REQUEST_LOG_RETENTION_DAYS": "inf"},
+            "server.request_log_retention_days: expected a finite number, got inf (from "
+            "AGENTROUTER_REQUEST_LOG_RETENTION_DAYS)",
+        ),
         ("", {"AGENTROUTER_MONITOR_INTERVAL": "nan"}, "server.monitor_interval"),
-        ("", {"AGENTROUTER_MONITOR_INTERVAL": "0"}, "server.monitor_interval: Expected `float` > 0.0 (from "
-         "AGENTROUTER_MONITOR_INTERVAL)"),
+        (
+            "",
+            {"AGENTROUTER_MONITOR_INTERVAL": "0"},
+            "server.monitor_interval: Expected `float` > 0.0 (from AGENTROUTER_MONITOR_INTERVAL)",
+        ),
         ("[server]\nmonitor_enabled = 'maybe'\n", {}, "server.monitor_enabled: Expected `bool`, got `str`"),
-        ("", {"AGENTROUTER_MONITOR_ENABLED": "maybe"}, "server.monitor_enabled: Expected `bool`, got `str` (from "
-         "AGENTROUTER_MONITOR_ENABLED)"),
+        (
+            "",
+            {"AGENTROUTER_MONITOR_ENABLED": "maybe"},
+            "server.monitor_enabled: Expected `bool`, got `str` (from AGENTROUTER_MONITOR_ENABLED)",
+        ),
         ("[server]\nalert_webhook_url = 'ftp://x'\n", {}, "server.alert_webhook_url: expected an http:// or https://"),
-        ("", {"AGENTROUTER_ALERT_WEBHOOK_URL": "hooks.example.test"},
-         "server.alert_webhook_url: expected an http:// or https:// URL, got 'hooks.example.test' (from "
-         "AGENTROUTER_ALERT_WEBHOOK_URL)"),
+        (
+            "",
+            {"AGENTROUTER_ALERT_WEBHOOK_URL": "hooks.example.test"},
+            "server.alert_webhook_url: expected an http:// or https:// URL, got 'hooks.example.test' (from "
+            "AGENTROUTER_ALERT_WEBHOOK_URL)",
+        ),
         ("", {"AGENTROUTER_ALERT_WEBHOOK_RETRIES": "50"}, "server.alert_webhook_retries: Expected `int` <= 20"),
         ("[monitor]\nfailure_rate = 2\n", {}, "monitor.failure_rate: Expected `float` <= 1.0"),
         ("[monitor]\nfailure_rat = 0.5\n", {}, "monitor.failure_rat: unknown setting"),
         ("monitor = 3\n", {}, "monitor: expected a table ([monitor])"),
         ("[server]\nmonitor = 3\n", {}, "server.monitor: unknown setting"),
         ("[server]\nvolume_factor = 3\n", {}, "server.volume_factor: unknown setting"),
-        ("", {"AGENTROUTER_MONITOR_FAILURE_RATE": "2"},
-         "monitor.failure_rate: Expected `float` <= 1.0 (from AGENTROUTER_MONITOR_FAILURE_RATE)"),
+        (
+            "",
+            {"AGENTROUTER_MONITOR_FAILURE_RATE": "2"},
+            "monitor.failure_rate: Expected `float` <= 1.0 (from AGENTROUTER_MONITOR_FAILURE_RATE)",
+        ),
         ("", {"AGENTROUTER_MONITOR_VOLUME_FACTOR": "1"}, "monitor.volume_factor: Expected `float` > 1.0"),
         ("", {"AGENTROUTER_MONITOR_NEW_IP_IPV4_PREFIX": "33"}, "monitor.new_ip_ipv4_prefix: Expected `int` <= 32"),
         ("", {"AGENTROUTER_MONITOR_VOLUME_SPIKE_COOLDOWN": "-inf"}, "monitor.volume_spike_cooldown"),
         ("", {"AGENTROUTER_MONITOR_FACTOR": "3"}, "AGENTROUTER_MONITOR_FACTOR: unknown setting"),
-        ("[server]\nusage_writer = \"thread\"\n", {}, "server.usage_writer: Invalid enum value 'thread'"),
+        ('[server]\nusage_writer = "thread"\n', {}, "server.usage_writer: Invalid enum value 'thread'"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:
@@ -224,8 +277,13 @@ def test_serve_refuses_a_bad_config_naming_the_field(tmp_path: Path) -> None:
     path = write(tmp_path, "[[providers]]\nname = 'p'\ntype = 'openai'\nmodels = ['gpt-4o']\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTROUTER_")}
     env["AGENTROUTER_DATA_DIR"] = str(tmp_path / "data")
-    proc = subprocess.run([sys.executable, "-m", "agentrouter.cli", "serve", "--config", str(path)],
-                          env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "agentrouter.cli", "serve", "--config", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "providers[0] ('p').base_url: required" in proc.stderr
     assert not (tmp_path / "data").exists()  # nothing started
@@ -240,16 +298,23 @@ def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTROUTER_")}
         env["AGENTROUTER_DATA_DIR"] = str(tmp_path / "data")
-        proc = subprocess.run([sys.executable, "-m", "agentrouter.cli", "serve", "--port", str(port)],
-                              env=env, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "agentrouter.cli", "serve", "--port", str(port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert proc.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in proc.stderr
 
 
 def test_a_provider_ca_file_must_exist(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
-    body = ('[[providers]]\nname = "corp"\ntype = "openai"\nbase_url = "https://llm.corp.example/v1"\n'
-            'api_key = "k"\nmodels = ["gpt-*"]\nca_file = "{}"\n')
+    body = (
+        '[[providers]]\nname = "corp"\ntype = "openai"\nbase_url = "https://llm.corp.example/v1"\n'
+        'api_key = "k"\nmodels = ["gpt-*"]\nca_file = "{}"\n'
+    )
     cfg.write_text(body.format(tmp_path / "missing.pem"))
     with pytest.raises(ConfigError, match=r"providers\[0\] \('corp'\)\.ca_file: no such file"):
         load_settings(cfg, env={})

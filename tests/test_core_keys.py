@@ -18,7 +18,14 @@ ALPHABET = string.digits + string.ascii_uppercase + string.ascii_lowercase
 
 def test_constants() -> None:
     assert (core.KEY_PREFIX, core.KEY_LENGTH) == ("sk-ar-", 44)
-    codes = (core.AUTH_OK, core.AUTH_MALFORMED, core.AUTH_UNKNOWN, core.AUTH_REVOKED, core.AUTH_EXPIRED, core.AUTH_STALE)
+    codes = (
+        core.AUTH_OK,
+        core.AUTH_MALFORMED,
+        core.AUTH_UNKNOWN,
+        core.AUTH_REVOKED,
+        core.AUTH_EXPIRED,
+        core.AUTH_STALE,
+    )
     assert codes == (0, 1, 2, 3, 4, 5)
 
 

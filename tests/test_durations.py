@@ -7,8 +7,18 @@ from agentrouter.durations import format_duration, parse_duration
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90", 90), ("30s", 30), ("5m", 300), ("2h", 7200), ("7d", 604800), ("1w", 604800),
-     ("1h30m", 5400), ("1.5h", 5400), ("250ms", 0.25), (" 2H ", 7200)],
+    [
+        ("90", 90),
+        ("30s", 30),
+        ("5m", 300),
+        ("2h", 7200),
+        ("7d", 604800),
+        ("1w", 604800),
+        ("1h30m", 5400),
+        ("1.5h", 5400),
+        ("250ms", 0.25),
+        (" 2H ", 7200),
+    ],
 )
 def test_parse(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds

@@ -13,9 +13,13 @@ from agentrouter.config import ProviderSettings
 from agentrouter.gateway.upstream import UpstreamClient, UpstreamTimeout, UpstreamUnavailable
 from tests.gateway_fixtures import RawServer, refused_port
 
+
 async def client_for(port: int, **settings: object) -> UpstreamClient:
-    client = UpstreamClient(ProviderSettings(name="t", type="openai", base_url=f"http://127.0.0.1:{port}/v1",
-                                             api_key="k", models=("m",), **settings))  # type: ignore[arg-type]
+    client = UpstreamClient(
+        ProviderSettings(
+            name="t", type="openai", base_url=f"http://127.0.0.1:{port}/v1", api_key="k", models=("m",), **settings
+        )
+    )  # type: ignore[arg-type]
     await client.start()
     return client
 
@@ -29,8 +33,12 @@ async def closer() -> AsyncIterator[list[UpstreamClient]]:
 
 
 def answer(body: bytes, *extra: bytes) -> bytes:
-    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + b"".join(extra) + \
-        b"Content-Length: %d\r\n\r\n" % len(body) + body
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        + b"".join(extra)
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
 
 
 async def test_request_bytes_and_keep_alive_reuse(closer: list[UpstreamClient]) -> None:
@@ -44,20 +52,23 @@ async def test_request_bytes_and_keep_alive_reuse(closer: list[UpstreamClient]) 
         client = await client_for(server.port)
         closer.append(client)
         for i in range(3):
-            resp = await client.post(b"/v1/chat/completions?x=1", b'{"a": 1}', [(b"content-type", b"application/json"),
-                                                                                (b"Authorization", b"Bearer k")])
+            resp = await client.post(
+                b"/v1/chat/completions?x=1",
+                b'{"a": 1}',
+                [(b"content-type", b"application/json"), (b"Authorization", b"Bearer k")],
+            )
             assert resp.status == 200 and (b"Content-Type", b"application/json") in resp.headers
             assert await client.read(resp) == b'{"echo": 8}'
             client.release(resp)
         assert server.connections == 1  # one keep-alive connection for all three
         first = server.requests[0]
         assert first.startswith(b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % server.port)
-        assert b"content-type: application/json\r\n" in first and b"Content-Length: 8\r\n\r\n{\"a\": 1}" in first
+        assert b"content-type: application/json\r\n" in first and b'Content-Length: 8\r\n\r\n{"a": 1}' in first
 
 
 @pytest.mark.parametrize("piece", [1, 2, 3, 5, 17, 1000])
 async def test_chunked_split_anywhere(closer: list[UpstreamClient], piece: int) -> None:
-    events = [b"data: {\"n\": %d}\n\n" % i for i in range(20)]
+    events = [b'data: {"n": %d}\n\n' % i for i in range(20)]
     wire = b"".join(b"%x;ext=1\r\n" % len(e) + e + b"\r\n" for e in events) + b"0\r\nX-Trailer: 1\r\n\r\n"
     raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n" + wire
 

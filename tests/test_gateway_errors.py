@@ -32,14 +32,16 @@ MSG = msgspec.json.encode({"model": "mock-claude", "max_tokens": 8, "messages": 
 
 def test_error_bodies_in_both_dialects() -> None:
     o = msgspec.json.decode(error_body(Dialect.OPENAI, Kinds.MODEL_NOT_FOUND, 'no "x"', "req_1", "model"))
-    assert o == {"error": {"message": 'no "x"', "type": "invalid_request_error", "param": "model",
-                           "code": "model_not_found"}}
+    assert o == {
+        "error": {"message": 'no "x"', "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+    }
     a = msgspec.json.decode(error_body(Dialect.ANTHROPIC, Kinds.RATE_LIMITED, "slow down", "req_2"))
     assert a == {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}, "request_id": "req_2"}
 
 
-async def _both_raise(app: Gateway, key: str, o_exc: type, a_exc: type, *, model: str = "mock-gpt",
-                      a_model: str = "mock-claude") -> tuple[openai.APIStatusError, anthropic.APIStatusError]:
+async def _both_raise(
+    app: Gateway, key: str, o_exc: type, a_exc: type, *, model: str = "mock-gpt", a_model: str = "mock-claude"
+) -> tuple[openai.APIStatusError, anthropic.APIStatusError]:
     o, a = sdk_clients(app, key)
     with pytest.raises(o_exc) as oe:
         await o.chat.completions.create(model=model, messages=MESSAGES)  # type: ignore[arg-type]
@@ -95,8 +97,12 @@ async def test_unknown_key_message_shows_only_the_display_prefix(gw: Gateway) ->
 
 async def test_bearer_scheme_is_case_insensitive_and_x_api_key_works(gw: Gateway) -> None:
     key, key_id = await new_key(gw)
-    for headers in ({"authorization": f"bearer {key}"}, {"authorization": f"BEARER  {key}"},
-                    {"x-api-key": key}, {"authorization": "Basic Zm9vOmJhcg==", "x-api-key": key}):
+    for headers in (
+        {"authorization": f"bearer {key}"},
+        {"authorization": f"BEARER  {key}"},
+        {"x-api-key": key},
+        {"authorization": "Basic Zm9vOmJhcg==", "x-api-key": key},
+    ):
         reply = await call(gw, "POST", "/v1/chat/completions", headers=headers, body=CHAT)
         assert reply.status == 200, (headers, reply.body)
     reply = await call(gw, "POST", "/v1/chat/completions", headers={"authorization": "Basic Zm9vOmJhcg=="}, body=CHAT)
@@ -173,7 +179,9 @@ async def test_bad_requests_counted_and_in_dialect(gw: Gateway) -> None:
         assert reply.status == status, (path, body, reply.body)
         doc = reply.json()
         if path.startswith("/v1/messages"):
-            assert doc["type"] == "error" and doc["error"]["message"] and doc["request_id"] == reply.headers["request-id"]
+            assert (
+                doc["type"] == "error" and doc["error"]["message"] and doc["request_id"] == reply.headers["request-id"]
+            )
             if code:
                 assert doc["error"]["type"] == code
         else:
@@ -189,8 +197,7 @@ async def test_bad_requests_counted_and_in_dialect(gw: Gateway) -> None:
 async def test_sdk_bad_request_and_not_found(gw: Gateway) -> None:
     key, _ = await new_key(gw)
     await _both_raise(gw, key, openai.NotFoundError, anthropic.NotFoundError, model="nope", a_model="nope")
-    await _both_raise(gw, key, openai.BadRequestError, anthropic.BadRequestError,
-                      model="", a_model="")
+    await _both_raise(gw, key, openai.BadRequestError, anthropic.BadRequestError, model="", a_model="")
 
 
 async def test_body_limit_413(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -203,8 +210,9 @@ async def test_body_limit_413(tmp_path) -> None:  # type: ignore[no-untyped-def]
         over = head + b"x" * (2049 - len(head) - len(tail)) + tail
         auth = {"authorization": f"Bearer {key}"}
         # Declared too large: refused before reading.
-        r = await call(app, "POST", "/v1/chat/completions", headers={**auth, "content-length": str(len(over))},
-                       body=over)
+        r = await call(
+            app, "POST", "/v1/chat/completions", headers={**auth, "content-length": str(len(over))}, body=over
+        )
         assert r.status == 413 and r.json()["error"]["code"] == "request_too_large"
         # Undeclared (chunked): refused while reading.
         r = await call(app, "POST", "/v1/chat/completions", headers=auth, body_parts=[over[:1000], over[1000:]])
@@ -266,9 +274,9 @@ async def test_fallback_gets_other_paths_and_the_lifespan(tmp_path) -> None:  # 
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"console"})
 
+    from agentrouter.core import Core
     from agentrouter.gateway.app import create_app
     from tests.gateway_fixtures import SECRET
-    from agentrouter.core import Core
 
     async def open_core(s):  # type: ignore[no-untyped-def]
         return await Core.open(tmp_path / "data", env={"AGENTROUTER_SECRET": SECRET})

@@ -101,8 +101,7 @@ async def test_api_routes_through_the_gateway(app: Gateway) -> None:
     refused = await call(app, "GET", "/api/v1/keys", headers={"x-api-key": inference})
     assert refused.status == 403 and refused.json()["error"]["type"] == "permission_error"
     # And the other way round: a management key cannot call /v1.
-    assert (await call(app, "POST", "/v1/chat/completions", headers={"x-api-key": manage.key},
-                       body=CHAT)).status == 403
+    assert (await call(app, "POST", "/v1/chat/completions", headers={"x-api-key": manage.key}, body=CHAT)).status == 403
 
 
 @pytest.mark.parametrize(
@@ -159,9 +158,13 @@ async def test_each_proxied_request_is_one_log_row(gw: Gateway) -> None:  # noqa
     usage = (await gw.core.keys.get(key_id)).usage
     analytics = Analytics(gw.core.store)
     assert usage.requests == await analytics.count_requests() == 4
-    rows = [tuple(r) for r in await gw.core.store._db.execute_fetchall(
-        "SELECT key_id, model, status, client_ip, user_agent, input_tokens, output_tokens, time, latency_ms"
-        " FROM request_log ORDER BY id")]
+    rows = [
+        tuple(r)
+        for r in await gw.core.store._db.execute_fetchall(
+            "SELECT key_id, model, status, client_ip, user_agent, input_tokens, output_tokens, time, latency_ms"
+            " FROM request_log ORDER BY id"
+        )
+    ]
     assert [r[:5] for r in rows] == [
         (key_id, "mock-gpt", 200, "127.0.0.1", "OpenAI/Python 1.99 ünïcode"),
         (key_id, "mock-claude", 200, "127.0.0.1", "Anthropic/Python 0.60"),

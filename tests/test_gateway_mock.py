@@ -29,8 +29,9 @@ async def test_chat_json_and_stream(gw: Gateway) -> None:
     again = await o.chat.completions.create(model="gpt-4o", messages=MESSAGES)
     assert again.choices[0].message.content == text
 
-    stream = await o.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True,
-                                             stream_options={"include_usage": True})
+    stream = await o.chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
     deltas, usage = [], None
     async for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
@@ -61,8 +62,11 @@ async def test_completions(gw: Gateway) -> None:
     o, _ = sdk_clients(gw, key)
     done = await o.completions.create(model="mock-gpt", prompt="Say hi", max_tokens=100)
     assert "Say hi" in done.choices[0].text
-    pieces = [c.choices[0].text async for c in await o.completions.create(
-        model="mock-gpt", prompt="Say hi", max_tokens=100, stream=True) if c.choices]
+    pieces = [
+        c.choices[0].text
+        async for c in await o.completions.create(model="mock-gpt", prompt="Say hi", max_tokens=100, stream=True)
+        if c.choices
+    ]
     assert "".join(pieces) == done.choices[0].text
 
 
@@ -88,9 +92,15 @@ def test_embedding_base64_is_float32_little_endian() -> None:
     result = mock.handle(RouteKind.EMBEDDINGS, Dialect.OPENAI, "mock-embedding", body, "req_1")
     encoded = msgspec.json.decode(result.chunks[0])["data"][0]["embedding"]
     floats = struct.unpack("<4f", base64.b64decode(encoded))
-    as_float = msgspec.json.decode(mock.handle(
-        RouteKind.EMBEDDINGS, Dialect.OPENAI, "mock-embedding",
-        msgspec.json.encode({"model": "mock-embedding", "input": "x", "dimensions": 4}), "req_2").chunks[0])
+    as_float = msgspec.json.decode(
+        mock.handle(
+            RouteKind.EMBEDDINGS,
+            Dialect.OPENAI,
+            "mock-embedding",
+            msgspec.json.encode({"model": "mock-embedding", "input": "x", "dimensions": 4}),
+            "req_2",
+        ).chunks[0]
+    )
     assert floats == pytest.approx(as_float["data"][0]["embedding"], rel=1e-6)
 
 
@@ -150,10 +160,12 @@ async def test_models_lists_the_mock_models(gw: Gateway) -> None:
 
 async def test_mock_validates_in_dialect(gw: Gateway) -> None:
     key, _ = await new_key(gw)
-    reply = await call(gw, "POST", "/v1/messages", headers={"x-api-key": key},
-                       body=b'{"model": "mock-claude", "messages": []}')
+    reply = await call(
+        gw, "POST", "/v1/messages", headers={"x-api-key": key}, body=b'{"model": "mock-claude", "messages": []}'
+    )
     assert reply.status == 400
     assert reply.json()["error"]["type"] == "invalid_request_error"
-    reply = await call(gw, "POST", "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                       body=b'{"model": "mock-gpt"}')
+    reply = await call(
+        gw, "POST", "/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, body=b'{"model": "mock-gpt"}'
+    )
     assert reply.status == 400 and reply.json()["error"]["param"] == "messages"

@@ -6,12 +6,14 @@ from agentrouter.gateway.routing import ROUTES, ModelRouter, RouteKind, is_glob
 
 
 def test_exact_and_glob_first_listed_wins() -> None:
-    router = ModelRouter([
-        ("slow", ["slow-gpt*"]),
-        ("openai", ["gpt-4o", "gpt-*", "text-embedding-?-small"]),
-        ("other", ["gpt-4o", "gpt-4o-mini", "claude-[0-9]*"]),
-        ("anthropic", ["claude-*"]),
-    ])
+    router = ModelRouter(
+        [
+            ("slow", ["slow-gpt*"]),
+            ("openai", ["gpt-4o", "gpt-*", "text-embedding-?-small"]),
+            ("other", ["gpt-4o", "gpt-4o-mini", "claude-[0-9]*"]),
+            ("anthropic", ["claude-*"]),
+        ]
+    )
     assert router.resolve("gpt-4o") == "openai"
     assert router.resolve("gpt-4o-mini") == "openai"  # openai's glob comes before other's exact name
     assert router.resolve("slow-gpt-4o") == "slow"
@@ -41,8 +43,13 @@ def test_cache_is_bounded() -> None:
 
 def test_route_table() -> None:
     assert set(ROUTES) == {
-        "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/models",
-        "/v1/messages", "/v1/messages/count_tokens",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/models",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
     }
     assert ROUTES["/v1/models"].method == "GET" and ROUTES["/v1/messages"].method == "POST"
     assert ROUTES["/v1/messages/count_tokens"].kind is RouteKind.COUNT_TOKENS

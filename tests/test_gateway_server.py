@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -73,8 +73,19 @@ class Server:
     async def start(self) -> None:
         with open(self.log, "wb") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "agentrouter.cli", "serve", "--port", str(self.port), "--workers", "2",
-                "--config", str(self.config), env=self.env, stdout=log, stderr=asyncio.subprocess.STDOUT,
+                sys.executable,
+                "-m",
+                "agentrouter.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                "--workers",
+                "2",
+                "--config",
+                str(self.config),
+                env=self.env,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
             )
         deadline = time.monotonic() + 30
@@ -101,23 +112,31 @@ class Server:
         try:
             return await asyncio.wait_for(self.proc.wait(), timeout)
         except TimeoutError:
-            tree = subprocess.run(["ps", "-o", "pid,ppid,stat,args", "-g", str(self.proc.pid)],
-                                  capture_output=True, text=True).stdout
+            tree = subprocess.run(
+                ["ps", "-o", "pid,ppid,stat,args", "-g", str(self.proc.pid)], capture_output=True, text=True
+            ).stdout
             os.killpg(self.proc.pid, signal.SIGKILL)
-            raise AssertionError(f"the server did not exit in {timeout} s; processes:\n{tree}\n"
-                                 f"log:\n{self.log.read_text()}") from None
+            raise AssertionError(
+                f"the server did not exit in {timeout} s; processes:\n{tree}\nlog:\n{self.log.read_text()}"
+            ) from None
 
 
 async def _stream(url: str, key: str, got: list[tuple[float, bytes]]) -> int:
-    async with httpx.AsyncClient(timeout=30) as client:
-        async with client.stream("POST", url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                                 json={"model": "gpt-4o", "stream": True, "messages": []}) as resp:
-            try:
-                async for chunk in resp.aiter_raw():
-                    got.append((time.monotonic(), chunk))
-            except httpx.HTTPError:
-                pass
-            return resp.status_code
+    async with (
+        httpx.AsyncClient(timeout=30) as client,
+        client.stream(
+            "POST",
+            url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": "gpt-4o", "stream": True, "messages": []},
+        ) as resp,
+    ):
+        try:
+            async for chunk in resp.aiter_raw():
+                got.append((time.monotonic(), chunk))
+        except httpx.HTTPError:
+            pass
+        return resp.status_code
 
 
 async def _answer_then_stream(
@@ -127,8 +146,11 @@ async def _answer_then_stream(
     chunks received): the chunks received and the streams' futures (their status)."""
     async with httpx.AsyncClient() as client:
         for _ in range(requests):
-            r = await client.post(server.url + "/v1/chat/completions", headers={"x-api-key": key},
-                                  json={"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]})
+            r = await client.post(
+                server.url + "/v1/chat/completions",
+                headers={"x-api-key": key},
+                json={"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]},
+            )
             assert r.status_code == 200
     got: list[tuple[float, bytes]] = []
     futures = [asyncio.ensure_future(_stream(server.url, key, got)) for _ in range(streams)]

@@ -20,8 +20,10 @@ from agentrouter.gateway.app import Gateway
 from agentrouter.gateway.upstream import UpstreamClient, UpstreamUnavailable
 from tests.gateway_fixtures import RawServer, call, new_key, settings_for, start_gateway, stored_usage
 
-ANSWER = b'{"id":"chatcmpl-tls","object":"chat.completion","choices":[],' \
-         b'"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}'
+ANSWER = (
+    b'{"id":"chatcmpl-tls","object":"chat.completion","choices":[],'
+    b'"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}'
+)
 EVENTS = [b'data: {"n": %d}\n\n' % i for i in range(5)] + [b"data: [DONE]\n\n"]
 
 Handler = Callable[["TLSServer", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -39,8 +41,9 @@ class TLSServer(RawServer):
 async def json_server(server: TLSServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     while True:
         await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                     % len(ANSWER) + ANSWER)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(ANSWER) + ANSWER
+        )
         await writer.drain()
 
 
@@ -57,8 +60,15 @@ def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
 
 
 def settings(port: int, host: str = "localhost") -> ProviderSettings:
-    return ProviderSettings(name="tls", type="openai", base_url=f"https://{host}:{port}/v1", api_key="k",
-                            models=("m",), connect_timeout=5.0, read_timeout=5.0)
+    return ProviderSettings(
+        name="tls",
+        type="openai",
+        base_url=f"https://{host}:{port}/v1",
+        api_key="k",
+        models=("m",),
+        connect_timeout=5.0,
+        read_timeout=5.0,
+    )
 
 
 @pytest.fixture
@@ -103,8 +113,9 @@ async def test_json_answer_over_tls(ca: trustme.CA, ca_file: str, clients: list[
         assert nodelay(client) and all(nodelay(client))
 
 
-async def test_sse_stream_over_tls_relayed_as_it_arrives(ca: trustme.CA, ca_file: str,
-                                                          clients: list[UpstreamClient]) -> None:
+async def test_sse_stream_over_tls_relayed_as_it_arrives(
+    ca: trustme.CA, ca_file: str, clients: list[UpstreamClient]
+) -> None:
     """Chunked SSE: each event reaches the caller before the server sends the next."""
     delivered = asyncio.Event()
 
@@ -165,8 +176,9 @@ async def test_an_ssl_context_given_to_the_client(ca: trustme.CA, clients: list[
 
 
 @pytest.mark.parametrize("case", ["system store", "another CA", "wrong host name"])
-async def test_certificates_the_client_refuses(ca: trustme.CA, ca_file: str, tmp_path: Path,
-                                               clients: list[UpstreamClient], case: str) -> None:
+async def test_certificates_the_client_refuses(
+    ca: trustme.CA, ca_file: str, tmp_path: Path, clients: list[UpstreamClient], case: str
+) -> None:
     """Refused at the handshake: UpstreamUnavailable (502), and nothing is sent."""
     issued_for = "other.example" if case == "wrong host name" else "localhost"
     async with TLSServer(ca, json_server, host=issued_for) as server:
@@ -201,8 +213,13 @@ connect_timeout = 5.0
         app: Gateway = await start_gateway(settings_for(tmp_path / "data", toml))
         try:
             key, key_id = await new_key(app, requests=10, interval=60)
-            reply = await call(app, "POST", "/v1/chat/completions", body=b'{"model":"gpt-4o","messages":[]}',
-                               headers=[("Authorization", f"Bearer {key}"), ("Content-Type", "application/json")])
+            reply = await call(
+                app,
+                "POST",
+                "/v1/chat/completions",
+                body=b'{"model":"gpt-4o","messages":[]}',
+                headers=[("Authorization", f"Bearer {key}"), ("Content-Type", "application/json")],
+            )
             assert reply.status == 502
             error = reply.json()["error"]
             assert error["code"] == "upstream_unavailable" and "tls" in error["message"]
@@ -229,8 +246,14 @@ async def test_plain_tcp_upstream_sockets_have_nodelay(clients: list[UpstreamCli
     server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
     try:
         port = server.sockets[0].getsockname()[1]
-        client = await started(clients, UpstreamClient(ProviderSettings(
-            name="plain", type="openai", base_url=f"http://127.0.0.1:{port}/v1", api_key="k", models=("m",))))
+        client = await started(
+            clients,
+            UpstreamClient(
+                ProviderSettings(
+                    name="plain", type="openai", base_url=f"http://127.0.0.1:{port}/v1", api_key="k", models=("m",)
+                )
+            ),
+        )
         resp = await client.post(b"/v1/x", b"{}", [])
         assert await client.read(resp) == b"{}"
         client.release(resp)

@@ -33,14 +33,26 @@ OPENAI_KEY = "sk-upstream-openai-secret"
 ANTHROPIC_KEY = "sk-ant-upstream-secret"
 
 CHAT_ANSWER = {
-    "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "gpt-4o",
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi!"}, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18,
-              "prompt_tokens_details": {"cached_tokens": 0}},
+    "usage": {
+        "prompt_tokens": 11,
+        "completion_tokens": 7,
+        "total_tokens": 18,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    },
 }
 MESSAGE_ANSWER = {
-    "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3",
-    "content": [{"type": "text", "text": "Hi!"}], "stop_reason": "end_turn", "stop_sequence": None,
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-3",
+    "content": [{"type": "text", "text": "Hi!"}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
     "usage": {"input_tokens": 20, "cache_creation_input_tokens": 2, "cache_read_input_tokens": 3, "output_tokens": 9},
 }
 
@@ -48,13 +60,21 @@ MESSAGE_ANSWER = {
 def chat_chunks(n: int, usage: bool = True) -> list[bytes]:
     base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
     events = [
-        b"data: " + msgspec.json.encode({**base, "choices": [
-            {"index": 0, "delta": {"content": f"w{i} "}, "finish_reason": None}], "usage": None}) + b"\n\n"
+        b"data: "
+        + msgspec.json.encode(
+            {**base, "choices": [{"index": 0, "delta": {"content": f"w{i} "}, "finish_reason": None}], "usage": None}
+        )
+        + b"\n\n"
         for i in range(n)
     ]
     if usage:
-        events.append(b"data: " + msgspec.json.encode({**base, "choices": [], "usage": {
-            "prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}}) + b"\n\n")
+        events.append(
+            b"data: "
+            + msgspec.json.encode(
+                {**base, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}}
+            )
+            + b"\n\n"
+        )
     events.append(b"data: [DONE]\n\n")
     return events
 
@@ -63,18 +83,47 @@ def message_events(n: int) -> list[bytes]:
     def ev(name: str, data: object) -> bytes:
         return b"event: " + name.encode() + b"\ndata: " + msgspec.json.encode(data) + b"\n\n"
 
-    events = [ev("message_start", {"type": "message_start", "message": {
-        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3", "content": [],
-        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 25, "output_tokens": 1}}}),
-        ev("content_block_start", {"type": "content_block_start", "index": 0,
-                                   "content_block": {"type": "text", "text": ""}})]
-    events += [ev("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                          "delta": {"type": "text_delta", "text": f"w{i} "}}) for i in range(n)]
-    events += [ev("content_block_stop", {"type": "content_block_stop", "index": 0}),
-               ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn",
-                                                                      "stop_sequence": None},
-                                    "usage": {"output_tokens": n}}),
-               ev("message_stop", {"type": "message_stop"})]
+    events = [
+        ev(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_1",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": "claude-3",
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": 25, "output_tokens": 1},
+                },
+            },
+        ),
+        ev(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
+    ]
+    events += [
+        ev(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": f"w{i} "}},
+        )
+        for i in range(n)
+    ]
+    events += [
+        ev("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ev(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": n},
+            },
+        ),
+        ev("message_stop", {"type": "message_stop"}),
+    ]
     return events
 
 
@@ -131,11 +180,26 @@ async def test_forwards_original_bytes_with_provider_credentials(gwu: Gateway, u
     upstream.routes["/v1/messages"] = json_handler(MESSAGE_ANSWER)
     key, key_id = await new_key(gwu, requests=100, interval=60)
     body = b'{ "messages":[{"role":"user","content":"h\\u00e9 \xc3\xa9"}],\n "model" : "gpt-4o", "x":[1.50,1e3]}'
-    reply = await call(gwu, "POST", "/v1/chat/completions", body=body, query=b"api-version=1", headers=[
-        ("Authorization", f"Bearer {key}"), ("Content-Type", "application/json"), ("Connection", "keep-alive, X-Hop"),
-        ("X-Hop", "1"), ("Keep-Alive", "timeout=5"), ("TE", "trailers"), ("Proxy-Authorization", "Basic eA=="),
-        ("Cookie", "a=b"), ("OpenAI-Beta", "assistants=v2"), ("User-Agent", "test/1"), ("Accept-Encoding", "gzip"),
-    ])
+    reply = await call(
+        gwu,
+        "POST",
+        "/v1/chat/completions",
+        body=body,
+        query=b"api-version=1",
+        headers=[
+            ("Authorization", f"Bearer {key}"),
+            ("Content-Type", "application/json"),
+            ("Connection", "keep-alive, X-Hop"),
+            ("X-Hop", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+            ("Proxy-Authorization", "Basic eA=="),
+            ("Cookie", "a=b"),
+            ("OpenAI-Beta", "assistants=v2"),
+            ("User-Agent", "test/1"),
+            ("Accept-Encoding", "gzip"),
+        ],
+    )
     assert reply.status == 200, reply.body
     seen = upstream.seen[-1]
     assert seen.body == body and seen.path == "/v1/chat/completions" and seen.query == "api-version=1"
@@ -151,17 +215,26 @@ async def test_forwards_original_bytes_with_provider_credentials(gwu: Gateway, u
     assert reply.headers["x-ratelimit-limit"] == "100" and reply.headers["x-request-id"].startswith("req_")
 
     # Anthropic: x-api-key replaced, anthropic-version / -beta through, request-id returned.
-    reply = await call(gwu, "POST", "/v1/messages", body=b'{"model":"claude-3","max_tokens":5,"messages":[]}',
-                       headers={"x-api-key": key, "anthropic-version": "2023-06-01",
-                                "anthropic-beta": "tools-2024-04-04"})
+    reply = await call(
+        gwu,
+        "POST",
+        "/v1/messages",
+        body=b'{"model":"claude-3","max_tokens":5,"messages":[]}',
+        headers={"x-api-key": key, "anthropic-version": "2023-06-01", "anthropic-beta": "tools-2024-04-04"},
+    )
     assert reply.status == 200
     h = upstream.seen[-1].lower_headers
     assert h["x-api-key"] == ANTHROPIC_KEY and "authorization" not in h
     assert (h["anthropic-version"], h["anthropic-beta"]) == ("2023-06-01", "tools-2024-04-04")
     assert reply.headers["request-id"] == reply.headers["x-request-id"]
     # Without anthropic-version the provider's default is sent.
-    await call(gwu, "POST", "/v1/messages", body=b'{"model":"claude-3","max_tokens":5,"messages":[]}',
-               headers={"x-api-key": key})
+    await call(
+        gwu,
+        "POST",
+        "/v1/messages",
+        body=b'{"model":"claude-3","max_tokens":5,"messages":[]}',
+        headers={"x-api-key": key},
+    )
     assert upstream.seen[-1].lower_headers["anthropic-version"] == "2023-06-01"
 
     totals = await stored_usage(gwu, key_id)
@@ -172,11 +245,13 @@ async def test_forwards_original_bytes_with_provider_credentials(gwu: Gateway, u
 
 async def test_upstream_response_headers(gwu: Gateway, upstream: FakeUpstream) -> None:
     upstream.routes["/v1/chat/completions"] = json_handler(
-        CHAT_ANSWER, headers={"x-request-id": "up-1", "Set-Cookie": "s=1", "openai-processing-ms": "12",
-                              "x-ratelimit-limit": "999"})
+        CHAT_ANSWER,
+        headers={"x-request-id": "up-1", "Set-Cookie": "s=1", "openai-processing-ms": "12", "x-ratelimit-limit": "999"},
+    )
     key, _ = await new_key(gwu, requests=10, interval=60)
-    reply = await call(gwu, "POST", "/v1/chat/completions", body=b'{"model":"gpt-4o"}',
-                       headers={"authorization": f"Bearer {key}"})
+    reply = await call(
+        gwu, "POST", "/v1/chat/completions", body=b'{"model":"gpt-4o"}', headers={"authorization": f"Bearer {key}"}
+    )
     names = [n for n, _ in reply.raw_headers]
     assert reply.headers["openai-processing-ms"] == "12"
     assert reply.headers["x-upstream-request-id"] == "up-1" and reply.headers["x-request-id"].startswith("req_")
@@ -190,8 +265,13 @@ async def test_sse_relayed_chunk_by_chunk(gwu: Gateway, upstream: FakeUpstream) 
     upstream.routes["/v1/chat/completions"] = sse_handler(events, gap=0.15)
     key, key_id = await new_key(gwu)
     started = time.monotonic()
-    reply = await call(gwu, "POST", "/v1/chat/completions", body=b'{"model":"gpt-4o","stream":true}',
-                       headers={"authorization": f"Bearer {key}"})
+    reply = await call(
+        gwu,
+        "POST",
+        "/v1/chat/completions",
+        body=b'{"model":"gpt-4o","stream":true}',
+        headers={"authorization": f"Bearer {key}"},
+    )
     assert reply.status == 200 and reply.headers["content-type"] == "text/event-stream"
     assert "content-length" not in reply.headers
     assert reply.body == b"".join(events)
@@ -209,8 +289,11 @@ async def test_sdk_streams_and_usage_both_dialects(gwu: Gateway, upstream: FakeU
     upstream.routes["/v1/messages"] = sse_handler(message_events(6))
     key, key_id = await new_key(gwu)
     o, a = sdk_clients(gwu, key)
-    parts = [c.choices[0].delta.content async for c in await o.chat.completions.create(
-        model="gpt-4o", messages=[], stream=True) if c.choices]
+    parts = [
+        c.choices[0].delta.content
+        async for c in await o.chat.completions.create(model="gpt-4o", messages=[], stream=True)
+        if c.choices
+    ]
     assert "".join(p or "" for p in parts) == "w0 w1 w2 w3 "
     async with a.messages.stream(model="claude-3", max_tokens=10, messages=[]) as s:
         text = "".join([t async for t in s.text_stream])
@@ -276,8 +359,17 @@ async def test_client_disconnect_cancels_upstream(gwu: Gateway, upstream: FakeUp
     key, key_id = await new_key(gwu)
     left = asyncio.Event()
     reply = Reply()
-    request = asyncio.ensure_future(call(gwu, "POST", "/v1/chat/completions", body=b'{"model":"gpt-4o"}',
-                                         headers={"authorization": f"Bearer {key}"}, disconnect=left, reply=reply))
+    request = asyncio.ensure_future(
+        call(
+            gwu,
+            "POST",
+            "/v1/chat/completions",
+            body=b'{"model":"gpt-4o"}',
+            headers={"authorization": f"Bearer {key}"},
+            disconnect=left,
+            reply=reply,
+        )
+    )
     while len(reply.chunks) < 3:
         await asyncio.sleep(0.02)
     left.set()
@@ -291,8 +383,9 @@ async def test_client_disconnect_cancels_upstream(gwu: Gateway, upstream: FakeUp
 
     # Before the answer started (a long non-streamed request) too.
     left2 = asyncio.Event()
-    request = asyncio.ensure_future(call(gwu, "POST", "/v1/messages", body=b'{"model":"claude-3"}',
-                                         headers={"x-api-key": key}, disconnect=left2))
+    request = asyncio.ensure_future(
+        call(gwu, "POST", "/v1/messages", body=b'{"model":"claude-3"}', headers={"x-api-key": key}, disconnect=left2)
+    )
     while len(upstream.seen) < 2:
         await asyncio.sleep(0.02)
     left2.set()

@@ -69,8 +69,16 @@ async def server() -> AsyncIterator[DelayServer]:
 
 @pytest.fixture
 async def client(server: DelayServer) -> AsyncIterator[UpstreamClient]:
-    c = UpstreamClient(ProviderSettings(name="t", type="openai", base_url=f"http://127.0.0.1:{server.port}/v1",
-                                        api_key="k", models=("m",), read_timeout=0.3))
+    c = UpstreamClient(
+        ProviderSettings(
+            name="t",
+            type="openai",
+            base_url=f"http://127.0.0.1:{server.port}/v1",
+            api_key="k",
+            models=("m",),
+            read_timeout=0.3,
+        )
+    )
     await c.start()
     yield c
     await c.close()

@@ -29,24 +29,71 @@ def sse(obj: object, event: str | None = None) -> bytes:
     ("answer", "expected"),
     [
         # OpenAI chat / completions
-        ({"id": "x", "choices": [{"message": {"content": 'say "usage": {"prompt_tokens": 99}'}}],
-          "usage": {"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46,
+        (
+            {
+                "id": "x",
+                "choices": [{"message": {"content": 'say "usage": {"prompt_tokens": 99}'}}],
+                "usage": {
+                    "prompt_tokens": 12,
+                    "completion_tokens": 34,
+                    "total_tokens": 46,
                     "prompt_tokens_details": {"cached_tokens": 5, "audio_tokens": 0},
-                    "completion_tokens_details": {"reasoning_tokens": 3}}}, (12, 34)),
+                    "completion_tokens_details": {"reasoning_tokens": 3},
+                },
+            },
+            (12, 34),
+        ),
         # OpenAI embeddings
-        ({"object": "list", "data": [{"embedding": [0.1] * 100}], "usage": {"prompt_tokens": 8, "total_tokens": 8}},
-         (8, 0)),
+        (
+            {"object": "list", "data": [{"embedding": [0.1] * 100}], "usage": {"prompt_tokens": 8, "total_tokens": 8}},
+            (8, 0),
+        ),
         # OpenAI Responses API (usage before other keys)
-        ({"id": "resp", "output": [], "usage": {"input_tokens": 7, "input_tokens_details": {"cached_tokens": 0},
-                                                 "output_tokens": 9, "total_tokens": 16}, "user": None,
-          "metadata": {}}, (7, 9)),
+        (
+            {
+                "id": "resp",
+                "output": [],
+                "usage": {
+                    "input_tokens": 7,
+                    "input_tokens_details": {"cached_tokens": 0},
+                    "output_tokens": 9,
+                    "total_tokens": 16,
+                },
+                "user": None,
+                "metadata": {},
+            },
+            (7, 9),
+        ),
         # Anthropic message, cache reads and writes count as input
-        ({"id": "msg", "type": "message", "content": [{"type": "text", "text": "hi"}],
-          "usage": {"input_tokens": 10, "cache_creation_input_tokens": 4, "cache_read_input_tokens": 6,
-                    "output_tokens": 20, "cache_creation": {"ephemeral_5m_input_tokens": 4},
-                    "server_tool_use": None, "service_tier": "standard"}}, (20, 20)),
-        ({"id": "msg", "usage": {"input_tokens": 10, "cache_creation_input_tokens": None,
-                                 "cache_read_input_tokens": None, "output_tokens": 2}}, (10, 2)),
+        (
+            {
+                "id": "msg",
+                "type": "message",
+                "content": [{"type": "text", "text": "hi"}],
+                "usage": {
+                    "input_tokens": 10,
+                    "cache_creation_input_tokens": 4,
+                    "cache_read_input_tokens": 6,
+                    "output_tokens": 20,
+                    "cache_creation": {"ephemeral_5m_input_tokens": 4},
+                    "server_tool_use": None,
+                    "service_tier": "standard",
+                },
+            },
+            (20, 20),
+        ),
+        (
+            {
+                "id": "msg",
+                "usage": {
+                    "input_tokens": 10,
+                    "cache_creation_input_tokens": None,
+                    "cache_read_input_tokens": None,
+                    "output_tokens": 2,
+                },
+            },
+            (10, 2),
+        ),
         # No usage, null usage, "usage" only as a value
         ({"input_tokens": 31}, (0, 0)),
         ({"id": "x", "usage": None}, (0, 0)),
@@ -73,34 +120,62 @@ def test_tokens_from_large_json_only_reads_the_end() -> None:
 
 
 def openai_stream(n: int, include_usage: bool) -> list[bytes]:
-    chunks = [sse({"id": "c", "choices": [{"delta": {"content": "x"}}], **({"usage": None} if include_usage else {})})
-              for _ in range(n)]
+    chunks = [
+        sse({"id": "c", "choices": [{"delta": {"content": "x"}}], **({"usage": None} if include_usage else {})})
+        for _ in range(n)
+    ]
     if include_usage:
-        chunks.append(sse({"id": "c", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": n,
-                                                              "total_tokens": 5 + n}}))
+        chunks.append(
+            sse(
+                {"id": "c", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}}
+            )
+        )
     return chunks + [b"data: [DONE]\n\n"]
 
 
 def anthropic_stream(n: int, *, delta_input: bool = False) -> list[bytes]:
-    out = [sse({"type": "message_start", "message": {"id": "m", "content": [], "usage": {
-        "input_tokens": 25, "cache_read_input_tokens": 5, "output_tokens": 1}}}, "message_start")]
-    out += [sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi "}},
-                "content_block_delta") for _ in range(n)]
+    out = [
+        sse(
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "m",
+                    "content": [],
+                    "usage": {"input_tokens": 25, "cache_read_input_tokens": 5, "output_tokens": 1},
+                },
+            },
+            "message_start",
+        )
+    ]
+    out += [
+        sse(
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi "}},
+            "content_block_delta",
+        )
+        for _ in range(n)
+    ]
     usage: dict[str, int] = {"output_tokens": n}
     if delta_input:
         usage.update(input_tokens=40, cache_read_input_tokens=0)
-    out += [sse({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage}, "message_delta"),
-            sse({"type": "message_stop"}, "message_stop")]
+    out += [
+        sse({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage}, "message_delta"),
+        sse({"type": "message_stop"}, "message_stop"),
+    ]
     return out
 
 
 def responses_stream(n: int) -> list[bytes]:
     resp = {"id": "r", "status": "in_progress", "output": [], "usage": None}
     out = [sse({"type": "response.created", "response": resp}, "response.created")]
-    out += [sse({"type": "response.output_text.delta", "delta": "word "}, "response.output_text.delta")
-            for _ in range(n)]
-    done = dict(resp, status="completed", output=[{"content": [{"text": "word " * n}]}],
-                usage={"input_tokens": 9, "output_tokens": n, "total_tokens": 9 + n})
+    out += [
+        sse({"type": "response.output_text.delta", "delta": "word "}, "response.output_text.delta") for _ in range(n)
+    ]
+    done = dict(
+        resp,
+        status="completed",
+        output=[{"content": [{"text": "word " * n}]}],
+        usage={"input_tokens": 9, "output_tokens": n, "total_tokens": 9 + n},
+    )
     out.append(sse({"type": "response.completed", "response": done}, "response.completed"))
     return out
 
@@ -161,8 +236,9 @@ def totals(sink: Sink) -> dict[str, tuple[int, ...]]:
     for batch in sink.batches:
         for d in batch:
             t = out.setdefault(d.key_id, [0] * 6)
-            for i, v in enumerate((d.requests, d.successes, d.failures_4xx, d.failures_5xx, d.input_tokens,
-                                   d.output_tokens)):
+            for i, v in enumerate(
+                (d.requests, d.successes, d.failures_4xx, d.failures_5xx, d.input_tokens, d.output_tokens)
+            ):
                 t[i] += v
     return {k: tuple(v) for k, v in out.items()}
 
@@ -232,10 +308,20 @@ async def test_each_request_is_one_log_record_beside_the_totals() -> None:
     assert (rec.pending_requests, rec.pending_records) == (3, 3)
     assert await rec.flush()
     assert sink.records == [
-        RequestRecord(key_id="k1", time=999.75, model="gpt-4o", status=200, latency_ms=250.0, input_tokens=10,
-                      output_tokens=20, client_ip="10.0.0.1", user_agent="openai-python/1.0"),
-        RequestRecord(key_id="k1", time=1001.999, model="no-such-model", status=404, latency_ms=1.0,
-                      client_ip="10.0.0.2"),
+        RequestRecord(
+            key_id="k1",
+            time=999.75,
+            model="gpt-4o",
+            status=200,
+            latency_ms=250.0,
+            input_tokens=10,
+            output_tokens=20,
+            client_ip="10.0.0.1",
+            user_agent="openai-python/1.0",
+        ),
+        RequestRecord(
+            key_id="k1", time=1001.999, model="no-such-model", status=404, latency_ms=1.0, client_ip="10.0.0.2"
+        ),
         RequestRecord(key_id="k2", time=1001.9995, model=None, status=405, latency_ms=0.5),
     ]
     assert sum(d.requests for d in sink.batches[0]) == len(sink.records)
@@ -301,9 +387,15 @@ async def test_a_flush_writes_totals_and_log_in_one_store_transaction(tmp_path: 
         report = await analytics.usage(since=time.time() - 60, until=time.time() + 60, bucket="minute", key_id=key)
         t = report.totals
         assert (t.requests, t.successes, t.failures_4xx, t.input_tokens, t.output_tokens) == (
-            usage.requests, usage.successes, usage.failures_4xx, usage.input_tokens, usage.output_tokens)
+            usage.requests,
+            usage.successes,
+            usage.failures_4xx,
+            usage.input_tokens,
+            usage.output_tokens,
+        )
         rows = await core.store._db.execute_fetchall(
-            "SELECT model, status, client_ip, user_agent FROM request_log ORDER BY id")
+            "SELECT model, status, client_ip, user_agent FROM request_log ORDER BY id"
+        )
         assert [tuple(r) for r in rows] == [("gpt-4o", 200, "10.0.0.9", "curl/8"), (None, 429, "10.0.0.9", "curl/8")]
     finally:
         await core.close()

@@ -57,10 +57,20 @@ def test_refusals_write_nothing_and_refill_is_continuous(limiter: RateLimiter, c
 def test_cost(limiter: RateLimiter) -> None:
     assert fields(limiter.acquire("k", requests=10, interval=10.0, cost=4)) == (True, 10, 6, UNIX0 + 4, None, None)
     assert fields(limiter.acquire("k", requests=10, interval=10.0, cost=7)) == (
-        False, 10, 6, UNIX0 + 4, 1.0, "rate_limited",
+        False,
+        10,
+        6,
+        UNIX0 + 4,
+        1.0,
+        "rate_limited",
     )
     assert fields(limiter.acquire("k", requests=10, interval=10.0, cost=11)) == (
-        False, 10, 6, UNIX0 + 4, None, "cost_exceeds_limit",
+        False,
+        10,
+        6,
+        UNIX0 + 4,
+        None,
+        "cost_exceeds_limit",
     )
     assert limiter.acquire("k", requests=10, interval=10.0, cost=6).remaining == 0
 
@@ -217,17 +227,16 @@ def test_generation_is_shared_with_other_processes(tmp_path: Path) -> None:
         "l = RateLimiter(sys.argv[1], capacity=8); print(l.generation());"
         "l.claim_slot(2, 9); l.bump_generation()"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True, timeout=60
+    )
     assert out.stdout.strip() == "1"
     assert limiter.generation() == 2
     assert limiter.slot_is_live(2, 9)
 
 
 def test_importing_the_limiter_imports_nothing_of_the_gateway() -> None:
-    code = (
-        "import sys, agentrouter.limiter;"
-        "print(sorted(m for m in sys.modules if m.startswith('agentrouter')))"
-    )
+    code = "import sys, agentrouter.limiter;print(sorted(m for m in sys.modules if m.startswith('agentrouter')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "['agentrouter', 'agentrouter._core', 'agentrouter.limiter']"
 

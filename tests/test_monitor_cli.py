@@ -17,14 +17,44 @@ async def seed_alerts(data_dir: Path, key_id: str) -> list[str]:
         a = Analytics(store)
         now = time.time()
         made = [
-            await a.record_alert(key_id=key_id, kind="new_ip", subject="192.0.2.9", now=now - 30, cooldown=0,
-                                 evidence={"ip": "192.0.2.9", "network": "192.0.2.9", "requests": 4,
-                                           "known_networks": 2, "known_sample": [], "first_seen": now - 40}),
-            await a.record_alert(key_id=key_id, kind="failure_rate", subject="1", now=now - 20, cooldown=0,
-                                 evidence={"requests": 40, "failures": 30, "failures_4xx": 30, "failures_5xx": 0,
-                                           "rate": 0.75, "baseline_rate": 0.01}),
-            await a.record_alert(key_id=key_id, kind="unusual_hour", subject="2", now=now - 10, cooldown=0,
-                                 evidence={"requests": 9, "hour_of_day_utc": 3, "usual_hours_utc": [8, 9, 10, 16]}),
+            await a.record_alert(
+                key_id=key_id,
+                kind="new_ip",
+                subject="192.0.2.9",
+                now=now - 30,
+                cooldown=0,
+                evidence={
+                    "ip": "192.0.2.9",
+                    "network": "192.0.2.9",
+                    "requests": 4,
+                    "known_networks": 2,
+                    "known_sample": [],
+                    "first_seen": now - 40,
+                },
+            ),
+            await a.record_alert(
+                key_id=key_id,
+                kind="failure_rate",
+                subject="1",
+                now=now - 20,
+                cooldown=0,
+                evidence={
+                    "requests": 40,
+                    "failures": 30,
+                    "failures_4xx": 30,
+                    "failures_5xx": 0,
+                    "rate": 0.75,
+                    "baseline_rate": 0.01,
+                },
+            ),
+            await a.record_alert(
+                key_id=key_id,
+                kind="unusual_hour",
+                subject="2",
+                now=now - 10,
+                cooldown=0,
+                evidence={"requests": 9, "hour_of_day_utc": 3, "usual_hours_utc": [8, 9, 10, 16]},
+            ),
         ]
         return [m.id for m in made if m is not None]
     finally:

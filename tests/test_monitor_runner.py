@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from agentrouter._core import FakeClock
-from agentrouter.core import Core
 from agentrouter.config import Settings
+from agentrouter.core import Core
 from agentrouter.monitor import Monitor
 from agentrouter.store.analytics import Analytics
 from agentrouter.store.models import RequestRecord
@@ -24,11 +24,21 @@ HOUR = 3600.0
 DAY = 86400.0
 
 
-def requests(key_id: str, start: float, n: int, *, every: float = 1.0, ip: str = "203.0.113.1",
-             status: int = 200) -> list[RequestRecord]:
+def requests(
+    key_id: str, start: float, n: int, *, every: float = 1.0, ip: str = "203.0.113.1", status: int = 200
+) -> list[RequestRecord]:
     return [
-        RequestRecord(key_id=key_id, time=start + i * every, model="gpt-4o", status=status, latency_ms=5.0,
-                      input_tokens=3, output_tokens=2, client_ip=ip, user_agent="t")
+        RequestRecord(
+            key_id=key_id,
+            time=start + i * every,
+            model="gpt-4o",
+            status=status,
+            latency_ms=5.0,
+            input_tokens=3,
+            output_tokens=2,
+            client_ip=ip,
+            user_agent="t",
+        )
         for i in range(n)
     ]
 
@@ -92,7 +102,7 @@ class Hook:
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 hook.bodies.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
                 self.send_response(hook.statuses.pop(0) if hook.statuses else 200)
                 self.send_header("content-length", "0")
@@ -165,8 +175,9 @@ async def test_the_task_runs_periodically_and_stops_cleanly(core: Core) -> None:
 async def test_with_detectors_disabled_the_task_still_prunes(core: Core, clock: FakeClock) -> None:
     key_id = await seed_known_key(core, clock)
     analytics = Analytics(core.store)
-    await analytics.add_requests(requests(key_id, clock.unix - 40 * DAY, 2) +
-                                 requests(key_id, clock.unix - 30, 1, ip="192.0.2.1"))
+    await analytics.add_requests(
+        requests(key_id, clock.unix - 40 * DAY, 2) + requests(key_id, clock.unix - 30, 1, ip="192.0.2.1")
+    )
     monitor = Monitor(core.store, Settings(monitor_enabled=False), clock=core.now)
     result = await monitor.run_once()
     assert result.leader and result.pruned == 2 and result.keys_checked == 0 and result.alerts == []

@@ -26,7 +26,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
                 with receiver._lock:
@@ -65,12 +65,27 @@ def receiver() -> Iterator[Receiver]:
 
 
 ALERT = AlertRow(
-    id="alr_0123456789abcdef", key_id="key_0123456789abcdef", kind="new_ip", subject="192.0.2.99",
-    evidence={"ip": "192.0.2.99", "known_networks": 2}, created_at=1_700_000_000.0,
+    id="alr_0123456789abcdef",
+    key_id="key_0123456789abcdef",
+    kind="new_ip",
+    subject="192.0.2.99",
+    evidence={"ip": "192.0.2.99", "known_networks": 2},
+    created_at=1_700_000_000.0,
 )
 KEY = KeyRow(
-    id="key_0123456789abcdef", name="prod", prefix="sk-ar-abcdefgh…", created_at=1.0, requests=None,
-    interval=None, metadata={}, expires_at=None, state="active", scope="inference", owner=None, slot=0, tag=1,
+    id="key_0123456789abcdef",
+    name="prod",
+    prefix="sk-ar-abcdefgh…",
+    created_at=1.0,
+    requests=None,
+    interval=None,
+    metadata={},
+    expires_at=None,
+    state="active",
+    scope="inference",
+    owner=None,
+    slot=0,
+    tag=1,
 )
 
 
@@ -85,8 +100,12 @@ async def test_success_sends_the_alert_document(receiver: Receiver) -> None:
     assert body == {
         "type": "agentrouter.alert",
         "alert": {
-            "id": ALERT.id, "key_id": KEY.id, "kind": "new_ip", "subject": "192.0.2.99",
-            "evidence": {"ip": "192.0.2.99", "known_networks": 2}, "created_at": 1_700_000_000.0,
+            "id": ALERT.id,
+            "key_id": KEY.id,
+            "kind": "new_ip",
+            "subject": "192.0.2.99",
+            "evidence": {"ip": "192.0.2.99", "known_networks": 2},
+            "created_at": 1_700_000_000.0,
             "acknowledged_at": None,
         },
         "key": {"id": KEY.id, "name": "prod", "prefix": "sk-ar-abcdefgh…"},

@@ -30,7 +30,10 @@ def test_the_limiter_example_runs_and_refuses_the_fourth_request() -> None:
         [sys.executable, "-c", guard + example], capture_output=True, text=True, timeout=60, check=True
     ).stdout.splitlines()
     assert [line.split(":")[1].split(",")[0].strip() for line in out] == [
-        "allowed", "allowed", "allowed", "refused (rate_limited)"
+        "allowed",
+        "allowed",
+        "allowed",
+        "refused (rate_limited)",
     ]
     assert "2 left" in out[0] and "0 left" in out[2]
     assert re.search(r"retry in (19|20)\.\ds", out[3])

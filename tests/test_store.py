@@ -42,25 +42,58 @@ async def test_a_failed_create_writes_nothing(core: Core) -> None:
 
     with pytest.raises(RuntimeError):
         await core.store.insert_key(
-            id="key_x", name=None, prefix="sk-ar-xxxxxx…", digest=b"\0" * 32, tag=3,
-            requests=None, interval=None, metadata={}, scope="inference", owner=None,
-            created_at=0.0, expires_at=None, slot_capacity=10, claim=broken_claim,
+            id="key_x",
+            name=None,
+            prefix="sk-ar-xxxxxx…",
+            digest=b"\0" * 32,
+            tag=3,
+            requests=None,
+            interval=None,
+            metadata={},
+            scope="inference",
+            owner=None,
+            created_at=0.0,
+            expires_at=None,
+            slot_capacity=10,
+            claim=broken_claim,
         )
     assert await core.store.list_keys(include_deleted=True) == []
 
 
 async def test_usage_batches_add_up(core: Core) -> None:
     k = (await core.keys.create()).row
-    await core.store.add_usage([
-        UsageDelta(key_id=k.id, requests=3, successes=2, failures_4xx=1, input_tokens=10,
-                   output_tokens=20, latency_ms_total=30.0, last_used_at=100.0, last_client_ip="127.0.0.1"),
-    ])
-    await core.store.add_usage([
-        UsageDelta(key_id=k.id, requests=2, successes=1, failures_5xx=1, input_tokens=1,
-                   output_tokens=2, latency_ms_total=5.0, last_used_at=200.0, last_client_ip="::1"),
-        # An older batch from another worker must not move last-used backwards.
-        UsageDelta(key_id=k.id, requests=1, successes=1, last_used_at=150.0, last_client_ip="10.0.0.9"),
-    ])
+    await core.store.add_usage(
+        [
+            UsageDelta(
+                key_id=k.id,
+                requests=3,
+                successes=2,
+                failures_4xx=1,
+                input_tokens=10,
+                output_tokens=20,
+                latency_ms_total=30.0,
+                last_used_at=100.0,
+                last_client_ip="127.0.0.1",
+            ),
+        ]
+    )
+    await core.store.add_usage(
+        [
+            UsageDelta(
+                key_id=k.id,
+                requests=2,
+                successes=1,
+                failures_5xx=1,
+                input_tokens=1,
+                output_tokens=2,
+                latency_ms_total=5.0,
+                last_used_at=200.0,
+                last_client_ip="::1",
+            ),
+            # An older batch from another worker must not move last-used backwards.
+            UsageDelta(key_id=k.id, requests=1, successes=1, last_used_at=150.0, last_client_ip="10.0.0.9"),
+        ]
+    )
     u = (await core.keys.get(k.id)).usage
     assert (u.requests, u.successes, u.failures_4xx, u.failures_5xx) == (6, 4, 1, 1)
     assert (u.input_tokens, u.output_tokens, u.latency_ms_total) == (11, 22, 35.0)

@@ -54,9 +54,20 @@ async def new_key(core: Core) -> str:
 
 def records(key: str, n: int) -> list[RequestRecord]:
     now = time.time()
-    return [RequestRecord(key_id=key, time=now, model="gpt-4o", status=200 if i % 4 else 500,
-                          latency_ms=1.5, input_tokens=3, output_tokens=5, client_ip="10.1.2.3",
-                          user_agent="test") for i in range(n)]
+    return [
+        RequestRecord(
+            key_id=key,
+            time=now,
+            model="gpt-4o",
+            status=200 if i % 4 else 500,
+            latency_ms=1.5,
+            input_tokens=3,
+            output_tokens=5,
+            client_ip="10.1.2.3",
+            user_agent="test",
+        )
+        for i in range(n)
+    ]
 
 
 async def test_a_batch_is_committed_by_a_separate_process_at_lower_priority(core: Core, writer: UsageWriter) -> None:
@@ -64,13 +75,30 @@ async def test_a_batch_is_committed_by_a_separate_process_at_lower_priority(core
     assert writer.pid is not None and writer.pid != os.getpid()
     assert os.getpriority(os.PRIO_PROCESS, writer.pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICE)
     n = 3 * WRITE_CHUNK + 5  # several chunks, with the yield between them
-    await writer([UsageDelta(key_id=key, requests=n, successes=n - n // 4 - 1, failures_5xx=n // 4 + 1,
-                             input_tokens=3 * n, output_tokens=5 * n, latency_ms_total=1.5 * n,
-                             last_used_at=time.time(), last_client_ip="10.1.2.3")], records(key, n))
+    await writer(
+        [
+            UsageDelta(
+                key_id=key,
+                requests=n,
+                successes=n - n // 4 - 1,
+                failures_5xx=n // 4 + 1,
+                input_tokens=3 * n,
+                output_tokens=5 * n,
+                latency_ms_total=1.5 * n,
+                last_used_at=time.time(),
+                last_client_ip="10.1.2.3",
+            )
+        ],
+        records(key, n),
+    )
     # Committed before the answer: this process's own connection reads it at once.
     usage = (await core.keys.get(key)).usage
     assert (usage.requests, usage.input_tokens, usage.output_tokens, usage.last_client_ip) == (
-        n, 3 * n, 5 * n, "10.1.2.3")
+        n,
+        3 * n,
+        5 * n,
+        "10.1.2.3",
+    )
     analytics = Analytics(core.store)
     assert await analytics.count_requests(key) == n
     report = await analytics.usage(since=time.time() - 60, until=time.time() + 60, bucket="hour", key_id=key)
@@ -176,7 +204,8 @@ async def core_path(data_dir: Path) -> Path:
 async def test_the_gateway_writes_usage_in_either_mode(tmp_path: Path, mode: str) -> None:
     """``usage_writer``: "process" (the default) starts one child per worker and stops
     it at shutdown; "inline" writes from the worker itself. The same usage either way."""
-    from tests.gateway_fixtures import call, new_key as gateway_key, settings_for, start_gateway, stored_usage
+    from tests.gateway_fixtures import call, settings_for, start_gateway, stored_usage
+    from tests.gateway_fixtures import new_key as gateway_key
 
     env = {} if mode == "process" else {"AGENTROUTER_USAGE_WRITER": "inline"}
     app = await start_gateway(settings_for(tmp_path / "data", **env))
@@ -191,8 +220,9 @@ async def test_the_gateway_writes_usage_in_either_mode(tmp_path: Path, mode: str
         key, key_id = await gateway_key(app)
         body = b'{"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]}'
         for _ in range(3):
-            reply = await call(app, "POST", "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                               body=body)
+            reply = await call(
+                app, "POST", "/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, body=body
+            )
             assert reply.status == 200
         usage = await stored_usage(app, key_id)
         assert usage.requests == 3 and usage.input_tokens > 0

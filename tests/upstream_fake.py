@@ -324,9 +324,13 @@ class FakeUpstream:
             raise
         if rec.json is None or not isinstance(rec.json, dict):
             rec.status = 400
-            return rec, rule, web.json_response(
-                {"error": {"message": "fake upstream: body is not a JSON object", "type": "invalid_request_error"}},
-                status=400,
+            return (
+                rec,
+                rule,
+                web.json_response(
+                    {"error": {"message": "fake upstream: body is not a JSON object", "type": "invalid_request_error"}},
+                    status=400,
+                ),
             )
         if rule.status is not None:
             rec.status = rule.status
@@ -531,29 +535,94 @@ class FakeUpstream:
             return self._done(rec, response("completed", [message], usage))
         seq = iter(range(10_000))
         events = [
-            _sse({"type": "response.created", "sequence_number": next(seq), "response": response("in_progress", [], None)},
-                 "response.created"),
-            _sse({"type": "response.in_progress", "sequence_number": next(seq),
-                  "response": response("in_progress", [], None)}, "response.in_progress"),
-            _sse({"type": "response.output_item.added", "sequence_number": next(seq), "output_index": 0,
-                  "item": {**message, "status": "in_progress", "content": []}}, "response.output_item.added"),
-            _sse({"type": "response.content_part.added", "sequence_number": next(seq), "item_id": msg_id,
-                  "output_index": 0, "content_index": 0, "part": {**part, "text": ""}}, "response.content_part.added"),
+            _sse(
+                {
+                    "type": "response.created",
+                    "sequence_number": next(seq),
+                    "response": response("in_progress", [], None),
+                },
+                "response.created",
+            ),
+            _sse(
+                {
+                    "type": "response.in_progress",
+                    "sequence_number": next(seq),
+                    "response": response("in_progress", [], None),
+                },
+                "response.in_progress",
+            ),
+            _sse(
+                {
+                    "type": "response.output_item.added",
+                    "sequence_number": next(seq),
+                    "output_index": 0,
+                    "item": {**message, "status": "in_progress", "content": []},
+                },
+                "response.output_item.added",
+            ),
+            _sse(
+                {
+                    "type": "response.content_part.added",
+                    "sequence_number": next(seq),
+                    "item_id": msg_id,
+                    "output_index": 0,
+                    "content_index": 0,
+                    "part": {**part, "text": ""},
+                },
+                "response.content_part.added",
+            ),
         ]
         for p in pieces:
             events.append(
-                _sse({"type": "response.output_text.delta", "sequence_number": next(seq), "item_id": msg_id,
-                      "output_index": 0, "content_index": 0, "delta": p, "logprobs": []}, "response.output_text.delta")
+                _sse(
+                    {
+                        "type": "response.output_text.delta",
+                        "sequence_number": next(seq),
+                        "item_id": msg_id,
+                        "output_index": 0,
+                        "content_index": 0,
+                        "delta": p,
+                        "logprobs": [],
+                    },
+                    "response.output_text.delta",
+                )
             )
         events += [
-            _sse({"type": "response.output_text.done", "sequence_number": next(seq), "item_id": msg_id,
-                  "output_index": 0, "content_index": 0, "text": TEXT, "logprobs": []}, "response.output_text.done"),
-            _sse({"type": "response.content_part.done", "sequence_number": next(seq), "item_id": msg_id,
-                  "output_index": 0, "content_index": 0, "part": part}, "response.content_part.done"),
-            _sse({"type": "response.output_item.done", "sequence_number": next(seq), "output_index": 0,
-                  "item": message}, "response.output_item.done"),
-            _sse({"type": "response.completed", "sequence_number": next(seq),
-                  "response": response("completed", [message], usage)}, "response.completed"),
+            _sse(
+                {
+                    "type": "response.output_text.done",
+                    "sequence_number": next(seq),
+                    "item_id": msg_id,
+                    "output_index": 0,
+                    "content_index": 0,
+                    "text": TEXT,
+                    "logprobs": [],
+                },
+                "response.output_text.done",
+            ),
+            _sse(
+                {
+                    "type": "response.content_part.done",
+                    "sequence_number": next(seq),
+                    "item_id": msg_id,
+                    "output_index": 0,
+                    "content_index": 0,
+                    "part": part,
+                },
+                "response.content_part.done",
+            ),
+            _sse(
+                {"type": "response.output_item.done", "sequence_number": next(seq), "output_index": 0, "item": message},
+                "response.output_item.done",
+            ),
+            _sse(
+                {
+                    "type": "response.completed",
+                    "sequence_number": next(seq),
+                    "response": response("completed", [message], usage),
+                },
+                "response.completed",
+            ),
         ]
         return await self._stream(request, rec, rule, events)
 
@@ -562,8 +631,10 @@ class FakeUpstream:
         models = ["gpt-4o", "gpt-4o-mini", "text-embedding-3-small"]
         return self._done(
             rec,
-            {"object": "list", "data": [{"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"}
-                                        for m in models]},
+            {
+                "object": "list",
+                "data": [{"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"} for m in models],
+            },
         )
 
     # ------------------------------------------------------- Anthropic
@@ -607,14 +678,18 @@ class FakeUpstream:
                 },
                 "message_start",
             ),
-            _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-                 "content_block_start"),
+            _sse(
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                "content_block_start",
+            ),
             _sse({"type": "ping"}, "ping"),
         ]
         for p in pieces:
             events.append(
-                _sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}},
-                     "content_block_delta")
+                _sse(
+                    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}},
+                    "content_block_delta",
+                )
             )
         events += [
             _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
@@ -640,7 +715,8 @@ class FakeUpstream:
     async def _unknown(self, request: web.Request) -> web.Response:
         rec = await self._record(request)
         return self._done(
-            rec, {"error": {"message": f"fake upstream: no route {request.method} {request.path}", "type": "not_found"}},
+            rec,
+            {"error": {"message": f"fake upstream: no route {request.method} {request.path}", "type": "not_found"}},
             status=404,
         )
 

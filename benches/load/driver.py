@@ -33,10 +33,9 @@ TARGETS = {
 
 PLACEMENTS = {
     "T": "nginx on CPU 1 beside wrk, CPU 0 the gateway's alone",
-    "A": "nginx on CPU 0 beside the gateway: direct and gateway cross the client/server CPU boundary "
-         "alike (judged)",
+    "A": "nginx on CPU 0 beside the gateway: direct and gateway cross the client/server CPU boundary alike (judged)",
     "B": "nginx on CPU 1 beside wrk: the direct path never leaves CPU 1, the gateway path crosses CPUs "
-         "4 times (not judged)",
+    "4 times (not judged)",
 }
 """Where nginx ran for the rows tagged so (run.sh's header explains the choice)."""
 
@@ -98,8 +97,9 @@ def _chunked_complete(body: bytes) -> bool:
             return False
 
 
-def ttfb(host: str, port: int, path: str, body: bytes, key: str, n: int, max_seconds: float,
-         warmup: int = 200) -> dict[str, float]:
+def ttfb(
+    host: str, port: int, path: str, body: bytes, key: str, n: int, max_seconds: float, warmup: int = 200
+) -> dict[str, float]:
     request = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
         f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -211,18 +211,32 @@ def report(results: dict[str, dict[str, float]]) -> tuple[str, bool]:
             ok = False
         rows.append((metric, direct, gw, rel, target, "-" if passed is None else ("PASS" if passed else "FAIL")))
 
-    for name in ("direct_tput", "gw_tput", "direct_lat", "gw_lat", "direct_lat_b", "gw_lat_b",
-                 "direct_stream_tput", "gw_stream_tput", "long"):
+    for name in (
+        "direct_tput",
+        "gw_tput",
+        "direct_lat",
+        "gw_lat",
+        "direct_lat_b",
+        "gw_lat_b",
+        "direct_stream_tput",
+        "gw_stream_tput",
+        "long",
+    ):
         r = results.get(name)
-        if r and (r.get("non2xx", 0) or r.get("connect_errors", 0) or r.get("read_errors", 0)
-                  or r.get("timeouts", 0)):
+        if r and (r.get("non2xx", 0) or r.get("connect_errors", 0) or r.get("read_errors", 0) or r.get("timeouts", 0)):
             ok = False
             rows.append((f"ERRORS in {name}", "", "", json.dumps(r), "0", "FAIL"))
 
     if "direct_tput" in results and "gw_tput" in results:
         d_rps, g_rps = rps(results["direct_tput"]), rps(results["gw_tput"])
-        row("JSON req/s @16 conns [T]", f"{d_rps:,.0f}", f"{g_rps:,.0f}", f"{g_rps / d_rps:.3f}x",
-            f">= {TARGETS['throughput_rps']:,.0f}", g_rps >= TARGETS["throughput_rps"])
+        row(
+            "JSON req/s @16 conns [T]",
+            f"{d_rps:,.0f}",
+            f"{g_rps:,.0f}",
+            f"{g_rps / d_rps:.3f}x",
+            f">= {TARGETS['throughput_rps']:,.0f}",
+            g_rps >= TARGETS["throughput_rps"],
+        )
     if "direct_stream_tput" in results and "gw_stream_tput" in results:
         d_rps, g_rps = rps(results["direct_stream_tput"]), rps(results["gw_stream_tput"])
         row("SSE req/s @16 conns [T]", f"{d_rps:,.0f}", f"{g_rps:,.0f}", f"{g_rps / d_rps:.3f}x", "", None)
@@ -232,42 +246,85 @@ def report(results: dict[str, dict[str, float]]) -> tuple[str, bool]:
         if lat_d and lat_g:
             for p, target in (("p50", TARGETS["added_p50_us"]), ("p99", TARGETS["added_p99_us"])):
                 added = lat_g[f"{p}_us"] - lat_d[f"{p}_us"]
-                row(f"latency {p} @1 conn (us) [{tag}]", f"{lat_d[f'{p}_us']:.0f}", f"{lat_g[f'{p}_us']:.0f}",
+                row(
+                    f"latency {p} @1 conn (us) [{tag}]",
+                    f"{lat_d[f'{p}_us']:.0f}",
+                    f"{lat_g[f'{p}_us']:.0f}",
                     f"{added:+.0f} us ({lat_g[f'{p}_us'] / lat_d[f'{p}_us']:.2f}x)",
-                    f"added <= {target:.0f}" if judged else "(not judged)", added <= target if judged else None)
+                    f"added <= {target:.0f}" if judged else "(not judged)",
+                    added <= target if judged else None,
+                )
         cpu = results.get(f"gw_lat_cpu{suffix}")
         if cpu and lat_g:
-            row(f"gateway CPU per request @1 conn (us) [{tag}]", "", f"{cpu['us_per_request']:.0f}",
-                f"{cpu['us_per_request'] / lat_g['p50_us']:.0%} of its p50", "", None)
+            row(
+                f"gateway CPU per request @1 conn (us) [{tag}]",
+                "",
+                f"{cpu['us_per_request']:.0f}",
+                f"{cpu['us_per_request'] / lat_g['p50_us']:.0%} of its p50",
+                "",
+                None,
+            )
             if "writer_us_per_request" in cpu:
-                row(f"usage writer CPU per request @1 conn (us) [{tag}]", "", f"{cpu['writer_us_per_request']:.1f}",
-                    "", "", None)
+                row(
+                    f"usage writer CPU per request @1 conn (us) [{tag}]",
+                    "",
+                    f"{cpu['writer_us_per_request']:.1f}",
+                    "",
+                    "",
+                    None,
+                )
         ttfb_d, ttfb_g = results.get(f"direct_ttfb{suffix}"), results.get(f"gw_ttfb{suffix}")
         if ttfb_d and ttfb_g:
             added = ttfb_g["first_p50_us"] - ttfb_d["first_p50_us"]
-            row(f"first streamed byte p50 (us) [{tag}]", f"{ttfb_d['first_p50_us']:.0f}",
-                f"{ttfb_g['first_p50_us']:.0f}", f"{added:+.0f} us",
+            row(
+                f"first streamed byte p50 (us) [{tag}]",
+                f"{ttfb_d['first_p50_us']:.0f}",
+                f"{ttfb_g['first_p50_us']:.0f}",
+                f"{added:+.0f} us",
                 f"added <= {TARGETS['added_ttfb_us']:.0f}" if judged else "(not judged)",
-                added <= TARGETS["added_ttfb_us"] if judged else None)
-            row(f"first streamed byte p99 (us) [{tag}]", f"{ttfb_d['first_p99_us']:.0f}",
-                f"{ttfb_g['first_p99_us']:.0f}", f"{ttfb_g['first_p99_us'] - ttfb_d['first_p99_us']:+.0f} us", "",
-                None)
-            row(f"whole stream p50 (us) [{tag}]", f"{ttfb_d['total_p50_us']:.0f}", f"{ttfb_g['total_p50_us']:.0f}",
-                f"{ttfb_g['total_p50_us'] - ttfb_d['total_p50_us']:+.0f} us", "", None)
+                added <= TARGETS["added_ttfb_us"] if judged else None,
+            )
+            row(
+                f"first streamed byte p99 (us) [{tag}]",
+                f"{ttfb_d['first_p99_us']:.0f}",
+                f"{ttfb_g['first_p99_us']:.0f}",
+                f"{ttfb_g['first_p99_us'] - ttfb_d['first_p99_us']:+.0f} us",
+                "",
+                None,
+            )
+            row(
+                f"whole stream p50 (us) [{tag}]",
+                f"{ttfb_d['total_p50_us']:.0f}",
+                f"{ttfb_g['total_p50_us']:.0f}",
+                f"{ttfb_g['total_p50_us'] - ttfb_d['total_p50_us']:+.0f} us",
+                "",
+                None,
+            )
     if "rss" in results:
         r = results["rss"]
         long_requests = results.get("long", {}).get("requests", 0) + r.get("before_requests", 0)
         start, mid, end = r["warm_kib"], r["mid_kib"], r["end_kib"]
         growth = end - mid
         flat = growth <= max(2048.0, 0.02 * mid)
-        row("worker RSS (MiB) warm/mid/end [T]", "", f"{start / 1024:.1f} / {mid / 1024:.1f} / {end / 1024:.1f}",
-            f"{growth / 1024:+.1f} MiB 2nd half", f"flat over {long_requests:,.0f} req", flat)
+        row(
+            "worker RSS (MiB) warm/mid/end [T]",
+            "",
+            f"{start / 1024:.1f} / {mid / 1024:.1f} / {end / 1024:.1f}",
+            f"{growth / 1024:+.1f} MiB 2nd half",
+            f"flat over {long_requests:,.0f} req",
+            flat,
+        )
         w = results.get("writer_rss")
         if w:
             growth = w["end_kib"] - w["mid_kib"]
-            row("usage writer RSS (MiB) warm/mid/end [T]", "",
+            row(
+                "usage writer RSS (MiB) warm/mid/end [T]",
+                "",
                 f"{w['warm_kib'] / 1024:.1f} / {w['mid_kib'] / 1024:.1f} / {w['end_kib'] / 1024:.1f}",
-                f"{growth / 1024:+.1f} MiB 2nd half", "flat", growth <= max(2048.0, 0.02 * w["mid_kib"]))
+                f"{growth / 1024:+.1f} MiB 2nd half",
+                "flat",
+                growth <= max(2048.0, 0.02 * w["mid_kib"]),
+            )
     headers = ("metric", "direct", "gateway", "gateway vs direct", "target", "")
     widths = [max(len(x[i]) for x in [headers, *rows]) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [headers, *rows]]
@@ -297,8 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("results")
     args = parser.parse_args(argv)
     if args.cmd == "ttfb":
-        result = ttfb(args.host, args.port, args.path, Path(args.body_file).read_bytes(), args.key, args.n,
-                      args.max_seconds)
+        result = ttfb(
+            args.host, args.port, args.path, Path(args.body_file).read_bytes(), args.key, args.n, args.max_seconds
+        )
         print(json.dumps(result))
     elif args.cmd == "rss":
         print(rss_kib(args.pid))

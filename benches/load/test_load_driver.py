@@ -43,8 +43,13 @@ def server() -> Iterator[int]:
                         return
                     buf += data
                 head, _, body = buf.partition(b"\r\n\r\n")
-                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                                  if line.lower().startswith(b"content-length")))
+                length = int(
+                    next(
+                        line.split(b":")[1]
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length")
+                    )
+                )
                 while len(body) < length:
                     body += conn.recv(65536)
                 if i % 2:
@@ -108,8 +113,10 @@ def test_report_verdicts(tmp_path: Path) -> None:
 def test_report_without_the_comparison_placement(tmp_path: Path) -> None:
     """A run of some phases only reports what it measured."""
     results = tmp_path / "results.txt"
-    results.write_text("direct_lat RESULT requests=5 duration_us=1 p50_us=60 p99_us=120 non2xx=0\n"
-                       "gw_lat RESULT requests=5 duration_us=1 p50_us=500 p99_us=700 non2xx=0\n")
+    results.write_text(
+        "direct_lat RESULT requests=5 duration_us=1 p50_us=60 p99_us=120 non2xx=0\n"
+        "gw_lat RESULT requests=5 duration_us=1 p50_us=500 p99_us=700 non2xx=0\n"
+    )
     table, ok = driver.report(driver.parse_results(results))
     assert not ok  # +440 us p50
     assert "[B]" not in table and "[T]" not in table

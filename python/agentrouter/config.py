@@ -56,12 +56,12 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 __all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
     "ConfigError",
     "DetectorConfig",
     "ProviderSettings",
     "Settings",
     "load_settings",
-    "DEFAULT_MAX_BODY_BYTES",
 ]
 
 ENV_PREFIX = "AGENTROUTER_"
@@ -294,12 +294,14 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str], origin: dict[str, s
         data["alert_webhook_url"] = None  # an empty variable switches the webhook off
 
     for var in sorted(env):
-        if not var.startswith(MONITOR_ENV_PREFIX) or var[len(ENV_PREFIX):].lower() in _SERVER_FIELDS:
+        if not var.startswith(MONITOR_ENV_PREFIX) or var[len(ENV_PREFIX) :].lower() in _SERVER_FIELDS:
             continue
-        field = var[len(MONITOR_ENV_PREFIX):].lower()
+        field = var[len(MONITOR_ENV_PREFIX) :].lower()
         if field not in _MONITOR_FIELDS:
-            raise ConfigError(f"{var}: unknown setting; {MONITOR_ENV_PREFIX}<NAME> takes NAME from: "
-                              + ", ".join(f.upper() for f in _MONITOR_FIELDS))
+            raise ConfigError(
+                f"{var}: unknown setting; {MONITOR_ENV_PREFIX}<NAME> takes NAME from: "
+                + ", ".join(f.upper() for f in _MONITOR_FIELDS)
+            )
         data.setdefault("monitor", {})[field] = env[var]
         origin[f"monitor.{field}"] = var
 
@@ -308,7 +310,7 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str], origin: dict[str, s
     for var in sorted(env):
         if not var.startswith(PROVIDERS_ENV_PREFIX):
             continue
-        rest = var[len(PROVIDERS_ENV_PREFIX):]
+        rest = var[len(PROVIDERS_ENV_PREFIX) :]
         pkey, sep, field = rest.partition("__")
         field = field.lower()
         if not sep or not pkey or field not in _PROVIDER_FIELDS or field == "name":
@@ -339,8 +341,11 @@ def _validate(data: dict[str, Any], env: Mapping[str, str], origin: dict[str, st
     url = settings.alert_webhook_url
     if url is not None and not url.startswith(("http://", "https://")):
         var = origin.get("server.alert_webhook_url")
-        raise ConfigError(f"server.alert_webhook_url: expected an http:// or https:// URL, got {url!r}"
-                          + (f" (from {var})" if var else "") + where)
+        raise ConfigError(
+            f"server.alert_webhook_url: expected an http:// or https:// URL, got {url!r}"
+            + (f" (from {var})" if var else "")
+            + where
+        )
 
     seen: set[str] = set()
     resolved: list[ProviderSettings] = []
@@ -364,8 +369,11 @@ def _check_finite(settings: Settings, origin: dict[str, str], where: str) -> Non
             value = getattr(struct, field)
             if isinstance(value, float) and not math.isfinite(value):
                 var = origin.get(f"{label}.{field}") or origin.get(f"providers.{_env_key(label)}.{field}")
-                raise ConfigError(f"{label}.{field}: expected a finite number, got {value!r}"
-                                  + (f" (from {var})" if var else "") + where)
+                raise ConfigError(
+                    f"{label}.{field}: expected a finite number, got {value!r}"
+                    + (f" (from {var})" if var else "")
+                    + where
+                )
 
 
 def _check_provider(p: ProviderSettings, label: str, env: Mapping[str, str]) -> ProviderSettings:
@@ -406,7 +414,7 @@ def _explain(message: str, providers: list[dict[str, Any]], origin: dict[str, st
         return f"server: {message}"
     path = at.rstrip("`").removeprefix("$").lstrip(".")
     if path.startswith("providers["):
-        index_s, _, rest = path[len("providers["):].partition("]")
+        index_s, _, rest = path[len("providers[") :].partition("]")
         field = rest.lstrip(".")
         try:
             index = int(index_s)

@@ -21,9 +21,7 @@ def parse_duration(text: str) -> float:
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
     if pos != len(s) or not s:
-        raise ValueError(
-            f"{text!r} is not a duration; use a number of seconds or units like 30s, 5m, 2h, 7d, 1h30m"
-        )
+        raise ValueError(f"{text!r} is not a duration; use a number of seconds or units like 30s, 5m, 2h, 7d, 1h30m")
     return total
 
 

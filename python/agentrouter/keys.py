@@ -142,11 +142,11 @@ class KeyService:
         self,
         key_id: str,
         *,
-        name: str | None | _Unset = UNSET,
-        requests: int | None | _Unset = UNSET,
-        interval: float | None | _Unset = UNSET,
+        name: str | _Unset | None = UNSET,
+        requests: int | _Unset | None = UNSET,
+        interval: float | _Unset | None = UNSET,
         metadata: Mapping[str, Any] | _Unset = UNSET,
-        expires_at: float | None | _Unset = UNSET,
+        expires_at: float | _Unset | None = UNSET,
     ) -> KeyRow:
         current = await self.get(key_id)
         if current.state != "active":

@@ -35,7 +35,7 @@ from typing import Any
 
 from agentrouter.config import Settings
 
-__all__ = ["serve", "prepare", "load_app"]
+__all__ = ["load_app", "prepare", "serve"]
 
 log = logging.getLogger("agentrouter.server")
 

@@ -157,12 +157,28 @@ class Gateway:
             return "(no log)"
 
     def start(self) -> Gateway:
-        cmd = [*agentrouter_cmd(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", str(self.workers), "--config", str(self.config)]
+        cmd = [
+            *agentrouter_cmd(),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+            "--config",
+            str(self.config),
+        ]
         with open(self.log_path, "ab") as log:
             # A session of its own: if SIGTERM does not stop it, its whole group is killed.
-            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + START_TIMEOUT
         with httpx.Client(timeout=2.0) as client:
             while True:
@@ -213,8 +229,14 @@ class Gateway:
     # ------------------------------------------------------------ the CLI
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([*agentrouter_cmd(), *args], env=self.env, capture_output=True, text=True,
-                              timeout=CLI_TIMEOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            [*agentrouter_cmd(), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"agentrouter {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}{proc.stdout}")
         return proc
@@ -222,8 +244,14 @@ class Gateway:
     def cli_json(self, *args: str) -> Any:
         return json.loads(self.cli(*args, "--json").stdout)
 
-    def create_key(self, *, name: str | None = None, limit: tuple[str, str] | None = BIG_LIMIT,
-                   expires_in: str | None = None, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    def create_key(
+        self,
+        *,
+        name: str | None = None,
+        limit: tuple[str, str] | None = BIG_LIMIT,
+        expires_in: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """``agentrouter keys create --json``; the result has ``id`` and ``key``."""
         args = ["keys", "create"]
         if name:
@@ -328,8 +356,9 @@ def clients(gateway: Gateway) -> Iterator[Callable[..., Any]]:
             # The Anthropic SDK authenticating with x-api-key, as its 0.x releases (and
             # Anthropic's own API docs) do; its 2.x releases send api_key as a Bearer token.
             headers = {**options.pop("default_headers", {}), "x-api-key": api_key}
-            client = anthropic.Anthropic(api_key=None, auth_token=None, base_url=gateway.url,
-                                         default_headers=headers, **options)
+            client = anthropic.Anthropic(
+                api_key=None, auth_token=None, base_url=gateway.url, default_headers=headers, **options
+            )
         else:
             raise ValueError(kind)
         made.append(client)

@@ -112,9 +112,12 @@ def test_stream_is_relayed_chunk_by_chunk(gateway: Gateway, fake: FakeUpstream, 
     """The first event arrives while the upstream is still streaming: nothing is buffered whole."""
     fake.on("gpt-chunked", chunk_delay=0.2, chunks=4)
     body = {"model": "gpt-chunked", "stream": True, "messages": MESSAGES}
-    with httpx.Client(timeout=30.0) as client, client.stream(
-        "POST", gateway.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key['key']}"}
-    ) as resp:
+    with (
+        httpx.Client(timeout=30.0) as client,
+        client.stream(
+            "POST", gateway.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key['key']}"}
+        ) as resp,
+    ):
         assert resp.status_code == 200
         chunks = resp.iter_raw()
         first = next(chunks)
@@ -258,8 +261,11 @@ def test_body_forwarded_byte_for_byte(gateway: Gateway, fake: FakeUpstream, key:
             resp = client.post(
                 gateway.url + path,
                 content=body,
-                headers={"Content-Type": "application/json", "x-api-key": key["key"],
-                         "anthropic-version": "2023-06-01"},
+                headers={
+                    "Content-Type": "application/json",
+                    "x-api-key": key["key"],
+                    "anthropic-version": "2023-06-01",
+                },
             )
         assert resp.status_code == 200, resp.text
         rec = only(fake.since(mark), path)
@@ -289,16 +295,13 @@ def test_hop_by_hop_headers_not_forwarded(gateway: Gateway, fake: FakeUpstream, 
 
 
 @pytest.mark.parametrize("header", ["bearer", "Bearer", "BEARER", "x-api-key"])
-def test_both_auth_headers_by_hand(
-    gateway: Gateway, fake: FakeUpstream, key: dict[str, Any], header: str
-) -> None:
+def test_both_auth_headers_by_hand(gateway: Gateway, fake: FakeUpstream, key: dict[str, Any], header: str) -> None:
     """Bearer (scheme in any case) and x-api-key, on both dialects' routes."""
-    headers = (
-        {"x-api-key": key["key"]} if header == "x-api-key" else {"Authorization": f"{header} {key['key']}"}
-    )
+    headers = {"x-api-key": key["key"]} if header == "x-api-key" else {"Authorization": f"{header} {key['key']}"}
     with httpx.Client(timeout=30.0) as client:
-        chat = client.post(gateway.url + "/v1/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES},
-                           headers=headers)
+        chat = client.post(
+            gateway.url + "/v1/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES}, headers=headers
+        )
         msg = client.post(
             gateway.url + "/v1/messages",
             json={"model": "claude-3-5-sonnet-20241022", "max_tokens": 8, "messages": MESSAGES},
@@ -337,8 +340,11 @@ def test_upstream_connections_are_pooled(gateway: Gateway, fake: FakeUpstream, k
     mark = fake.mark()
     with httpx.Client(timeout=30.0) as client:
         for _ in range(12):
-            resp = client.post(gateway.url + "/v1/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES},
-                               headers={"Authorization": f"Bearer {key['key']}"})
+            resp = client.post(
+                gateway.url + "/v1/chat/completions",
+                json={"model": "gpt-4o", "messages": MESSAGES},
+                headers={"Authorization": f"Bearer {key['key']}"},
+            )
             assert resp.status_code == 200
     peers = {r.peer for r in fake.since(mark) if r.path == "/v1/chat/completions"}
     assert 1 <= len(peers) <= gateway.workers, peers
@@ -348,8 +354,11 @@ def test_request_id_returned(gateway: Gateway, key: dict[str, Any]) -> None:
     with httpx.Client(timeout=30.0) as client:
         ids = set()
         for _ in range(3):
-            resp = client.post(gateway.url + "/v1/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES},
-                               headers={"Authorization": f"Bearer {key['key']}"})
+            resp = client.post(
+                gateway.url + "/v1/chat/completions",
+                json={"model": "gpt-4o", "messages": MESSAGES},
+                headers={"Authorization": f"Bearer {key['key']}"},
+            )
             assert resp.status_code == 200
             ids.add(resp.headers.get("x-request-id"))
     assert None not in ids and len(ids) == 3, ids

@@ -39,16 +39,17 @@ def refused(gateway: Gateway, fake: FakeUpstream, raw_key: str, clients: Any) ->
 
     for kind in ("anthropic", "anthropic-x-api-key"):
         with pytest.raises(anthropic.AuthenticationError) as a_exc:
-            clients(kind, raw_key).messages.create(
-                model="claude-3-5-sonnet-20241022", max_tokens=8, messages=MESSAGES
-            )
+            clients(kind, raw_key).messages.create(model="claude-3-5-sonnet-20241022", max_tokens=8, messages=MESSAGES)
         err = anthropic_error(a_exc.value.response, type_="authentication_error")
         assert_no_key_leak(raw_key, str(a_exc.value), err["message"], response_text(a_exc.value.response))
 
     with httpx.Client(timeout=30.0) as http:
         # The other header form on each route, by hand.
-        by_x = http.post(gateway.url + "/v1/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES},
-                         headers={"x-api-key": raw_key})
+        by_x = http.post(
+            gateway.url + "/v1/chat/completions",
+            json={"model": "gpt-4o", "messages": MESSAGES},
+            headers={"x-api-key": raw_key},
+        )
         by_bearer = http.post(
             gateway.url + "/v1/messages",
             json={"model": "claude-3-5-sonnet-20241022", "max_tokens": 8, "messages": MESSAGES},
@@ -73,18 +74,25 @@ def test_missing_header(gateway: Gateway, fake: FakeUpstream, clients: Any) -> N
     with httpx2.Client(event_hooks={"request": [strip_auth]}) as o_http, pytest.raises(openai.AuthenticationError) as o:
         clients("openai", "unused", http_client=o_http).chat.completions.create(model="gpt-4o", messages=MESSAGES)
     openai_error(o.value.response, code="invalid_api_key")
-    with httpx2.Client(event_hooks={"request": [strip_auth]}) as a_http, pytest.raises(
-        anthropic.AuthenticationError
-    ) as a:
+    with (
+        httpx2.Client(event_hooks={"request": [strip_auth]}) as a_http,
+        pytest.raises(anthropic.AuthenticationError) as a,
+    ):
         clients("anthropic", "unused", http_client=a_http).messages.create(
             model="claude-3-5-sonnet-20241022", max_tokens=8, messages=MESSAGES
         )
     anthropic_error(a.value.response, type_="authentication_error")
     with httpx.Client(timeout=30.0) as http:
-        for headers in ({}, {"Authorization": ""}, {"Authorization": "Bearer"}, {"Authorization": "Basic dXNlcjpwYXNz"},
-                        {"x-api-key": ""}):
-            resp = http.post(gateway.url + "/v1/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES},
-                             headers=headers)
+        for headers in (
+            {},
+            {"Authorization": ""},
+            {"Authorization": "Bearer"},
+            {"Authorization": "Basic dXNlcjpwYXNz"},
+            {"x-api-key": ""},
+        ):
+            resp = http.post(
+                gateway.url + "/v1/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES}, headers=headers
+            )
             assert resp.status_code == 401, headers
             openai_error(resp, code="invalid_api_key")
         resp = http.get(gateway.url + "/v1/models")

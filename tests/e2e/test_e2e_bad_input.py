@@ -42,8 +42,11 @@ def test_invalid_json(gateway: Gateway, fake: FakeUpstream, bad_key: dict[str, A
     mark = fake.mark()
     with httpx.Client(base_url=gateway.url, timeout=30.0) as http:
         for body in (b"{not json", b"", b"[1, 2]", b'"a string"', b'{"model": "gpt-4o", "messages": [}'):
-            resp = http.post("/v1/chat/completions", content=body,
-                             headers={"Authorization": f"Bearer {bad_key['key']}", "Content-Type": "application/json"})
+            resp = http.post(
+                "/v1/chat/completions",
+                content=body,
+                headers={"Authorization": f"Bearer {bad_key['key']}", "Content-Type": "application/json"},
+            )
             assert resp.status_code == 400, (body, resp.text)
             openai_error(resp)
             assert_ratelimit_headers(resp.headers)
@@ -69,8 +72,11 @@ def test_missing_model(gateway: Gateway, fake: FakeUpstream, bad_key: dict[str, 
             assert resp.status_code == 400, (path, body, resp.text)
             err = openai_error(resp)
             assert "model" in err["message"]
-        resp = http.post("/v1/messages", json={"max_tokens": 8, "messages": MESSAGES},
-                         headers={"x-api-key": bad_key["key"], **A_HEADERS})
+        resp = http.post(
+            "/v1/messages",
+            json={"max_tokens": 8, "messages": MESSAGES},
+            headers={"x-api-key": bad_key["key"], **A_HEADERS},
+        )
         assert resp.status_code == 400
         assert "model" in anthropic_error(resp, type_="invalid_request_error")["message"]
     assert fake.since(mark) == []
@@ -107,8 +113,9 @@ def test_body_over_limit_is_413(gateway: Gateway, fake: FakeUpstream, bad_key: d
         resp = http.post("/v1/chat/completions", content=big, headers={"Authorization": f"Bearer {bad_key['key']}"})
         assert resp.status_code == 413, resp.text[:200]
         openai_error(resp)
-        resp = http.post("/v1/chat/completions", content=chunked(),
-                         headers={"Authorization": f"Bearer {bad_key['key']}"})
+        resp = http.post(
+            "/v1/chat/completions", content=chunked(), headers={"Authorization": f"Bearer {bad_key['key']}"}
+        )
         assert resp.status_code == 413, resp.text[:200]
         resp = http.post("/v1/messages", content=big, headers={"x-api-key": bad_key["key"], **A_HEADERS})
         assert resp.status_code == 413
@@ -127,8 +134,12 @@ def test_wrong_method_is_405(gateway: Gateway, fake: FakeUpstream, bad_key: dict
     mark = fake.mark()
     auth = {"Authorization": f"Bearer {bad_key['key']}"}
     with httpx.Client(base_url=gateway.url, timeout=30.0) as http:
-        for method, path in (("GET", "/v1/chat/completions"), ("PUT", "/v1/embeddings"),
-                             ("DELETE", "/v1/responses"), ("POST", "/v1/models")):
+        for method, path in (
+            ("GET", "/v1/chat/completions"),
+            ("PUT", "/v1/embeddings"),
+            ("DELETE", "/v1/responses"),
+            ("POST", "/v1/models"),
+        ):
             resp = http.request(method, path, headers=auth)
             assert resp.status_code == 405, (method, path, resp.status_code)
             openai_error(resp)

@@ -84,8 +84,7 @@ def test_curl_examples(gateway: Gateway, fake: FakeUpstream, key: dict[str, Any]
     command = localize(example, gateway, key["key"])
     mark = fake.mark()
     # Run by a shell, exactly as a reader would paste it (line continuations and all).
-    proc = subprocess.run(["bash", "-c", command], capture_output=True, timeout=60,
-                          env=clean_env(gateway.data_dir))
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, timeout=60, env=clean_env(gateway.data_dir))
     assert proc.returncode == 0, proc.stderr
     body = json.loads(proc.stdout)
     assert body["object"] == "chat.completion"
@@ -109,8 +108,9 @@ def test_python_snippets(gateway: Gateway, fake: FakeUpstream, key: dict[str, An
         client.close()
         """
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env=clean_env(gateway.data_dir))
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=clean_env(gateway.data_dir)
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     if "choices" in out:

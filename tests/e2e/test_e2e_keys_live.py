@@ -19,12 +19,17 @@ async def _burst(url: str, key: str, n: int) -> list[int]:
     async def one(i: int) -> int:
         async with async_client() as client:
             if i % 2:
-                resp = await client.post(url + "/v1/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES},
-                                         headers={"Authorization": f"Bearer {key}"})
+                resp = await client.post(
+                    url + "/v1/chat/completions",
+                    json={"model": "gpt-4o", "messages": MESSAGES},
+                    headers={"Authorization": f"Bearer {key}"},
+                )
             else:
-                resp = await client.post(url + "/v1/messages", json={"model": "claude-3-5-sonnet-20241022",
-                                                                      "max_tokens": 8, "messages": MESSAGES},
-                                         headers={"x-api-key": key, "anthropic-version": "2023-06-01"})
+                resp = await client.post(
+                    url + "/v1/messages",
+                    json={"model": "claude-3-5-sonnet-20241022", "max_tokens": 8, "messages": MESSAGES},
+                    headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
+                )
             return resp.status_code
 
     return list(await asyncio.gather(*(one(i) for i in range(n))))
@@ -39,9 +44,11 @@ async def test_delete_while_serving_refuses_next_request_on_every_worker(gateway
     # Keep-alive connections opened before the deletion are refused too.
     async with async_client() as client:
         for _ in range(4):
-            resp = await client.post(gateway.url + "/v1/chat/completions",
-                                     json={"model": "gpt-4o", "messages": MESSAGES},
-                                     headers={"Authorization": f"Bearer {created['key']}"})
+            resp = await client.post(
+                gateway.url + "/v1/chat/completions",
+                json={"model": "gpt-4o", "messages": MESSAGES},
+                headers={"Authorization": f"Bearer {created['key']}"},
+            )
             assert resp.status_code == 401
 
 
@@ -75,8 +82,9 @@ def test_usage_totals_in_keys_list(gateway: Gateway, fake: FakeUpstream, clients
     oc = clients("openai", key)
     ac = clients("anthropic", key)
     oc.chat.completions.create(model="gpt-4o", messages=MESSAGES)
-    for _ in oc.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True,
-                                        stream_options={"include_usage": True}):
+    for _ in oc.chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    ):
         pass
     oc.embeddings.create(model="text-embedding-3-small", input="tokens please")
     oc.responses.create(model="gpt-4o", input="Hello!")
@@ -88,8 +96,11 @@ def test_usage_totals_in_keys_list(gateway: Gateway, fake: FakeUpstream, clients
     successes = 7
     with httpx.Client(base_url=gateway.url, timeout=30.0) as http:
         bad = http.post("/v1/chat/completions", content=b"{", headers={"Authorization": f"Bearer {key}"})
-        boom = http.post("/v1/chat/completions", json={"model": "gpt-usage-boom", "messages": MESSAGES},
-                         headers={"Authorization": f"Bearer {key}"})
+        boom = http.post(
+            "/v1/chat/completions",
+            json={"model": "gpt-usage-boom", "messages": MESSAGES},
+            headers={"Authorization": f"Bearer {key}"},
+        )
     assert (bad.status_code, boom.status_code) == (400, 503)
     upstream = [r for r in fake.since(mark) if r.usage is not None]
     assert len(upstream) == successes

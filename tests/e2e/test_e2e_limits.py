@@ -55,9 +55,7 @@ def sdk_http(hooks: dict[str, list[Any]]) -> Any:
 
 
 @pytest.mark.slow
-def test_openai_429_then_sdk_retry_honours_retry_after(
-    gateway: Gateway, fake: FakeUpstream, clients: Any
-) -> None:
+def test_openai_429_then_sdk_retry_honours_retry_after(gateway: Gateway, fake: FakeUpstream, clients: Any) -> None:
     created = gateway.create_key(name="one-per-2s", limit=("1", "2"))
     client = clients("openai", created["key"])
     client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
@@ -88,9 +86,7 @@ def test_openai_429_then_sdk_retry_honours_retry_after(
 
 
 @pytest.mark.slow
-def test_anthropic_429_then_sdk_retry_honours_retry_after(
-    gateway: Gateway, fake: FakeUpstream, clients: Any
-) -> None:
+def test_anthropic_429_then_sdk_retry_honours_retry_after(gateway: Gateway, fake: FakeUpstream, clients: Any) -> None:
     created = gateway.create_key(name="one-per-2s-anthropic", limit=("1", "2"))
     client = clients("anthropic", created["key"])
     kwargs = {"model": "claude-3-5-sonnet-20241022", "max_tokens": 8, "messages": MESSAGES}
@@ -119,9 +115,7 @@ def test_anthropic_429_then_sdk_retry_honours_retry_after(
     assert elapsed >= wait
 
 
-def test_ratelimit_headers_on_every_authenticated_response(
-    gateway: Gateway, fake: FakeUpstream
-) -> None:
+def test_ratelimit_headers_on_every_authenticated_response(gateway: Gateway, fake: FakeUpstream) -> None:
     """Success, stream, bad request, unknown model, upstream error and 429 all carry them."""
     created = gateway.create_key(name="headers", limit=("8", "3600"))
     fake.on("gpt-headers-500", status=500, body=b'{"error": {"message": "upstream broke", "type": "server_error"}}')
@@ -130,13 +124,17 @@ def test_ratelimit_headers_on_every_authenticated_response(
     with httpx.Client(base_url=gateway.url, timeout=30.0) as http:
         answers = [
             http.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES}, headers=auth),
-            http.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES, "stream": True},
-                      headers=auth),
+            http.post(
+                "/v1/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES, "stream": True}, headers=auth
+            ),
             http.post("/v1/chat/completions", content=b"{not json", headers=auth),
             http.post("/v1/chat/completions", json={"model": "no-such-model", "messages": MESSAGES}, headers=auth),
             http.post("/v1/chat/completions", json={"model": "gpt-headers-500", "messages": MESSAGES}, headers=auth),
-            http.post("/v1/messages", json={"model": "claude-3-5-sonnet-20241022", "max_tokens": 8,
-                                            "messages": MESSAGES}, headers={"x-api-key": created["key"]}),
+            http.post(
+                "/v1/messages",
+                json={"model": "claude-3-5-sonnet-20241022", "max_tokens": 8, "messages": MESSAGES},
+                headers={"x-api-key": created["key"]},
+            ),
             http.get("/v1/models", headers=auth),
             http.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": "x"}, headers=auth),
         ]
@@ -156,11 +154,16 @@ async def _fire(url: str, key: str, n: int) -> list[httpx.Response]:
     async def one(i: int) -> httpx.Response:
         async with async_client() as client:
             if i % 2:
-                return await client.post(url + "/v1/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES},
-                                         headers={"Authorization": f"Bearer {key}"})
-            return await client.post(url + "/v1/messages", json={"model": "claude-3-5-sonnet-20241022",
-                                                                  "max_tokens": 8, "messages": MESSAGES},
-                                     headers={"x-api-key": key, "anthropic-version": "2023-06-01"})
+                return await client.post(
+                    url + "/v1/chat/completions",
+                    json={"model": "gpt-4o", "messages": MESSAGES},
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+            return await client.post(
+                url + "/v1/messages",
+                json={"model": "claude-3-5-sonnet-20241022", "max_tokens": 8, "messages": MESSAGES},
+                headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
+            )
 
     return await asyncio.gather(*(one(i) for i in range(n)))
 

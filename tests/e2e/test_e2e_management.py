@@ -33,8 +33,11 @@ def test_the_api_is_served_beside_v1(gateway: Gateway, key: dict[str, Any]) -> N
         # Each kind of key is refused on the other's API.
         refused = http.get("/api/v1/keys", headers={"x-api-key": key["key"]})
         assert refused.status_code == 403 and refused.json()["error"]["type"] == "permission_error"
-        chat = http.post("/v1/chat/completions", headers={"x-api-key": admin["key"]},
-                         json={"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]})
+        chat = http.post(
+            "/v1/chat/completions",
+            headers={"x-api-key": admin["key"]},
+            json={"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]},
+        )
         assert chat.status_code == 403
         # Outside /v1 and /api: 404, JSON.
         for path in ("/", "/favicon.ico", "/v1"):

@@ -43,14 +43,17 @@ async def test_sigterm_under_load_loses_no_usage(tmp_path: Path, fake: FakeUpstr
             try:
                 async with async_client() as client:
                     if i % 2:
-                        resp = await client.post(gw.url + "/v1/chat/completions",
-                                                 json={"model": "gpt-drain", "messages": MESSAGES},
-                                                 headers={"Authorization": f"Bearer {key}"})
+                        resp = await client.post(
+                            gw.url + "/v1/chat/completions",
+                            json={"model": "gpt-drain", "messages": MESSAGES},
+                            headers={"Authorization": f"Bearer {key}"},
+                        )
                         if resp.status_code == 200:
                             assert resp.json()["choices"][0]["message"]["content"]
                         return resp.status_code, time.monotonic()
                     async with client.stream(
-                        "POST", gw.url + "/v1/messages",
+                        "POST",
+                        gw.url + "/v1/messages",
                         json={"model": "claude-drain", "max_tokens": 8, "stream": True, "messages": MESSAGES},
                         headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
                     ) as resp:
@@ -109,8 +112,11 @@ async def request_log(db: Path, key_id: str) -> tuple[int, list[int], int, int]:
     """(rows, their statuses sorted, input tokens, output tokens) of a key's request log."""
     store = await Store.open(db)
     try:
-        found = list(await store._db.execute_fetchall(
-            "SELECT status, input_tokens, output_tokens FROM request_log WHERE key_id = ?", (key_id,)))
+        found = list(
+            await store._db.execute_fetchall(
+                "SELECT status, input_tokens, output_tokens FROM request_log WHERE key_id = ?", (key_id,)
+            )
+        )
     finally:
         await store.close()
     return (len(found), sorted(r[0] for r in found), sum(r[1] for r in found), sum(r[2] for r in found))

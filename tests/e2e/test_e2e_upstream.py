@@ -65,10 +65,13 @@ def test_upstream_slow_is_504(fake: FakeUpstream, key: dict[str, Any], clients: 
 def test_upstream_error_status_relayed_with_body(
     fake: FakeUpstream, key: dict[str, Any], clients: Any, status: int, o_error: type, a_error: type
 ) -> None:
-    o_body = ('{"error": {"message": "upstream says %d", "type": "upstream_error", "param": null, '
-              '"code": "fake_%d"}}' % (status, status)).encode()
-    a_body = ('{"type": "error", "error": {"type": "upstream_error", "message": "claude upstream says %d"}}'
-              % status).encode()
+    o_body = (
+        '{"error": {"message": "upstream says %d", "type": "upstream_error", "param": null, '
+        '"code": "fake_%d"}}' % (status, status)
+    ).encode()
+    a_body = (
+        '{"type": "error", "error": {"type": "upstream_error", "message": "claude upstream says %d"}}' % status
+    ).encode()
     fake.on(f"gpt-fail-{status}", status=status, body=o_body)
     fake.on(f"claude-fail-{status}", status=status, body=a_body)
     with pytest.raises(o_error) as o_exc:
@@ -78,8 +81,7 @@ def test_upstream_error_status_relayed_with_body(
     assert f"upstream says {status}" in str(o_exc.value)
     assert_ratelimit_headers(o_exc.value.response.headers, limit=100000)
     with pytest.raises(a_error) as a_exc:
-        clients("anthropic", key["key"]).messages.create(model=f"claude-fail-{status}", max_tokens=8,
-                                                         messages=MESSAGES)
+        clients("anthropic", key["key"]).messages.create(model=f"claude-fail-{status}", max_tokens=8, messages=MESSAGES)
     assert a_exc.value.status_code == status
     assert a_exc.value.response.content == a_body
     assert f"claude upstream says {status}" in str(a_exc.value)
@@ -118,15 +120,20 @@ def test_client_disconnect_mid_stream_cancels_upstream_anthropic(
 
 
 @pytest.mark.slow
-def test_client_disconnect_raw_socket_cancels_upstream(gateway: Gateway, fake: FakeUpstream,
-                                                       key: dict[str, Any]) -> None:
+def test_client_disconnect_raw_socket_cancels_upstream(
+    gateway: Gateway, fake: FakeUpstream, key: dict[str, Any]
+) -> None:
     """The same with a bare connection dropped after the first bytes (no SDK in between)."""
     fake.on("gpt-slow-stream-raw", chunk_delay=0.1, chunks=40)
-    with httpx.Client(timeout=30.0) as http, http.stream(
-        "POST", gateway.url + "/v1/chat/completions",
-        json={"model": "gpt-slow-stream-raw", "stream": True, "messages": MESSAGES},
-        headers={"Authorization": f"Bearer {key['key']}"},
-    ) as resp:
+    with (
+        httpx.Client(timeout=30.0) as http,
+        http.stream(
+            "POST",
+            gateway.url + "/v1/chat/completions",
+            json={"model": "gpt-slow-stream-raw", "stream": True, "messages": MESSAGES},
+            headers={"Authorization": f"Bearer {key['key']}"},
+        ) as resp,
+    ):
         assert resp.status_code == 200
         assert next(resp.iter_raw())
     _wait_closed(fake, "gpt-slow-stream-raw")

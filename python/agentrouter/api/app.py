@@ -45,7 +45,7 @@ from agentrouter.keys import KeyConflict, KeyInputError
 from agentrouter.monitor.runner import Monitor
 from agentrouter.store import StoreError
 
-__all__ = ["ManagementApi", "build_api", "MAX_BODY"]
+__all__ = ["MAX_BODY", "ManagementApi", "build_api"]
 
 log = logging.getLogger("agentrouter.api")
 
@@ -135,14 +135,18 @@ class ManagementApi:
             if path in ("/api", "/api/"):
                 await _send(send, 307, b"", [(b"location", b"/api/docs")])
                 return
-            await _send(send, 200, docs_html(), [(b"content-type", b"text/html; charset=utf-8")],
-                        head=method == "HEAD")
+            await _send(send, 200, docs_html(), [(b"content-type", b"text/html; charset=utf-8")], head=method == "HEAD")
             return
 
         if not path.startswith(PREFIX + "/"):
-            await _send_error(send, ApiError(
-                404, f"Unknown path {path!r}: the management API lives under /api, the OpenAI- and "
-                "Anthropic-compatible API under /v1."))
+            await _send_error(
+                send,
+                ApiError(
+                    404,
+                    f"Unknown path {path!r}: the management API lives under /api, the OpenAI- and "
+                    "Anthropic-compatible API under /v1.",
+                ),
+            )
             return
         decision: Any = None
         try:
@@ -174,11 +178,13 @@ class ManagementApi:
             return
         except Exception:
             log.exception("%s %s failed", method, path)
-            await _send_error(send, ApiError(500, "Internal error in the management API."),
-                              rate_limit_headers(decision))
+            await _send_error(
+                send, ApiError(500, "Internal error in the management API."), rate_limit_headers(decision)
+            )
             return
-        await _send(send, reply.status, _encode(reply.body),
-                    [_JSON, _NO_STORE, *reply.headers, *rate_limit_headers(decision)])
+        await _send(
+            send, reply.status, _encode(reply.body), [_JSON, _NO_STORE, *reply.headers, *rate_limit_headers(decision)]
+        )
 
 
 def build_api(
@@ -271,4 +277,3 @@ async def _send(
 
 async def _send_error(send: Send, exc: ApiError, extra: list[tuple[bytes, bytes]] | None = None) -> None:
     await _send(send, exc.status, _encode(exc.body()), [_JSON, _NO_STORE, *exc.headers, *(extra or [])])
-

@@ -95,14 +95,16 @@ def _raw_key(authorization: bytes | None, x_api_key: bytes | None) -> str:
             raw = credentials.strip().decode("latin-1")
         elif x_api_key is None:
             raise ApiError(
-                401, "Unsupported Authorization scheme: use 'Authorization: Bearer sk-ar-...' or 'x-api-key: sk-ar-...'.",
+                401,
+                "Unsupported Authorization scheme: use 'Authorization: Bearer sk-ar-...' or 'x-api-key: sk-ar-...'.",
                 headers=_WWW_AUTH,
             )
     if not raw and x_api_key is not None:
         raw = x_api_key.strip().decode("latin-1")
     if not raw:
         raise ApiError(
-            401, "Missing API key. Send a management key as 'Authorization: Bearer sk-ar-...' or 'x-api-key: sk-ar-...'.",
+            401,
+            "Missing API key. Send a management key as 'Authorization: Bearer sk-ar-...' or 'x-api-key: sk-ar-...'.",
             headers=_WWW_AUTH,
         )
     return raw

@@ -46,11 +46,15 @@ default 50).
 """
 
 _RATE_HEADERS = {
-    "X-RateLimit-Limit": {"description": "Requests allowed per interval (keys with a limit).",
-                          "schema": {"type": "integer"}},
+    "X-RateLimit-Limit": {
+        "description": "Requests allowed per interval (keys with a limit).",
+        "schema": {"type": "integer"},
+    },
     "X-RateLimit-Remaining": {"description": "Requests left right now.", "schema": {"type": "integer"}},
-    "X-RateLimit-Reset": {"description": "Unix time (seconds) when the bucket is full again.",
-                          "schema": {"type": "integer"}},
+    "X-RateLimit-Reset": {
+        "description": "Unix time (seconds) when the bucket is full again.",
+        "schema": {"type": "integer"},
+    },
 }
 _ERROR_TEXT = {
     400: "Malformed JSON.",
@@ -93,10 +97,17 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "schemas": components,
             "securitySchemes": {
-                "bearerAuth": {"type": "http", "scheme": "bearer",
-                               "description": "Authorization: Bearer sk-ar-… (a key with scope manage)"},
-                "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key",
-                                 "description": "x-api-key: sk-ar-… (a key with scope manage)"},
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Authorization: Bearer sk-ar-… (a key with scope manage)",
+                },
+                "apiKeyHeader": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "x-api-key",
+                    "description": "x-api-key: sk-ar-… (a key with scope manage)",
+                },
             },
         },
     }
@@ -134,8 +145,10 @@ def _operation(op: Operation) -> dict[str, Any]:
         "content": {"application/json": {"schema": {"$ref": REF.format(name=op.response.__name__)}}},
     }
     if op.status == 201:
-        ok["headers"] = {**_RATE_HEADERS, "Location": {"description": "The new key's URL.",
-                                                        "schema": {"type": "string"}}}
+        ok["headers"] = {
+            **_RATE_HEADERS,
+            "Location": {"description": "The new key's URL.", "schema": {"type": "string"}},
+        }
     responses: dict[str, Any] = {str(op.status): ok}
     for status in sorted(op.errors):
         err: dict[str, Any] = {
@@ -143,8 +156,10 @@ def _operation(op: Operation) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": REF.format(name="ErrorBody")}}},
         }
         if status == 429:
-            err["headers"] = {**_RATE_HEADERS, "Retry-After": {"description": "Seconds to wait.",
-                                                               "schema": {"type": "integer"}}}
+            err["headers"] = {
+                **_RATE_HEADERS,
+                "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}},
+            }
         responses[str(status)] = err
     out["responses"] = responses
     return out

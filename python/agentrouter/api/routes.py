@@ -49,7 +49,7 @@ DEFAULT_RANGE = 86400.0
 class Request:
     """What a handler gets: path parameters, decoded query and body, the caller."""
 
-    __slots__ = ("method", "path", "params", "query", "body", "caller_id")
+    __slots__ = ("body", "caller_id", "method", "params", "path", "query")
 
     def __init__(
         self, method: str, path: str, params: dict[str, str], query: Any, body: Any, caller_id: str | None
@@ -63,7 +63,7 @@ class Request:
 
 
 class Reply:
-    __slots__ = ("status", "body", "headers")
+    __slots__ = ("body", "headers", "status")
 
     def __init__(self, body: Any, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         self.body = body
@@ -212,8 +212,13 @@ def created_out(raw: str, row: KeyRow) -> CreatedKey:
 
 def alert_out(row: AlertRow) -> Alert:
     return Alert(
-        id=row.id, key_id=row.key_id, kind=row.kind, subject=row.subject, evidence=row.evidence,
-        created_at=row.created_at, acknowledged_at=row.acknowledged_at,
+        id=row.id,
+        key_id=row.key_id,
+        kind=row.kind,
+        subject=row.subject,
+        evidence=row.evidence,
+        created_at=row.created_at,
+        acknowledged_at=row.acknowledged_at,
     )
 
 
@@ -265,11 +270,13 @@ async def list_keys(ctx: Context, req: Request) -> Reply:
         rows = [r for r in rows if (r.created_at, r.id) > after]
     page = rows[: q.limit]
     has_more = len(rows) > q.limit
-    return Reply(KeyList(
-        data=[key_out(r) for r in page],
-        has_more=has_more,
-        next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if has_more and page else None,
-    ))
+    return Reply(
+        KeyList(
+            data=[key_out(r) for r in page],
+            has_more=has_more,
+            next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if has_more and page else None,
+        )
+    )
 
 
 async def create_key(ctx: Context, req: Request) -> Reply:
@@ -286,8 +293,7 @@ async def create_key(ctx: Context, req: Request) -> Reply:
         )
     except KeyInputError as exc:
         raise _input_error(exc) from None
-    return Reply(created_out(created.key, created.row), 201,
-                 [(b"location", f"/api/v1/keys/{created.row.id}".encode())])
+    return Reply(created_out(created.key, created.row), 201, [(b"location", f"/api/v1/keys/{created.row.id}".encode())])
 
 
 async def get_key(ctx: Context, req: Request) -> Reply:
@@ -343,8 +349,7 @@ async def rotate_key(ctx: Context, req: Request) -> Reply:
         raise _input_error(exc) from None
     except KeyNotFound:
         raise not_found("key", key_id) from None
-    return Reply(created_out(created.key, created.row), 201,
-                 [(b"location", f"/api/v1/keys/{created.row.id}".encode())])
+    return Reply(created_out(created.key, created.row), 201, [(b"location", f"/api/v1/keys/{created.row.id}".encode())])
 
 
 # -- usage -----------------------------------------------------------------------
@@ -386,11 +391,13 @@ async def list_alerts(ctx: Context, req: Request) -> Reply:
     )
     page = rows[: q.limit]
     has_more = len(rows) > q.limit
-    return Reply(AlertList(
-        data=[alert_out(r) for r in page],
-        has_more=has_more,
-        next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if has_more and page else None,
-    ))
+    return Reply(
+        AlertList(
+            data=[alert_out(r) for r in page],
+            has_more=has_more,
+            next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if has_more and page else None,
+        )
+    )
 
 
 async def get_alert(ctx: Context, req: Request) -> Reply:
@@ -417,68 +424,144 @@ _ALERT = "/api/v1/alerts/{alert_id}"
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation(
-        "GET", "/api/v1/keys", "listKeys", "keys", "List keys",
+        "GET",
+        "/api/v1/keys",
+        "listKeys",
+        "keys",
+        "List keys",
         "Keys oldest first with their prefix, creation and last-used times, rate limit and usage totals. "
         "Paginated: pass `next_cursor` back as `cursor` until `has_more` is false. Filter by metadata "
         "labels with `label=environment=production` (repeatable; all must match).",
-        list_keys, KeyList, query=KeysQuery, errors=(*_READ, 422),
+        list_keys,
+        KeyList,
+        query=KeysQuery,
+        errors=(*_READ, 422),
     ),
     Operation(
-        "POST", "/api/v1/keys", "createKey", "keys", "Create a key",
+        "POST",
+        "/api/v1/keys",
+        "createKey",
+        "keys",
+        "Create a key",
         "Returns the new key in `key` — the only time it is ever shown. The key works on its next request "
         "on every gateway worker. Fields a caller cannot set (id, prefix, digest, created_at, usage, state…) "
         "are refused with 422.",
-        create_key, CreatedKey, status=201, body=KeyCreate, errors=(*_READ, 400, 409, 413, 415, 422),
+        create_key,
+        CreatedKey,
+        status=201,
+        body=KeyCreate,
+        errors=(*_READ, 400, 409, 413, 415, 422),
     ),
     Operation(
-        "GET", _KEY, "getKey", "keys", "Get a key",
+        "GET",
+        _KEY,
+        "getKey",
+        "keys",
+        "Get a key",
         "A deleted key is 404 unless `include_deleted=true`.",
-        get_key, Key, query=KeyQuery, errors=(*_READ, 404, 422),
+        get_key,
+        Key,
+        query=KeyQuery,
+        errors=(*_READ, 404, 422),
     ),
     Operation(
-        "PATCH", _KEY, "updateKey", "keys", "Update a key",
+        "PATCH",
+        _KEY,
+        "updateKey",
+        "keys",
+        "Update a key",
         "Change the name, rate limit, metadata (replaced whole) or expiry. Only the fields present change; "
         "an empty object changes nothing. Running gateways apply the change on their next request.",
-        update_key, Key, body=KeyUpdate, errors=(*_READ, 400, 404, 413, 415, 422),
+        update_key,
+        Key,
+        body=KeyUpdate,
+        errors=(*_READ, 400, 404, 413, 415, 422),
     ),
     Operation(
-        "DELETE", _KEY, "deleteKey", "keys", "Delete a key",
+        "DELETE",
+        _KEY,
+        "deleteKey",
+        "keys",
+        "Delete a key",
         "Requests with the key fail with 401 from the next one on, on every worker. Returns the deleted key.",
-        delete_key, Key, errors=(*_READ, 404),
+        delete_key,
+        Key,
+        errors=(*_READ, 404),
     ),
     Operation(
-        "POST", _KEY + "/rotate", "rotateKey", "keys", "Rotate a key",
+        "POST",
+        _KEY + "/rotate",
+        "rotateKey",
+        "keys",
+        "Rotate a key",
         "Creates a new key with the same name, limit, metadata, scope and expiry, returned once in `key`. "
         "The old key keeps working for `grace_seconds`, then gets 401.",
-        rotate_key, CreatedKey, status=201, body=KeyRotate, errors=(*_READ, 400, 404, 409, 413, 415, 422),
+        rotate_key,
+        CreatedKey,
+        status=201,
+        body=KeyRotate,
+        errors=(*_READ, 400, 404, 409, 413, 415, 422),
     ),
     Operation(
-        "GET", _KEY + "/usage", "getKeyUsage", "usage", "Usage of one key",
+        "GET",
+        _KEY + "/usage",
+        "getKeyUsage",
+        "usage",
+        "Usage of one key",
         "Totals, a time series in minute, hour or day buckets, and the per-model breakdown over a range, "
         "from the request log: requests, successes, failures by status class, input/output tokens, latency "
         "p50/p95 and distinct client IPs. Deleted keys keep their history.",
-        key_usage, UsageReport, query=UsageQuery, errors=(*_READ, 404, 422),
+        key_usage,
+        UsageReport,
+        query=UsageQuery,
+        errors=(*_READ, 404, 422),
     ),
     Operation(
-        "GET", "/api/v1/usage", "getUsage", "usage", "Usage of all keys",
+        "GET",
+        "/api/v1/usage",
+        "getUsage",
+        "usage",
+        "Usage of all keys",
         "As for one key, over every key together (or one, with `key_id`).",
-        overall_usage, UsageReport, query=OverallUsageQuery, errors=(*_READ, 404, 422),
+        overall_usage,
+        UsageReport,
+        query=OverallUsageQuery,
+        errors=(*_READ, 404, 422),
     ),
     Operation(
-        "GET", "/api/v1/alerts", "listAlerts", "alerts", "List alerts",
+        "GET",
+        "/api/v1/alerts",
+        "listAlerts",
+        "alerts",
+        "List alerts",
         "Findings of the unusual-usage monitor, newest first: `volume_spike`, `unusual_hour`, "
         "`failure_rate`, `new_ip`. Open ones by default (`status=all` for every alert).",
-        list_alerts, AlertList, query=AlertsQuery, errors=(*_READ, 422),
+        list_alerts,
+        AlertList,
+        query=AlertsQuery,
+        errors=(*_READ, 422),
     ),
     Operation(
-        "GET", _ALERT, "getAlert", "alerts", "Get an alert", "One alert with its evidence.",
-        get_alert, Alert, errors=(*_READ, 404),
+        "GET",
+        _ALERT,
+        "getAlert",
+        "alerts",
+        "Get an alert",
+        "One alert with its evidence.",
+        get_alert,
+        Alert,
+        errors=(*_READ, 404),
     ),
     Operation(
-        "POST", _ALERT + "/ack", "acknowledgeAlert", "alerts", "Acknowledge an alert",
-        "Marks the alert acknowledged (the first acknowledgement's time is kept; acknowledging again "
-        "changes nothing).",
-        acknowledge_alert, Alert, errors=(*_READ, 404),
+        "POST",
+        _ALERT + "/ack",
+        "acknowledgeAlert",
+        "alerts",
+        "Acknowledge an alert",
+        "Marks the alert acknowledged (the first acknowledgement's time is kept; acknowledging again changes nothing).",
+        acknowledge_alert,
+        Alert,
+        errors=(*_READ, 404),
     ),
 )
 

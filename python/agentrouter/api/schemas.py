@@ -31,8 +31,8 @@ __all__ = [
     "KeyQuery",
     "KeyRotate",
     "KeyUpdate",
-    "KeysQuery",
     "KeyUsage",
+    "KeysQuery",
     "ModelUsage",
     "RateLimit",
     "UsageBucket",
@@ -126,15 +126,13 @@ class KeyCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         Duration | None,
         Meta(description="The key stops working this many seconds after creation; null or absent: never."),
     ] = None
-    scope: Annotated[Scope, Meta(description="inference (default) for /v1 calls; manage for this API.")] = (
-        "inference"
-    )
+    scope: Annotated[Scope, Meta(description="inference (default) for /v1 calls; manage for this API.")] = "inference"
 
 
 class KeyUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Only the fields present change. ``metadata`` replaces the whole object."""
 
-    name: Name | None | UnsetType = UNSET
+    name: Name | UnsetType | None = UNSET
     rate_limit: Annotated[RateLimit | None, Meta(description="null removes the limit.")] | UnsetType = UNSET
     metadata: Metadata | UnsetType = UNSET
     expires_in: Annotated[Duration | None, Meta(description="Seconds from now; null: never expire.")] | UnsetType = (
@@ -159,24 +157,28 @@ class Alert(msgspec.Struct, kw_only=True):
     key_id: str
     kind: Annotated[
         AlertKind,
-        Meta(description=(
-            "volume_spike: an hour's requests far above the key's usual busiest hour; unusual_hour: use in an "
-            "hour of the day when the key is normally idle; failure_rate: most requests of an hour failed; "
-            "new_ip: a client network never seen for the key."
-        )),
+        Meta(
+            description=(
+                "volume_spike: an hour's requests far above the key's usual busiest hour; unusual_hour: use in an "
+                "hour of the day when the key is normally idle; failure_rate: most requests of an hour failed; "
+                "new_ip: a client network never seen for the key."
+            )
+        ),
     ]
     subject: Annotated[
         str, Meta(description="What the condition is about: the hour (Unix seconds) or, for new_ip, the network.")
     ]
     evidence: Annotated[
         dict[str, Any],
-        Meta(description=(
-            "The figures the detector saw. volume_spike: requests, baseline_typical_peak_hour, threshold, factor, "
-            "window_start/window_end. unusual_hour: hour_of_day_utc, requests, baseline_active_days, "
-            "days_used_near_this_hour, usual_hours_utc. failure_rate: requests, failures, failures_4xx, "
-            "failures_5xx, rate, baseline_rate, threshold. new_ip: ip, network, first_seen, requests, "
-            "known_networks, known_sample."
-        )),
+        Meta(
+            description=(
+                "The figures the detector saw. volume_spike: requests, baseline_typical_peak_hour, threshold, factor, "
+                "window_start/window_end. unusual_hour: hour_of_day_utc, requests, baseline_active_days, "
+                "days_used_near_this_hour, usual_hours_utc. failure_rate: requests, failures, failures_4xx, "
+                "failures_5xx, rate, baseline_rate, threshold. new_ip: ip, network, first_seen, requests, "
+                "known_networks, known_sample."
+            )
+        ),
     ]
     created_at: float
     acknowledged_at: Annotated[float | None, Meta(description="null: open.")]
@@ -221,11 +223,13 @@ class KeysQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     cursor: Cursor | None = None
     label: Annotated[
         list[str],
-        Meta(description=(
-            "Metadata label filter, repeatable (all must match): ``environment=production`` "
-            "matches keys whose metadata has that value; ``environment`` alone matches keys that "
-            "have the label at all."
-        )),
+        Meta(
+            description=(
+                "Metadata label filter, repeatable (all must match): ``environment=production`` "
+                "matches keys whose metadata has that value; ``environment`` alone matches keys that "
+                "have the label at all."
+            )
+        ),
     ] = []
     include_deleted: Annotated[bool, Meta(description="Also list deleted keys.")] = False
 

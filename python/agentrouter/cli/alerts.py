@@ -38,8 +38,13 @@ def register(sub: Any) -> None:
 
 def alert_json(a: AlertRow) -> dict[str, Any]:
     return {
-        "id": a.id, "key_id": a.key_id, "kind": a.kind, "subject": a.subject, "evidence": a.evidence,
-        "created_at": a.created_at, "acknowledged_at": a.acknowledged_at,
+        "id": a.id,
+        "key_id": a.key_id,
+        "kind": a.kind,
+        "subject": a.subject,
+        "evidence": a.evidence,
+        "created_at": a.created_at,
+        "acknowledged_at": a.acknowledged_at,
     }
 
 
@@ -88,15 +93,21 @@ def summary(a: AlertRow) -> str:
     """One line of evidence for people."""
     ev = a.evidence
     if a.kind == "volume_spike":
-        return (f"{ev.get('requests')} requests in the hour from {_when(ev.get('window_start'))}; "
-                f"usual busiest hour {ev.get('baseline_typical_peak_hour')}")
+        return (
+            f"{ev.get('requests')} requests in the hour from {_when(ev.get('window_start'))}; "
+            f"usual busiest hour {ev.get('baseline_typical_peak_hour')}"
+        )
     if a.kind == "unusual_hour":
-        return (f"{ev.get('requests')} requests at {ev.get('hour_of_day_utc'):02d}:00 UTC; "
-                f"usually active {_hours(ev.get('usual_hours_utc') or [])} UTC")
+        return (
+            f"{ev.get('requests')} requests at {ev.get('hour_of_day_utc'):02d}:00 UTC; "
+            f"usually active {_hours(ev.get('usual_hours_utc') or [])} UTC"
+        )
     if a.kind == "failure_rate":
         rate = ev.get("rate") or 0.0
-        return (f"{ev.get('failures')}/{ev.get('requests')} failed ({rate:.0%}; {ev.get('failures_4xx')} 4xx, "
-                f"{ev.get('failures_5xx')} 5xx), usually {(ev.get('baseline_rate') or 0.0):.0%}")
+        return (
+            f"{ev.get('failures')}/{ev.get('requests')} failed ({rate:.0%}; {ev.get('failures_4xx')} 4xx, "
+            f"{ev.get('failures_5xx')} 5xx), usually {(ev.get('baseline_rate') or 0.0):.0%}"
+        )
     if a.kind == "new_ip":
         return f"first use from {ev.get('ip')} ({ev.get('requests')} requests); {ev.get('known_networks')} known"
     return msgspec.json.encode(ev).decode()

@@ -22,11 +22,18 @@ T = TypeVar("T")
 
 def add_global_options(parser: argparse.ArgumentParser) -> None:
     # Own dest names: a sub-command's parser would overwrite same-named defaults.
-    parser.add_argument("--data-dir", dest="global_data_dir", metavar="DIR",
-                        help="the data directory (default: the config's, else AGENTROUTER_DATA_DIR, "
-                             "else ~/.local/share/agentrouter)")
-    parser.add_argument("--config", dest="global_config", metavar="FILE",
-                        help="the server's TOML configuration (default: AGENTROUTER_CONFIG)")
+    parser.add_argument(
+        "--data-dir",
+        dest="global_data_dir",
+        metavar="DIR",
+        help="the data directory (default: the config's, else AGENTROUTER_DATA_DIR, else ~/.local/share/agentrouter)",
+    )
+    parser.add_argument(
+        "--config",
+        dest="global_config",
+        metavar="FILE",
+        help="the server's TOML configuration (default: AGENTROUTER_CONFIG)",
+    )
 
 
 def data_dir_for(args: argparse.Namespace) -> Path:

@@ -19,6 +19,7 @@ from agentrouter.store import KeyRow
 
 SHOWN_ONCE = "This key will not be shown again. Copy it now and keep it somewhere safe."
 
+
 def register(sub: Any) -> None:
     keys = sub.add_parser("keys", help="manage API keys")
     cmds = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
@@ -28,8 +29,12 @@ def register(sub: Any) -> None:
     _limit_args(p)
     p.add_argument("--metadata", help='a JSON object, e.g. \'{"environment": "production"}\'')
     p.add_argument("--expires-in", metavar="DURATION", help="e.g. 30d; the key stops working then")
-    p.add_argument("--scope", choices=("inference", "manage"), default="inference",
-                   help="inference (default): /v1 calls; manage: the management API")
+    p.add_argument(
+        "--scope",
+        choices=("inference", "manage"),
+        default="inference",
+        help="inference (default): /v1 calls; manage: the management API",
+    )
     add_json_flag(p)
     p.set_defaults(func=_create)
 
@@ -63,16 +68,16 @@ def register(sub: Any) -> None:
 
     p = cmds.add_parser("rotate", help="replace a key; the old one works for a grace period")
     p.add_argument("id")
-    p.add_argument("--grace", metavar="DURATION", default="0s",
-                   help="how long the old key keeps working (default 0s: not at all)")
+    p.add_argument(
+        "--grace", metavar="DURATION", default="0s", help="how long the old key keeps working (default 0s: not at all)"
+    )
     add_json_flag(p)
     p.set_defaults(func=_rotate)
 
 
 def _limit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", type=int, metavar="N", help="requests allowed per interval")
-    p.add_argument("--interval", metavar="SECONDS",
-                   help="the interval, in seconds or as a duration (default 60s)")
+    p.add_argument("--interval", metavar="SECONDS", help="the interval, in seconds or as a duration (default 60s)")
 
 
 # -- commands ----------------------------------------------------------------
@@ -85,8 +90,12 @@ def _create(args: argparse.Namespace) -> int:
 
     async def go(core: Core) -> CreatedKey:
         return await core.keys.create(
-            name=args.name, requests=requests, interval=interval, metadata=metadata,
-            expires_in=expires_in, scope=args.scope,
+            name=args.name,
+            requests=requests,
+            interval=interval,
+            metadata=metadata,
+            expires_in=expires_in,
+            scope=args.scope,
         )
 
     created = run_with_core(args, go)
@@ -102,8 +111,7 @@ def _list(args: argparse.Namespace) -> int:
     if not rows:
         print("No keys yet. Create one with: agentrouter keys create --name NAME")
         return 0
-    header = ("NAME", "ID", "PREFIX", "CREATED", "LAST USED", "RATE LIMIT", "REQUESTS", "FAILED",
-              "TOKENS IN/OUT")
+    header = ("NAME", "ID", "PREFIX", "CREATED", "LAST USED", "RATE LIMIT", "REQUESTS", "FAILED", "TOKENS IN/OUT")
     table = [header] + [
         (
             (r.name or "-") + (" (deleted)" if r.state == "deleted" else ""),
@@ -153,8 +161,10 @@ def _update(args: argparse.Namespace) -> int:
     elif args.expires_in:
         changes["expires_at"] = time.time() + _duration(args.expires_in, "--expires-in")
     if not changes:
-        raise UsageError("nothing to update: give --name, --requests, --interval, --no-limit, "
-                         "--metadata, --expires-in or --no-expiry")
+        raise UsageError(
+            "nothing to update: give --name, --requests, --interval, --no-limit, "
+            "--metadata, --expires-in or --no-expiry"
+        )
     row = run_with_core(args, lambda core: core.keys.update(args.id, **changes))
     if wants_json(args):
         emit_json(key_json(row))
@@ -204,8 +214,9 @@ def _parse_metadata(text: str) -> dict[str, Any]:
     try:
         value = msgspec.json.decode(text)
     except msgspec.DecodeError as exc:
-        raise UsageError(f"--metadata is not valid JSON ({exc}); give an object like "
-                         '\'{"environment": "production"}\'') from None
+        raise UsageError(
+            f'--metadata is not valid JSON ({exc}); give an object like \'{{"environment": "production"}}\''
+        ) from None
     if not isinstance(value, dict):
         raise UsageError('--metadata must be a JSON object, like \'{"environment": "production"}\'')
     return value

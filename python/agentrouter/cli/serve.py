@@ -22,8 +22,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--host", help="address to listen on (default 127.0.0.1; AGENTROUTER_HOST)")
     p.add_argument("--port", type=int, help="port to listen on (default 8080; AGENTROUTER_PORT)")
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="worker processes (default: the CPU count; AGENTROUTER_WORKERS)")
+    p.add_argument(
+        "--workers", type=int, metavar="N", help="worker processes (default: the CPU count; AGENTROUTER_WORKERS)"
+    )
     p.add_argument("--config", metavar="FILE", help="TOML configuration file (AGENTROUTER_CONFIG)")
     p.set_defaults(func=_serve)
 

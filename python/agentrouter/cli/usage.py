@@ -32,9 +32,12 @@ def register(sub: Any) -> None:
         description="Requests, failures, tokens, latency and client IPs from the request log.",
     )
     p.add_argument("key", nargs="?", metavar="KEY", help="a key id or a key name (default: every key)")
-    p.add_argument("--since", default=DEFAULT_SINCE,
-                   help="start: a duration before now (24h, 7d), a date (2024-05-01), an RFC 3339 time "
-                        "or Unix seconds (default 24h)")
+    p.add_argument(
+        "--since",
+        default=DEFAULT_SINCE,
+        help="start: a duration before now (24h, 7d), a date (2024-05-01), an RFC 3339 time "
+        "or Unix seconds (default 24h)",
+    )
     p.add_argument("--until", help="end (exclusive), in the same forms (default now)")
     p.add_argument("--by", choices=("minute", "hour", "day"), default="hour", help="bucket size (default hour)")
     add_json_flag(p)
@@ -117,8 +120,13 @@ def _time(text: str, now: float, flag: str) -> float:
 
 def _cells(s: UsageStats) -> tuple[str, ...]:
     return (
-        str(s.requests), str(s.successes), str(s.failures_4xx), str(s.failures_5xx),
-        f"{s.input_tokens}/{s.output_tokens}", _ms(s.latency_ms_p50), _ms(s.latency_ms_p95),
+        str(s.requests),
+        str(s.successes),
+        str(s.failures_4xx),
+        str(s.failures_5xx),
+        f"{s.input_tokens}/{s.output_tokens}",
+        _ms(s.latency_ms_p50),
+        _ms(s.latency_ms_p95),
         str(s.distinct_client_ips),
     )
 
@@ -142,4 +150,3 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for r in table:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-

@@ -61,18 +61,49 @@ CoreOpener = Callable[[Settings], Awaitable[Any]]
 # Request headers never forwarded: the caller's credentials, hop-by-hop headers
 # (RFC 9110 §7.6.1), what the client library sets itself, and cookies (an upstream
 # has no business with the caller's cookies).
-_DROP_REQUEST = frozenset({
-    b"host", b"authorization", b"x-api-key", b"content-length", b"connection", b"keep-alive",
-    b"proxy-authorization", b"proxy-authenticate", b"proxy-connection", b"te", b"trailer", b"trailers",
-    b"transfer-encoding", b"upgrade", b"accept-encoding", b"cookie", b"expect",
-})
+_DROP_REQUEST = frozenset(
+    {
+        b"host",
+        b"authorization",
+        b"x-api-key",
+        b"content-length",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+        b"accept-encoding",
+        b"cookie",
+        b"expect",
+    }
+)
 # Upstream response headers not relayed: hop-by-hop, the framing (recomputed), what
 # the gateway sets itself, cookies.
-_DROP_RESPONSE = frozenset({
-    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-connection", b"te", b"trailer",
-    b"transfer-encoding", b"upgrade", b"content-length", b"date", b"server", b"set-cookie",
-    b"x-ratelimit-limit", b"x-ratelimit-remaining", b"x-ratelimit-reset", b"retry-after-ms",
-})
+_DROP_RESPONSE = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"date",
+        b"server",
+        b"set-cookie",
+        b"x-ratelimit-limit",
+        b"x-ratelimit-remaining",
+        b"x-ratelimit-reset",
+        b"retry-after-ms",
+    }
+)
 _UPSTREAM_ID_HEADERS = frozenset({b"x-request-id", b"request-id"})
 
 _CT_JSON = (b"content-type", b"application/json")
@@ -298,8 +329,9 @@ class Gateway:
             # dialect if nothing was sent yet (if something was, this send fails too).
             log.exception("request to %s failed", path)
             try:
-                await _send_error(send, route.dialect, Kinds.INTERNAL, "Internal error in the gateway.",
-                                  self._request_id(), None)
+                await _send_error(
+                    send, route.dialect, Kinds.INTERNAL, "Internal error in the gateway.", self._request_id(), None
+                )
             except Exception:
                 pass
         finally:
@@ -347,8 +379,10 @@ class Gateway:
         model: str | None = None
         try:
             if scope["method"] != route.method:
-                raise _BadRequest(Kinds.METHOD_NOT_ALLOWED,
-                                  f"Method {scope['method']} is not allowed on {route.path}; use {route.method}.")
+                raise _BadRequest(
+                    Kinds.METHOD_NOT_ALLOWED,
+                    f"Method {scope['method']} is not allowed on {route.path}; use {route.method}.",
+                )
             if route.kind is RouteKind.MODELS:
                 status = await self._models(route, scope, dialect, rid, decision, send)
                 self._record(record.id, status, 0, 0, started, scope, None, user_agent)
@@ -357,8 +391,11 @@ class Gateway:
             model, stream = _peek_body(body)
             provider = self._router.resolve(model)
             if provider is None:
-                raise _BadRequest(Kinds.MODEL_NOT_FOUND,
-                                  f"The model '{model}' does not exist or is not served by this gateway.", "model")
+                raise _BadRequest(
+                    Kinds.MODEL_NOT_FOUND,
+                    f"The model '{model}' does not exist or is not served by this gateway.",
+                    "model",
+                )
             if not provider.speaks(dialect):
                 raise _BadRequest(Kinds.DIALECT_MISMATCH, _mismatch_message(model, provider, route), "model")
         except _BadRequest as exc:
@@ -373,17 +410,34 @@ class Gateway:
             if connection is not None:
                 nominated = {t.strip().lower() for t in connection.split(b",")}
                 forward = [(n, v) for n, v in forward if n not in nominated]
-            status, inp, out = await self._proxy(route, dialect, provider, body, forward, scope, receive, send,
-                                                 rid, decision)
+            status, inp, out = await self._proxy(
+                route, dialect, provider, body, forward, scope, receive, send, rid, decision
+            )
         self._record(record.id, status, inp, out, started, scope, model, user_agent)
 
-    def _record(self, key_id: str, status: int, inp: int, out: int, started: float, scope: Scope,
-                model: str | None, user_agent: bytes | None) -> None:
+    def _record(
+        self,
+        key_id: str,
+        status: int,
+        inp: int,
+        out: int,
+        started: float,
+        scope: Scope,
+        model: str | None,
+        user_agent: bytes | None,
+    ) -> None:
         client = scope.get("client")
         assert self.usage is not None
-        self.usage.record(key_id, status, inp, out, (time.perf_counter() - started) * 1000.0,
-                          client[0] if client else None, model,
-                          user_agent.decode("latin-1") if user_agent is not None else None)
+        self.usage.record(
+            key_id,
+            status,
+            inp,
+            out,
+            (time.perf_counter() - started) * 1000.0,
+            client[0] if client else None,
+            model,
+            user_agent.decode("latin-1") if user_agent is not None else None,
+        )
 
     async def _read_body(self, receive: Receive, content_length: bytes | None) -> bytes:
         limit = self._max_body
@@ -422,7 +476,7 @@ class Gateway:
 
     async def _models(self, route: Route, scope: Scope, dialect: Dialect, rid: str, decision: Any, send: Send) -> int:
         if route is _MODEL_DETAIL:
-            name = scope["path"][len("/v1/models/"):]
+            name = scope["path"][len("/v1/models/") :]
             provider = self._router.resolve(name) if name else None
             if provider is None:
                 raise _BadRequest(Kinds.MODEL_NOT_FOUND, f"The model '{name}' does not exist.", "model")
@@ -453,8 +507,13 @@ class Gateway:
             await _send_response(send, result.status, headers, result.chunks[0], rid, dialect, decision)
             return result.status, result.input_tokens, result.output_tokens
         headers.append((b"cache-control", b"no-cache"))
-        await send({"type": "http.response.start", "status": result.status,
-                    "headers": headers + _common_headers(rid, dialect, decision)})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": result.status,
+                "headers": headers + _common_headers(rid, dialect, decision),
+            }
+        )
         for chunk in result.chunks:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await asyncio.sleep(0)  # one event at a time, as a real upstream delivers them
@@ -503,9 +562,11 @@ class Gateway:
             except UpstreamError as exc:
                 kind = Kinds.UPSTREAM_TIMEOUT if isinstance(exc, UpstreamTimeout) else Kinds.UPSTREAM_UNAVAILABLE
                 log.warning("provider %s: %s (%s)", provider.name, exc, rid)
-                message = (f"The upstream provider '{provider.name}' did not answer in time."
-                           if kind is Kinds.UPSTREAM_TIMEOUT else
-                           f"The upstream provider '{provider.name}' cannot be reached.")
+                message = (
+                    f"The upstream provider '{provider.name}' did not answer in time."
+                    if kind is Kinds.UPSTREAM_TIMEOUT
+                    else f"The upstream provider '{provider.name}' cannot be reached."
+                )
                 await _send_error(send, dialect, kind, message, rid, decision)
                 return kind.status, 0, 0
             status = upstream.status
@@ -517,8 +578,14 @@ class Gateway:
                 except UpstreamError as exc:
                     kind = Kinds.UPSTREAM_TIMEOUT if isinstance(exc, UpstreamTimeout) else Kinds.UPSTREAM_UNAVAILABLE
                     log.warning("provider %s: %s while reading the answer (%s)", provider.name, exc, rid)
-                    await _send_error(send, dialect, kind, f"The upstream provider '{provider.name}' "
-                                      "broke off its answer.", rid, decision)
+                    await _send_error(
+                        send,
+                        dialect,
+                        kind,
+                        f"The upstream provider '{provider.name}' broke off its answer.",
+                        rid,
+                        decision,
+                    )
                     return kind.status, 0, 0
                 out_headers.append((b"content-length", str(len(data)).encode()))
                 started_response = True
@@ -639,10 +706,14 @@ def _peek_body(body: bytes) -> tuple[str, bool]:
 
 
 def _mismatch_message(model: str, provider: Provider, route: Route) -> str:
-    where = "/v1/messages" if route.dialect is Dialect.OPENAI else "the OpenAI-compatible routes (/v1/chat/completions, …)"
+    where = (
+        "/v1/messages" if route.dialect is Dialect.OPENAI else "the OpenAI-compatible routes (/v1/chat/completions, …)"
+    )
     api = "OpenAI" if route.dialect is Dialect.OPENAI else "Anthropic"
-    return (f"The model '{model}' is served by provider '{provider.name}' ({provider.type}), which does not speak "
-            f"the {api} API of {route.path}; call it on {where}.")
+    return (
+        f"The model '{model}' is served by provider '{provider.name}' ({provider.type}), which does not speak "
+        f"the {api} API of {route.path}; call it on {where}."
+    )
 
 
 def _too_large(limit: int) -> str:
@@ -686,7 +757,12 @@ def _common_headers(rid: str, dialect: Dialect, decision: Any) -> list[tuple[byt
 
 
 async def _send_response(
-    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes, rid: str, dialect: Dialect,
+    send: Send,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    rid: str,
+    dialect: Dialect,
     decision: Any,
 ) -> None:
     headers = headers + _common_headers(rid, dialect, decision)
@@ -708,8 +784,9 @@ async def _send_error(
     headers = [_CT_JSON]
     if extra:
         headers += extra
-    await _send_response(send, kind.status, headers, error_body(dialect, kind, message, rid, param), rid, dialect,
-                         decision)
+    await _send_response(
+        send, kind.status, headers, error_body(dialect, kind, message, rid, param), rid, dialect, decision
+    )
 
 
 def create_app(settings: Settings, *, open_core: CoreOpener | None = None, fallback: ASGIApp | None = None) -> Gateway:
@@ -720,4 +797,3 @@ def create_app(settings: Settings, *, open_core: CoreOpener | None = None, fallb
     dialect. If it has ``async startup(core)`` / ``async shutdown()``, they are called
     from the gateway's lifespan, after the core is open and before it is closed."""
     return Gateway(settings, open_core=open_core, fallback=fallback)
-

@@ -38,13 +38,11 @@ from agentrouter._core import (
 )
 from agentrouter.gateway.errors import ErrorKind, Kinds
 
-__all__ = ["Authenticator", "AuthResult", "TableLoader", "INFERENCE_SCOPE"]
+__all__ = ["INFERENCE_SCOPE", "AuthResult", "Authenticator", "TableLoader"]
 
 INFERENCE_SCOPE = "inference"
 
-_MISSING = (
-    "Missing API key. Send it as 'Authorization: Bearer sk-ar-...' or as 'x-api-key: sk-ar-...'."
-)
+_MISSING = "Missing API key. Send it as 'Authorization: Bearer sk-ar-...' or as 'x-api-key: sk-ar-...'."
 _NOT_BEARER = "Unsupported Authorization scheme: use 'Authorization: Bearer sk-ar-...' or 'x-api-key: sk-ar-...'."
 _MALFORMED = "Malformed API key: AgentRouter keys start with 'sk-ar-' and are 44 characters long."
 
@@ -57,7 +55,7 @@ class AuthResult:
     """``error`` is None when the request may proceed; ``record`` is set whenever the
     key was valid (even if refused for its limit or scope: that counts for the key)."""
 
-    __slots__ = ("error", "message", "record", "decision")
+    __slots__ = ("decision", "error", "message", "record")
 
     def __init__(
         self,

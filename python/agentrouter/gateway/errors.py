@@ -30,7 +30,7 @@ class Dialect(enum.IntEnum):
 class ErrorKind:
     """One kind of refusal: its status and its name in each dialect."""
 
-    __slots__ = ("name", "status", "openai_type", "openai_code", "anthropic_type", "_oa_tail", "_oa_code", "_an_head")
+    __slots__ = ("_an_head", "_oa_code", "_oa_tail", "anthropic_type", "name", "openai_code", "openai_type", "status")
 
     def __init__(self, name: str, status: int, openai_type: str, openai_code: str | None, anthropic_type: str):
         self.name = name

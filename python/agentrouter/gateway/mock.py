@@ -34,7 +34,7 @@ import msgspec
 from agentrouter.gateway.errors import Dialect, Kinds, error_body
 from agentrouter.gateway.routing import RouteKind
 
-__all__ = ["MODELS", "EMBEDDING_MODELS", "MockResult", "handle"]
+__all__ = ["EMBEDDING_MODELS", "MODELS", "MockResult", "handle"]
 
 MODELS: tuple[str, ...] = (
     "mock-gpt",
@@ -59,7 +59,7 @@ class MockResult:
     """What the app sends: a status, a content type, and the body as one piece
     (``stream=False``) or as SSE events to send one by one."""
 
-    __slots__ = ("status", "content_type", "chunks", "stream", "input_tokens", "output_tokens")
+    __slots__ = ("chunks", "content_type", "input_tokens", "output_tokens", "status", "stream")
 
     def __init__(
         self,
@@ -122,7 +122,9 @@ def _text_of(content: Any) -> str:
         return content
     if isinstance(content, list):
         return " ".join(
-            str(part.get("text", "")) for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
         )
     return ""
 
@@ -206,7 +208,13 @@ def _chat(req: dict[str, Any], model: str) -> MockResult:
         }
         return MockResult(200, _JSON, [_encode(body)], False, inp, out)
     include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
-    base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "system_fingerprint": None}
+    base = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+    }
 
     def chunk(delta: dict[str, Any], finish_reason: str | None) -> bytes:
         obj = dict(base, choices=[{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
@@ -400,20 +408,27 @@ def _messages(req: dict[str, Any], model: str) -> MockResult:
     start = dict(message, content=[], stop_reason=None, usage=dict(usage, output_tokens=1))
     chunks = [
         _sse({"type": "message_start", "message": start}, "message_start"),
-        _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-             "content_block_start"),
+        _sse(
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            "content_block_start",
+        ),
         _sse({"type": "ping"}, "ping"),
     ]
     chunks += [
-        _sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}},
-             "content_block_delta")
+        _sse(
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}},
+            "content_block_delta",
+        )
         for p in pieces
     ]
     chunks += [
         _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
         _sse(
-            {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
-             "usage": {"output_tokens": out}},
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop, "stop_sequence": None},
+                "usage": {"output_tokens": out},
+            },
             "message_delta",
         ),
         _sse({"type": "message_stop"}, "message_stop"),

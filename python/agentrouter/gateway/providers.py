@@ -12,7 +12,7 @@ from agentrouter.config import ProviderSettings
 from agentrouter.gateway.errors import Dialect
 from agentrouter.gateway.routing import ROUTES, RouteKind
 
-__all__ = ["Provider", "DIALECTS"]
+__all__ = ["DIALECTS", "Provider"]
 
 DIALECTS: dict[str, frozenset[Dialect]] = {
     "openai": frozenset({Dialect.OPENAI}),
@@ -23,7 +23,7 @@ DIALECTS: dict[str, frozenset[Dialect]] = {
 
 
 class Provider:
-    __slots__ = ("name", "type", "settings", "dialects", "is_mock", "paths", "auth_headers", "default_headers")
+    __slots__ = ("auth_headers", "default_headers", "dialects", "is_mock", "name", "paths", "settings", "type")
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.name = settings.name

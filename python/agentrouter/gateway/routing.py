@@ -13,7 +13,7 @@ from typing import Generic, TypeVar
 
 from agentrouter.gateway.errors import Dialect
 
-__all__ = ["Route", "RouteKind", "ROUTES", "ModelRouter", "is_glob"]
+__all__ = ["ROUTES", "ModelRouter", "Route", "RouteKind", "is_glob"]
 
 
 class RouteKind(enum.Enum):
@@ -30,7 +30,7 @@ class Route:
     """One API path: its dialect, its method, and the upstream path it forwards to
     (relative to the provider's ``base_url``, which ends in ``/v1``)."""
 
-    __slots__ = ("path", "kind", "dialect", "method", "upstream_path", "allow_header")
+    __slots__ = ("allow_header", "dialect", "kind", "method", "path", "upstream_path")
 
     def __init__(self, kind: RouteKind, dialect: Dialect, method: str) -> None:
         self.kind = kind

@@ -57,7 +57,7 @@ from urllib.parse import urlsplit
 
 from agentrouter.config import ProviderSettings
 
-__all__ = ["UpstreamClient", "UpstreamResponse", "UpstreamError", "UpstreamUnavailable", "UpstreamTimeout"]
+__all__ = ["UpstreamClient", "UpstreamError", "UpstreamResponse", "UpstreamTimeout", "UpstreamUnavailable"]
 
 
 class UpstreamError(Exception):
@@ -87,7 +87,7 @@ _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_CLOSE, 
 class UpstreamResponse:
     """Status and headers of an answer, and its body still arriving."""
 
-    __slots__ = ("status", "headers", "_conn")
+    __slots__ = ("_conn", "headers", "status")
 
     def __init__(self, status: int, headers: list[tuple[bytes, bytes]], conn: _Connection) -> None:
         self.status = status
@@ -173,8 +173,11 @@ class _Connection(asyncio.Protocol):
                 self.head.exception()  # retrieved by post()
                 self.state = _DONE
             else:
-                self._fail(UpstreamUnavailable(
-                    "the upstream closed the connection" + (f": {exc}" if exc else " before the answer ended")))
+                self._fail(
+                    UpstreamUnavailable(
+                        "the upstream closed the connection" + (f": {exc}" if exc else " before the answer ended")
+                    )
+                )
         self.client._forget(self)
 
     # -------------------------------------------------------------- request
@@ -441,8 +444,9 @@ class UpstreamClient:
     else against the system's trust store.
     """
 
-    def __init__(self, settings: ProviderSettings, *, ssl_context: ssl.SSLContext | None = None,
-                 ca_file: str | None = None) -> None:
+    def __init__(
+        self, settings: ProviderSettings, *, ssl_context: ssl.SSLContext | None = None, ca_file: str | None = None
+    ) -> None:
         url = urlsplit(settings.base_url or "http://invalid")
         self._scheme = url.scheme
         self._host = url.hostname or ""
@@ -521,14 +525,18 @@ class UpstreamClient:
         try:
             _, conn = await asyncio.wait_for(
                 self._loop.create_connection(
-                    lambda: _Connection(self), self._host, self._port, ssl=self._ssl,
+                    lambda: _Connection(self),
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
                     server_hostname=self._host if self._ssl else None,
                 ),
                 self._connect_timeout,
             )
         except TimeoutError:
             raise UpstreamTimeout(
-                f"no connection to {self._host}:{self._port} within {self._connect_timeout:g} s") from None
+                f"no connection to {self._host}:{self._port} within {self._connect_timeout:g} s"
+            ) from None
         except OSError as exc:
             raise UpstreamUnavailable(f"cannot connect to {self._host}:{self._port}: {exc.strerror or exc}") from None
         self._connections.add(conn)
@@ -568,9 +576,18 @@ class UpstreamClient:
         owns the response: it reads it (``read`` / ``iter_chunks``) and then calls
         ``release``; cancelling the calling task closes the connection.
         """
-        head = b"".join([b"POST ", path, b" HTTP/1.1\r\n", self._host_header,
-                         *[name + b": " + value + b"\r\n" for name, value in headers],
-                         b"Content-Length: ", b"%d" % len(body), b"\r\n\r\n"])
+        head = b"".join(
+            [
+                b"POST ",
+                path,
+                b" HTTP/1.1\r\n",
+                self._host_header,
+                *[name + b": " + value + b"\r\n" for name, value in headers],
+                b"Content-Length: ",
+                b"%d" % len(body),
+                b"\r\n\r\n",
+            ]
+        )
         for attempt in (0, 1):
             conn = await self._acquire()
             try:

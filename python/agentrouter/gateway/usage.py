@@ -45,7 +45,7 @@ import msgspec
 
 from agentrouter.store.models import RequestRecord, UsageDelta
 
-__all__ = ["UsageRecorder", "StreamUsage", "tokens_from_json", "tokens_from_sse"]
+__all__ = ["StreamUsage", "UsageRecorder", "tokens_from_json", "tokens_from_sse"]
 
 log = logging.getLogger("agentrouter.usage")
 
@@ -75,7 +75,9 @@ _USAGE_AT = re.compile(rb'"usage"\s*:\s*(?:(\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\}
 def _split(u: _Usage) -> tuple[int | None, int | None]:
     """(input, output) in either dialect's names; None where the object has no number."""
     if u.input_tokens is not None or u.cache_creation_input_tokens is not None or u.cache_read_input_tokens is not None:
-        inp: int | None = (u.input_tokens or 0) + (u.cache_creation_input_tokens or 0) + (u.cache_read_input_tokens or 0)
+        inp: int | None = (
+            (u.input_tokens or 0) + (u.cache_creation_input_tokens or 0) + (u.cache_read_input_tokens or 0)
+        )
     else:
         inp = u.prompt_tokens
     out = u.output_tokens if u.output_tokens is not None else u.completion_tokens
@@ -153,8 +155,17 @@ class StreamUsage:
 
 
 class _Totals:
-    __slots__ = ("requests", "successes", "failures_4xx", "failures_5xx", "input_tokens", "output_tokens",
-                 "latency_ms", "last_used_at", "last_client_ip")
+    __slots__ = (
+        "failures_4xx",
+        "failures_5xx",
+        "input_tokens",
+        "last_client_ip",
+        "last_used_at",
+        "latency_ms",
+        "output_tokens",
+        "requests",
+        "successes",
+    )
 
     def __init__(self) -> None:
         self.requests = 0
@@ -244,11 +255,19 @@ class UsageRecorder:
         was refused before its body was read)."""
         now = self._clock()
         if len(self._requests) < self._max_requests:
-            self._requests.append(RequestRecord(
-                key_id=key_id, time=now - latency_ms / 1000.0, model=model, status=status,
-                latency_ms=latency_ms, input_tokens=input_tokens, output_tokens=output_tokens,
-                client_ip=client_ip, user_agent=user_agent,
-            ))
+            self._requests.append(
+                RequestRecord(
+                    key_id=key_id,
+                    time=now - latency_ms / 1000.0,
+                    model=model,
+                    status=status,
+                    latency_ms=latency_ms,
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                    client_ip=client_ip,
+                    user_agent=user_agent,
+                )
+            )
         else:
             self._dropped += 1
         t = self._pending.get(key_id)
@@ -305,8 +324,11 @@ class UsageRecorder:
             try:
                 await self._sink(deltas, records)
             except Exception:
-                log.exception("writing usage for %d keys (%d requests) failed; keeping it for the next flush",
-                              len(deltas), len(records))
+                log.exception(
+                    "writing usage for %d keys (%d requests) failed; keeping it for the next flush",
+                    len(deltas),
+                    len(records),
+                )
                 self._restore(deltas, records)
                 return False
             self.flushed_requests += sum(d.requests for d in deltas)
@@ -322,14 +344,18 @@ class UsageRecorder:
         records.extend(self._requests)
         if len(records) > self._max_requests:
             self._dropped += len(records) - self._max_requests
-            del records[self._max_requests:]
+            del records[self._max_requests :]
         self._requests = records
 
     def _report_dropped(self) -> None:
         if self._dropped:
             self.dropped_records += self._dropped
-            log.error("request log: %d records dropped (more than %d waited for the store to be written); "
-                      "the key totals still count them", self._dropped, self._max_requests)
+            log.error(
+                "request log: %d records dropped (more than %d waited for the store to be written); "
+                "the key totals still count them",
+                self._dropped,
+                self._max_requests,
+            )
             self._dropped = 0
 
     async def close(self, attempts: int = 3) -> None:
@@ -345,5 +371,8 @@ class UsageRecorder:
         self._report_dropped()
         lost = self.pending_requests
         if lost or self._requests:
-            log.error("usage of %d requests (%d request-log records) could not be written at shutdown",
-                      lost, len(self._requests))
+            log.error(
+                "usage of %d requests (%d request-log records) could not be written at shutdown",
+                lost,
+                len(self._requests),
+            )

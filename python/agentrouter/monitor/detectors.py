@@ -133,8 +133,10 @@ def _by_start(hours: Sequence[HourlyUsage]) -> dict[int, HourlyUsage]:
             out[h.start] = h
         else:  # merge duplicates defensively
             out[h.start] = HourlyUsage(
-                start=h.start, requests=prev.requests + h.requests,
-                failures_4xx=prev.failures_4xx + h.failures_4xx, failures_5xx=prev.failures_5xx + h.failures_5xx,
+                start=h.start,
+                requests=prev.requests + h.requests,
+                failures_4xx=prev.failures_4xx + h.failures_4xx,
+                failures_5xx=prev.failures_5xx + h.failures_5xx,
             )
     return out
 
@@ -168,19 +170,21 @@ def detect_volume_spike(hours: Sequence[HourlyUsage], now: float, config: Detect
         typical_peak = statistics.median(peaks.values())
         threshold = max(float(config.volume_min_requests), config.volume_factor * typical_peak)
         if current.requests >= threshold:
-            findings.append(Finding(
-                kind="volume_spike",
-                subject=str(start),
-                evidence={
-                    "window_start": float(start),
-                    "window_end": float(start + HOUR),
-                    "requests": current.requests,
-                    "baseline_typical_peak_hour": typical_peak,
-                    "baseline_active_days": len(peaks),
-                    "factor": round(current.requests / typical_peak, 2) if typical_peak else None,
-                    "threshold": threshold,
-                },
-            ))
+            findings.append(
+                Finding(
+                    kind="volume_spike",
+                    subject=str(start),
+                    evidence={
+                        "window_start": float(start),
+                        "window_end": float(start + HOUR),
+                        "requests": current.requests,
+                        "baseline_typical_peak_hour": typical_peak,
+                        "baseline_active_days": len(peaks),
+                        "factor": round(current.requests / typical_peak, 2) if typical_peak else None,
+                        "threshold": threshold,
+                    },
+                )
+            )
     return findings
 
 
@@ -210,19 +214,21 @@ def detect_unusual_hour(hours: Sequence[HourlyUsage], now: float, config: Detect
         used = days_used(hod)
         if used / len(active_days) < config.unusual_hour_idle_fraction:
             usual = [h for h in range(24) if days_used(h) / len(active_days) >= config.unusual_hour_idle_fraction]
-            findings.append(Finding(
-                kind="unusual_hour",
-                subject=str(start),
-                evidence={
-                    "window_start": float(start),
-                    "window_end": float(start + HOUR),
-                    "hour_of_day_utc": hod,
-                    "requests": current.requests,
-                    "baseline_active_days": len(active_days),
-                    "days_used_near_this_hour": used,
-                    "usual_hours_utc": usual,
-                },
-            ))
+            findings.append(
+                Finding(
+                    kind="unusual_hour",
+                    subject=str(start),
+                    evidence={
+                        "window_start": float(start),
+                        "window_end": float(start + HOUR),
+                        "hour_of_day_utc": hod,
+                        "requests": current.requests,
+                        "baseline_active_days": len(active_days),
+                        "days_used_near_this_hour": used,
+                        "usual_hours_utc": usual,
+                    },
+                )
+            )
     return findings
 
 
@@ -242,22 +248,24 @@ def detect_failure_rate(hours: Sequence[HourlyUsage], now: float, config: Detect
         b_rate = b_failures / b_requests if b_requests >= config.failure_baseline_min_requests else 0.0
         if rate < b_rate + config.failure_margin:
             continue
-        findings.append(Finding(
-            kind="failure_rate",
-            subject=str(start),
-            evidence={
-                "window_start": float(start),
-                "window_end": float(start + HOUR),
-                "requests": current.requests,
-                "failures": current.failures,
-                "failures_4xx": current.failures_4xx,
-                "failures_5xx": current.failures_5xx,
-                "rate": round(rate, 4),
-                "baseline_rate": round(b_rate, 4),
-                "baseline_requests": b_requests,
-                "threshold": config.failure_rate,
-            },
-        ))
+        findings.append(
+            Finding(
+                kind="failure_rate",
+                subject=str(start),
+                evidence={
+                    "window_start": float(start),
+                    "window_end": float(start + HOUR),
+                    "requests": current.requests,
+                    "failures": current.failures,
+                    "failures_4xx": current.failures_4xx,
+                    "failures_5xx": current.failures_5xx,
+                    "rate": round(rate, 4),
+                    "baseline_rate": round(b_rate, 4),
+                    "baseline_requests": b_requests,
+                    "threshold": config.failure_rate,
+                },
+            )
+        )
     return findings
 
 
@@ -292,16 +300,18 @@ def detect_new_ip(ips: Sequence[ClientIp], now: float, config: DetectorConfig) -
             continue
         members = networks[net]
         known = sorted((n for n, f in first_seen.items() if f < first), key=lambda n: first_seen[n])
-        findings.append(Finding(
-            kind="new_ip",
-            subject=net,
-            evidence={
-                "ip": min(members, key=lambda s: s.first_seen).ip,
-                "network": net,
-                "first_seen": first,
-                "requests": sum(s.requests for s in members),
-                "known_networks": len(known),
-                "known_sample": known[:10],
-            },
-        ))
+        findings.append(
+            Finding(
+                kind="new_ip",
+                subject=net,
+                evidence={
+                    "ip": min(members, key=lambda s: s.first_seen).ip,
+                    "network": net,
+                    "first_seen": first,
+                    "requests": sum(s.requests for s in members),
+                    "known_networks": len(known),
+                    "known_sample": known[:10],
+                },
+            )
+        )
     return findings

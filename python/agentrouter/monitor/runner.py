@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import msgspec
 
-from agentrouter.monitor.detectors import KeyHistory, detect
 from agentrouter.config import Settings
+from agentrouter.monitor.detectors import KeyHistory, detect
 from agentrouter.monitor.settings import DAY, HOUR
 from agentrouter.monitor.webhook import WebhookSender, alert_event
 from agentrouter.store import Store
@@ -146,8 +146,11 @@ class Monitor:
         if self._sender is not None:
             result.notified, result.notify_failed = await self.notify(now)
         if result.alerts:
-            log.warning("monitor: %d new alert(s): %s", len(result.alerts),
-                        ", ".join(f"{a.kind} on {a.key_id}" for a in result.alerts))
+            log.warning(
+                "monitor: %d new alert(s): %s",
+                len(result.alerts),
+                ", ".join(f"{a.kind} on {a.key_id}" for a in result.alerts),
+            )
         return result
 
     async def prune(self, now: float) -> int:
@@ -170,8 +173,12 @@ class Monitor:
             history = KeyHistory(key_id=key_id, hours=hours[key_id], ips=ips[key_id])
             for finding in detect(history, now, config):
                 alert = await self.analytics.record_alert(
-                    key_id=key_id, kind=finding.kind, subject=finding.subject,
-                    evidence=finding.evidence, now=now, cooldown=config.cooldown(finding.kind),
+                    key_id=key_id,
+                    kind=finding.kind,
+                    subject=finding.subject,
+                    evidence=finding.evidence,
+                    now=now,
+                    cooldown=config.cooldown(finding.kind),
                 )
                 if alert is not None:
                     created.append(alert)

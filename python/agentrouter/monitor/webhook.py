@@ -57,8 +57,13 @@ class WebhookEvent(msgspec.Struct, kw_only=True):
 def alert_event(alert: AlertRow, key: KeyRow | None) -> WebhookEvent:
     return WebhookEvent(
         alert=WebhookAlert(
-            id=alert.id, key_id=alert.key_id, kind=alert.kind, subject=alert.subject,
-            evidence=alert.evidence, created_at=alert.created_at, acknowledged_at=alert.acknowledged_at,
+            id=alert.id,
+            key_id=alert.key_id,
+            kind=alert.kind,
+            subject=alert.subject,
+            evidence=alert.evidence,
+            created_at=alert.created_at,
+            acknowledged_at=alert.acknowledged_at,
         ),
         key=None if key is None else WebhookKey(id=key.id, name=key.name, prefix=key.prefix),
     )

@@ -130,7 +130,7 @@ class Analytics:
         self._store = store
         # Reads share the store's connection (and its thread); writes go through
         # ``store.transaction()`` so they take the write lock up front.
-        self._db: aiosqlite.Connection = store._db  # noqa: SLF001 - same package, one connection
+        self._db: aiosqlite.Connection = store._db
 
     # -- request log ---------------------------------------------------------
 
@@ -205,7 +205,8 @@ class Analytics:
         if last - first > MAX_BUCKETS:
             raise UsageQueryError(
                 f"{last - first} {bucket} buckets is too many (at most {MAX_BUCKETS}): "
-                "choose a larger bucket or a shorter range", "by",
+                "choose a larger bucket or a shorter range",
+                "by",
             )
         since = float(first * width)
 
@@ -226,8 +227,14 @@ class Analytics:
         models = [ModelUsage(model=m, **msgspec.structs.asdict(s)) for m, s in model_stats.items()]
         models.sort(key=lambda m: (-m.requests, m.model or ""))
         return UsageReport(
-            key_id=key_id, since=since, until=until, bucket=bucket, bucket_seconds=width,
-            totals=totals, series=series, models=models,
+            key_id=key_id,
+            since=since,
+            until=until,
+            bucket=bucket,
+            bucket_seconds=width,
+            totals=totals,
+            series=series,
+            models=models,
         )
 
     async def _grouped(self, group: str, where: str, params: dict[str, Any]) -> dict[Any, UsageStats]:
@@ -266,9 +273,15 @@ class Analytics:
         rows = await self._db.execute_fetchall(sql, params)
         return {
             r[0]: UsageStats(
-                requests=r[1], successes=r[2] or 0, failures_4xx=r[3] or 0, failures_5xx=r[4] or 0,
-                input_tokens=r[5] or 0, output_tokens=r[6] or 0, distinct_client_ips=r[7] or 0,
-                latency_ms_p50=r[8], latency_ms_p95=r[9],
+                requests=r[1],
+                successes=r[2] or 0,
+                failures_4xx=r[3] or 0,
+                failures_5xx=r[4] or 0,
+                input_tokens=r[5] or 0,
+                output_tokens=r[6] or 0,
+                distinct_client_ips=r[7] or 0,
+                latency_ms_p50=r[8],
+                latency_ms_p95=r[9],
             )
             for r in rows
         }
@@ -335,8 +348,7 @@ class Analytics:
         alert_id = new_alert_id()
         async with self._store.transaction() as db:
             if await db.execute_fetchall(
-                "SELECT 1 FROM alerts WHERE key_id = ? AND kind = ? AND (subject = ? OR created_at > ?)"
-                " LIMIT 1",
+                "SELECT 1 FROM alerts WHERE key_id = ? AND kind = ? AND (subject = ? OR created_at > ?) LIMIT 1",
                 (key_id, kind, subject, now - cooldown),
             ):
                 return None
@@ -454,9 +466,18 @@ async def write_requests(
             "INSERT INTO request_log (time, key_id, model, status, latency_ms, input_tokens, output_tokens,"
             " client_ip, user_agent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (r.time, r.key_id, _cut(r.model, MAX_MODEL), r.status, r.latency_ms, r.input_tokens,
-                 r.output_tokens, r.client_ip, _cut(r.user_agent, MAX_USER_AGENT))
-                for r in records[start:start + WRITE_CHUNK]
+                (
+                    r.time,
+                    r.key_id,
+                    _cut(r.model, MAX_MODEL),
+                    r.status,
+                    r.latency_ms,
+                    r.input_tokens,
+                    r.output_tokens,
+                    r.client_ip,
+                    _cut(r.user_agent, MAX_USER_AGENT),
+                )
+                for r in records[start : start + WRITE_CHUNK]
             ],
         )
     hours: dict[tuple[str, int], list[float]] = {}
@@ -508,15 +529,21 @@ def new_alert_id() -> str:
 
 
 _ALERT_SELECT = (
-    "SELECT id, key_id, kind, subject, evidence, created_at, acknowledged_at, notified_at, notify_attempts"
-    " FROM alerts"
+    "SELECT id, key_id, kind, subject, evidence, created_at, acknowledged_at, notified_at, notify_attempts FROM alerts"
 )
 
 
 def _alert_row(r: Any) -> AlertRow:
     return AlertRow(
-        id=r[0], key_id=r[1], kind=r[2], subject=r[3], evidence=msgspec.json.decode(r[4]),
-        created_at=r[5], acknowledged_at=r[6], notified_at=r[7], notify_attempts=r[8],
+        id=r[0],
+        key_id=r[1],
+        kind=r[2],
+        subject=r[3],
+        evidence=msgspec.json.decode(r[4]),
+        created_at=r[5],
+        acknowledged_at=r[6],
+        notified_at=r[7],
+        notify_attempts=r[8],
     )
 
 

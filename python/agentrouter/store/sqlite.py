@@ -129,8 +129,21 @@ class Store:
                 "INSERT INTO keys (id, name, prefix, digest, tag, slot, requests, interval, metadata,"
                 " scope, owner, state, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?)",
-                (id, name, prefix, digest, tag, slot, requests, interval,
-                 msgspec.json.encode(metadata).decode(), scope, owner, created_at, expires_at),
+                (
+                    id,
+                    name,
+                    prefix,
+                    digest,
+                    tag,
+                    slot,
+                    requests,
+                    interval,
+                    msgspec.json.encode(metadata).decode(),
+                    scope,
+                    owner,
+                    created_at,
+                    expires_at,
+                ),
             )
             if before_commit is not None:
                 await before_commit(db)
@@ -176,10 +189,7 @@ class Store:
         if unknown:
             raise StoreError(f"cannot update {', '.join(sorted(unknown))}")
         if changes:
-            values = [
-                msgspec.json.encode(v).decode() if col == "metadata" else v
-                for col, v in changes.items()
-            ]
+            values = [msgspec.json.encode(v).decode() if col == "metadata" else v for col, v in changes.items()]
             assignments = ", ".join(f"{col} = ?" for col in changes)
             async with self.transaction() as db:
                 cur = await db.execute(
@@ -195,9 +205,7 @@ class Store:
         """Mark a key deleted and free its slot. ``revoke(slot, tag)`` runs before the
         commit: if the commit fails the key is refused anyway (fail closed)."""
         async with self.transaction() as db:
-            async with db.execute(
-                "SELECT slot, tag FROM keys WHERE id = ? AND state = 'active'", (key_id,)
-            ) as cur:
+            async with db.execute("SELECT slot, tag FROM keys WHERE id = ? AND state = 'active'", (key_id,)) as cur:
                 found = await cur.fetchone()
             if found is None:
                 return None
@@ -243,9 +251,18 @@ class Store:
                 "   THEN COALESCE(excluded.last_client_ip, last_client_ip) ELSE last_client_ip END,"
                 " last_used_at = MAX(COALESCE(last_used_at, 0), excluded.last_used_at)",
                 [
-                    (d.key_id, d.requests, d.successes, d.failures_4xx, d.failures_5xx,
-                     d.input_tokens, d.output_tokens, d.latency_ms_total, d.last_used_at,
-                     d.last_client_ip)
+                    (
+                        d.key_id,
+                        d.requests,
+                        d.successes,
+                        d.failures_4xx,
+                        d.failures_5xx,
+                        d.input_tokens,
+                        d.output_tokens,
+                        d.latency_ms_total,
+                        d.last_used_at,
+                        d.last_client_ip,
+                    )
                     for d in deltas
                 ],
             )
@@ -264,9 +281,22 @@ def _key_row(r: sqlite3.Row | tuple[Any, ...]) -> KeyRow:
         last_client_ip=r[23],
     )
     return KeyRow(
-        id=r[0], name=r[1], prefix=r[2], created_at=r[3], requests=r[4], interval=r[5],
-        metadata=msgspec.json.decode(r[6]), expires_at=r[7], state=r[8], scope=r[9],
-        owner=r[10], slot=r[11], tag=r[12], rotated_to=r[13], deleted_at=r[14], usage=usage,
+        id=r[0],
+        name=r[1],
+        prefix=r[2],
+        created_at=r[3],
+        requests=r[4],
+        interval=r[5],
+        metadata=msgspec.json.decode(r[6]),
+        expires_at=r[7],
+        state=r[8],
+        scope=r[9],
+        owner=r[10],
+        slot=r[11],
+        tag=r[12],
+        rotated_to=r[13],
+        deleted_at=r[14],
+        usage=usage,
     )
 
 

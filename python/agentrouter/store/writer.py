@@ -44,7 +44,7 @@ import msgspec
 
 from agentrouter.store.models import RequestRecord, UsageDelta
 
-__all__ = ["UsageWriter", "UsageWriterError", "Batch", "NICE"]
+__all__ = ["NICE", "Batch", "UsageWriter", "UsageWriterError"]
 
 log = logging.getLogger("agentrouter.usage")
 
@@ -112,8 +112,13 @@ class UsageWriter:
         # The child imports the same agentrouter as this process, installed or not.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH")) if p)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "agentrouter.store.writer", str(self.db_path),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+            sys.executable,
+            "-m",
+            "agentrouter.store.writer",
+            str(self.db_path),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
         )
         self.spawned += 1
         assert proc.stdout is not None
@@ -219,8 +224,12 @@ async def _serve(db_path: Path) -> int:
             try:
                 await store.add_usage(batch.deltas, batch.requests, pause=pause if batch.yield_cpu else None)
             except Exception as exc:  # rolled back: the parent keeps the batch
-                log.exception("usage writer: batch %d (%d keys, %d requests) was not written",
-                              batch.seq, len(batch.deltas), len(batch.requests))
+                log.exception(
+                    "usage writer: batch %d (%d keys, %d requests) was not written",
+                    batch.seq,
+                    len(batch.deltas),
+                    len(batch.requests),
+                )
                 message = " ".join(f"{type(exc).__name__}: {exc}".split())
                 os.write(out, b"error %d %s\n" % (batch.seq, message.encode()[:1000]))
                 continue
