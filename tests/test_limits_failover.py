@@ -209,3 +209,25 @@ async def test_the_shared_memory_adapter_is_the_native_limiter() -> None:
     assert await adapter.bump_generation() == 1 and await adapter.generation() == 1
     with pytest.raises(ValueError):
         await adapter.acquire(KEY, 10, 10.0, 0)
+
+
+async def test_change_announcements_survive_a_restart(server: RedisServer, remote: RedisLimiter) -> None:
+    changes = remote.changes(poll_interval=0.1)
+    try:
+        async with asyncio.timeout(5):
+            assert await anext(changes) == 0
+            await remote.bump_generation()
+            assert await anext(changes) == 1
+        server.kill()
+        server.start()  # empty: the generation is 0 again, which is a change
+        async with asyncio.timeout(5):
+            assert await anext(changes) == 0
+        other = await RedisLimiter.connect(server.url, timeout=TIMEOUT)
+        try:
+            await other.bump_generation()
+            async with asyncio.timeout(5):
+                assert await anext(changes) == 1
+        finally:
+            await other.aclose()
+    finally:
+        await changes.aclose()

@@ -14,10 +14,12 @@ scale, ``t`` and ``tau``) and passes ``tau`` and ``cost·t`` as (seconds, units)
 pairs; the function only adds, subtracts and compares pairs whose components stay
 below 2^53, so it computes the bucket's backlog exactly (see ``gcra.lua``), and
 ``Quota.decision`` derives ``remaining``, ``reset`` and ``retry_after`` from the
-exact integers with the native core's formulas. ``retry_after`` is therefore not
-rounded at all (the gateway's ``Retry-After`` and ``retry-after-ms`` round it up,
-as for the native limiter). The only difference from the native limiter is the
-clock: Redis's ``TIME`` has microsecond resolution.
+exact integers with the native core's formulas: the same integers, and the same
+single floating-point division for ``retry_after``, which is never truncated (the
+gateway's ``Retry-After`` and ``retry-after-ms`` round it up, as for the native
+limiter). The only difference from the native limiter is the clock: Redis's
+``TIME`` has microsecond resolution. ``tests/test_limits_redis.py`` compares every
+field of every decision with the native core's at the same (fake) times.
 
 Keys (``prefix`` defaults to ``ar``; every key of one API key shares the hash tag
 ``{ar:key:<id>}``, so the function works on Redis Cluster):
