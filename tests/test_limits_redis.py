@@ -23,7 +23,7 @@ from agentrouter.limiter import FakeClock, RateLimiter
 from agentrouter.limits import UNLIMITED, Decision, LimiterUnavailable
 from agentrouter.limits.gcra import MAX_INTERVAL_SECS, MAX_REQUESTS, Quota
 from agentrouter.limits.redis import LIBRARY, RedisLimiter, client_for, library_source
-from tests.limiter_backends import RedisBackend, unix_ns
+from tests.limiter_backends import NS, UNIX0_NS, RedisBackend, unix_ns
 from tests.services import RedisServer, RedisServers, free_port
 
 TIMEOUT = 2.0  # generous: these tests are about decisions, not the outage bound
@@ -99,7 +99,7 @@ def redis_backend(redis_server: RedisServer) -> Iterator[RedisBackend]:
     backend.close()
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sequences())
 def test_every_field_of_every_decision_is_the_native_limiters(
     redis_backend: RedisBackend, sequence: tuple[list[tuple[int, float]], list[tuple[int, int, int]]]
@@ -137,6 +137,24 @@ def test_extreme_quotas_decide_as_the_native_limiter(
         clock.advance_ns(i * 7_919)
         expected = native.acquire("k", requests=requests, interval=interval, cost=cost)
         assert fields(remote("k", requests=requests, interval=interval, cost=cost)) == fields(expected)
+
+
+async def test_a_clock_that_went_back_leaves_the_bucket_empty_not_stuck(redis_url: str) -> None:
+    # The server's clock stepped back (NTP): the stored TAT is far ahead of "now".
+    # As in gcra.rs, the backlog is clamped to tau: the bucket reads as empty, and
+    # the wait is at most one emission interval, not the time the clock went back.
+    now = [UNIX0_NS]
+    limiter = await RedisLimiter.connect(redis_url, timeout=TIMEOUT, test_clock=lambda: now[0])
+    try:
+        assert (await limiter.acquire_named("k", requests=5, interval=10.0)).remaining == 4
+        now[0] -= 3600 * NS
+        d = await limiter.acquire_named("k", requests=5, interval=10.0)
+        assert (d.allowed, d.remaining, d.retry_after) == (False, 0, 2.0)
+        assert d.reset == UNIX0_NS // NS - 3600 + 10
+        now[0] += 2 * NS
+        assert (await limiter.acquire_named("k", requests=5, interval=10.0)).allowed
+    finally:
+        await limiter.aclose()
 
 
 def test_the_quota_is_the_native_cores() -> None:

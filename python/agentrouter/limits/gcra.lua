@@ -24,7 +24,8 @@ Functions (keys are declared, all of one key's keys share a hash tag):
     over    "1" when cost > R: refused whatever the state, nothing written
   returns {revoked 0|1, generation or nil, outcome, b_sec, b_u, now_sec, now_ns}
     outcome 0: not decided (no limit, or revoked); 1: admitted, b = the backlog
-    after this request; 2: refused, b = the backlog before it (unchanged).
+    after this request; 2: refused, b = the backlog before it (unchanged: a
+    refusal writes nothing, but for the repair described in acquire).
     now is the server's TIME the decision was made at.
 
   ar_bump_v1     KEYS generation; ARGV channel
@@ -57,6 +58,18 @@ local function int(x)
   return string.format('%.0f', x)
 end
 
+-- Stores TAT = now + backlog in quota q.
+local function store(key, q, s, now_s, now_u, b_s, b_u, w, expire)
+  local n_s, n_u = add(now_s, now_u, b_s, b_u, w)
+  redis.call('HSET', key, 'q', q, 's', int(n_s), 'u', int(n_u))
+  if expire then
+    -- Full again after the backlog: then the bucket is worth nothing. Rounded
+    -- up, plus a millisecond, so it never disappears while it still counts.
+    local ms = b_s * 1000 + math.ceil(b_u / (s * 1e6)) + 1
+    redis.call('PEXPIRE', key, int(ms))
+  end
+end
+
 local function acquire(keys, argv, now_s, now_ns, expire)
   local revoked = redis.call('EXISTS', keys[2]) == 1
   local generation = false
@@ -72,27 +85,26 @@ local function acquire(keys, argv, now_s, now_ns, expire)
   -- backlog = clamp(tat, now, now + tau) - now; a bucket in another quota (or
   -- none, or expired) is full.
   local b_s, b_u = 0, 0
+  local behind = false -- the TAT is beyond now + tau: the clock stepped back
   local state = redis.call('HMGET', keys[1], 'q', 's', 'u')
   local tat_s, tat_u = tonumber(state[2]), tonumber(state[3])
   if state[1] == q and tat_s and tat_u and less(now_s, now_u, tat_s, tat_u) then
     b_s, b_u = sub(tat_s, tat_u, now_s, now_u, w)
-    if less(tau_s, tau_u, b_s, b_u) then b_s, b_u = tau_s, tau_u end
+    if less(tau_s, tau_u, b_s, b_u) then b_s, b_u, behind = tau_s, tau_u, true end
   end
-  if argv[7] == '1' then
+  local admitted, a_s, a_u = false, b_s, b_u
+  if argv[7] ~= '1' then
+    a_s, a_u = add(b_s, b_u, tonumber(argv[5]), tonumber(argv[6]), w)
+    admitted = not less(tau_s, tau_u, a_s, a_u)
+  end
+  if not admitted then
+    -- A refusal writes nothing, except to repair a TAT that a clock stepped back
+    -- left far ahead: the bucket is empty now (as the clamp said) and refills from
+    -- now, rather than staying empty until the clock catches up.
+    if behind then store(keys[1], q, s, now_s, now_u, b_s, b_u, w, expire) end
     return {0, generation, 2, b_s, b_u, now_s, now_ns}
   end
-  local a_s, a_u = add(b_s, b_u, tonumber(argv[5]), tonumber(argv[6]), w)
-  if less(tau_s, tau_u, a_s, a_u) then
-    return {0, generation, 2, b_s, b_u, now_s, now_ns} -- a refusal writes nothing
-  end
-  local n_s, n_u = add(now_s, now_u, a_s, a_u, w)
-  redis.call('HSET', keys[1], 'q', q, 's', int(n_s), 'u', int(n_u))
-  if expire then
-    -- Full again after the backlog: then the bucket is worth nothing. Rounded
-    -- up, plus a millisecond, so it never disappears while it still counts.
-    local ms = a_s * 1000 + math.ceil(a_u / (s * 1e6)) + 1
-    redis.call('PEXPIRE', keys[1], int(ms))
-  end
+  store(keys[1], q, s, now_s, now_u, a_s, a_u, w, expire)
   return {0, generation, 1, a_s, a_u, now_s, now_ns}
 end
 

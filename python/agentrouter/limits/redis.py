@@ -17,8 +17,12 @@ below 2^53, so it computes the bucket's backlog exactly (see ``gcra.lua``), and
 exact integers with the native core's formulas: the same integers, and the same
 single floating-point division for ``retry_after``, which is never truncated (the
 gateway's ``Retry-After`` and ``retry-after-ms`` round it up, as for the native
-limiter). The only difference from the native limiter is the clock: Redis's
-``TIME`` has microsecond resolution. ``tests/test_limits_redis.py`` compares every
+limiter). The differences from the native limiter are the clock's: Redis's
+``TIME`` has microsecond resolution, and it is the server's wall clock, which can
+step back (NTP); a bucket that a step left with a TAT beyond ``now + tau`` reads
+as empty, as the native core's clamp says, and the refusal then stores
+``now + tau`` so that it refills from now instead of staying empty until the clock
+catches up (the one write a refusal makes). ``tests/test_limits_redis.py`` compares every
 field of every decision with the native core's at the same (fake) times.
 
 Keys (``prefix`` defaults to ``ar``; every key of one API key shares the hash tag
