@@ -22,8 +22,9 @@ limiter). The differences from the native limiter are the clock's: Redis's
 step back (NTP); a bucket that a step left with a TAT beyond ``now + tau`` reads
 as empty, as the native core's clamp says, and the refusal then stores
 ``now + tau`` so that it refills from now instead of staying empty until the clock
-catches up (the one write a refusal makes). ``tests/test_limits_redis.py`` compares every
-field of every decision with the native core's at the same (fake) times.
+catches up (the one write a refusal makes). ``tests/test_limits_redis.py``
+compares every field of every decision with the native core's at the same (fake)
+times.
 
 Keys (``prefix`` defaults to ``ar``; every key of one API key shares the hash tag
 ``{ar:key:<id>}``, so the function works on Redis Cluster):
