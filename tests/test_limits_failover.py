@@ -231,3 +231,11 @@ async def test_change_announcements_survive_a_restart(server: RedisServer, remot
             await other.aclose()
     finally:
         await changes.aclose()
+
+
+async def test_local_mode_refuses_a_key_this_host_cannot_limit(server: RedisServer, remote: RedisLimiter) -> None:
+    small = SharedMemoryLimiter(RateLimiter(capacity=2))  # KEY's slot 3 is outside it
+    limiter = FailoverLimiter(remote, small, FailureMode.LOCAL)
+    server.kill()
+    verdict = await limiter.acquire(KEY, R, INTERVAL)
+    assert (verdict.decision, verdict.degraded) == (None, FailureMode.CLOSED)

@@ -11,7 +11,8 @@ failure mode, without waiting on ``remote``:
   until the key table is reloaded from the store);
 * ``open``: admitted, with no limit reported (no ``X-RateLimit-*`` headers);
 * ``closed``: refused with ``Verdict.degraded = closed`` (the gateway answers 503,
-  not 429: the caller did nothing wrong).
+  not 429: the caller did nothing wrong); also what ``local`` answers for a key
+  whose slot is outside this host's region.
 
 A verdict reached this way has ``degraded`` set and no generation. An acquire
 never raises ``LimiterUnavailable`` and never waits longer than the remote's
@@ -34,6 +35,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from agentrouter._core import LimiterError
 from agentrouter.limits.base import UNLIMITED, FailureMode, KeyRef, Limiter, LimiterUnavailable, Verdict
 from agentrouter.limits.shared import SharedMemoryLimiter
 
@@ -92,7 +94,12 @@ class FailoverLimiter:
         self.degraded_decisions += 1
         self._outage_decisions += 1
         if self.mode is FailureMode.LOCAL:
-            local = self.local.acquire_now(key, requests, interval, cost)
+            try:
+                local = self.local.acquire_now(key, requests, interval, cost)
+            except (IndexError, LimiterError):
+                # The key's slot is not in this host's region (a region smaller than
+                # the store's slots): no limit can be applied here, so refuse.
+                return Verdict(None, degraded=FailureMode.CLOSED)
             return Verdict(local.decision, revoked=local.revoked, degraded=FailureMode.LOCAL)
         if self.mode is FailureMode.OPEN:
             return Verdict(UNLIMITED, degraded=FailureMode.OPEN)
