@@ -16,6 +16,9 @@ import pytest
 from agentrouter._core import FakeClock
 from agentrouter.core import Core
 
+# Private real servers (Redis) for the tests that need them.
+pytest_plugins = ["tests.services"]
+
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 
 

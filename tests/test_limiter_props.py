@@ -1,20 +1,21 @@
 """Property tests of the limiter on a fake clock against an exact token bucket
-kept in ``fractions.Fraction``."""
+kept in ``fractions.Fraction``, for each implementation: the native shared-memory
+limiter and the Redis limiter (deciding at the fake clock's time)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentrouter.limiter import FakeClock, RateLimiter
-
-NS = 1_000_000_000
-UNIX0_NS = 1_700_000_000 * NS
-MONO0_NS = 1 * NS  # FakeClock defaults
+from agentrouter.limiter import FakeClock
+from tests.limiter_backends import BACKENDS, MONO0_NS, NS, UNIX0_NS, Acquire, backend
+from tests.services import RedisServer
 
 
 @dataclass
@@ -64,21 +65,32 @@ def scenarios(draw: st.DrawFn) -> tuple[int, int, list[tuple[int, int]]]:
     return requests, interval_ms, draw(st.lists(st.tuples(gap, cost), min_size=1, max_size=80))
 
 
+@pytest.fixture(scope="module", params=BACKENDS)
+def new_limiter(request: pytest.FixtureRequest) -> Iterator[Callable[[FakeClock], Acquire]]:
+    def redis_url() -> str:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        return server.url
+
+    with backend(request.param, redis_url) as factory:
+        yield factory
+
+
 @settings(max_examples=300, deadline=None)
 @given(scenarios())
 def test_limiter_matches_the_token_bucket_and_never_exceeds_any_window(
+    new_limiter: Callable[[FakeClock], Acquire],
     scenario: tuple[int, int, list[tuple[int, int]]],
 ) -> None:
     requests, interval_ms, steps = scenario
     interval_ns = interval_ms * 1_000_000
     clock = FakeClock()
-    limiter = RateLimiter(clock=clock, capacity=4)
+    acquire = new_limiter(clock)
     bucket = TokenBucket(requests, interval_ns)
     exact = is_exact(requests, interval_ns)
     admitted: list[tuple[int, int]] = []
     for gap, cost in steps:
         clock.advance_ns(gap)
-        d = limiter.acquire("p", requests=requests, interval=interval_ms / 1000, cost=cost)
+        d = acquire("p", requests=requests, interval=interval_ms / 1000, cost=cost)
         expected = bucket.step(clock.monotonic_ns, cost)
         assert d.limit == requests
         if d.allowed:
