@@ -250,3 +250,64 @@ pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
     TYPE.store(tp.clone().into_ptr().cast(), Ordering::Release);
     m.add("Decision", tp)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pyo3::exceptions::PyTypeError;
+    use pyo3::types::{IntoPyDict, PyModule};
+
+    #[test]
+    fn the_hand_made_type_reads_frees_and_refuses_construction() {
+        Python::initialize();
+        Python::attach(|py| {
+            let m = PyModule::new(py, "_core").unwrap();
+            init(&m).unwrap();
+            let refused = core::Decision {
+                allowed: false,
+                limit: Some(3),
+                remaining: Some(0),
+                reset: Some(1_700_000_020),
+                retry_after: Some(1.5),
+                reason: Some(core::Reason::RateLimited),
+            };
+            let d = Decision(refused).into_pyobject(py).unwrap();
+            let field = |name: &str| d.getattr(name).unwrap().repr().unwrap().to_string();
+            assert_eq!(field("allowed"), "False");
+            assert_eq!(field("limit"), "3");
+            assert_eq!(field("remaining"), "0");
+            assert_eq!(field("reset"), "1700000020");
+            assert_eq!(field("retry_after"), "1.5");
+            assert_eq!(field("reason"), "'rate_limited'");
+            assert_eq!(
+                d.repr().unwrap().to_string(),
+                "Decision(allowed=False, limit=3, remaining=0, reset=1700000020, \
+                 retry_after=1.5, reason='rate_limited')"
+            );
+            let unlimited = Decision(core::Decision::UNLIMITED)
+                .into_pyobject(py)
+                .unwrap();
+            assert!(unlimited.getattr("limit").unwrap().is_none());
+
+            // Every object takes one reference to the type and `dealloc` gives it
+            // back: after many made and freed, the type's count is where it was.
+            let tp = m.getattr("Decision").unwrap();
+            // SAFETY: `tp` is a live object; reading its reference count is a load.
+            let before = unsafe { ffi::Py_REFCNT(tp.as_ptr()) };
+            for _ in 0..10_000 {
+                drop(Decision(refused).into_pyobject(py).unwrap());
+            }
+            // SAFETY: as above.
+            assert_eq!(unsafe { ffi::Py_REFCNT(tp.as_ptr()) }, before);
+
+            // Only the core makes decisions: no constructor, no subclass.
+            assert!(tp.call0().unwrap_err().is_instance_of::<PyTypeError>(py));
+            let subclass = py.run(
+                c"class D(T): pass",
+                None,
+                Some(&[("T", &tp)].into_py_dict(py).unwrap()),
+            );
+            assert!(subclass.unwrap_err().is_instance_of::<PyTypeError>(py));
+        });
+    }
+}
