@@ -6,8 +6,8 @@ reaches the same data directory directly (the store file and the shared limiter
 region) to seed request logs and alerts, and through the real CLI to make the first
 management key, exactly as an operator would.
 
-Import the fixtures into a test module with
-``from tests.api_fixtures import api_server, admin, http  # noqa: F401``.
+The fixtures (``api_server``, ``admin``, ``http``) are a plugin registered in
+``tests/conftest.py``: a test asks for them by name; import only the helpers.
 """
 
 from __future__ import annotations

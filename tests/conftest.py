@@ -16,6 +16,11 @@ import pytest
 from agentrouter._core import FakeClock
 from agentrouter.core import Core
 
+# The fixtures of the gateway tests (``gw``, ``gw_clock``, ``upstream``) and of the
+# management-API tests (``api_server``, ``admin``, ``http``), for every test module:
+# registered as plugins, so a module asks for them by name and imports only helpers.
+pytest_plugins = ["tests.gateway_fixtures", "tests.api_fixtures"]
+
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 
 

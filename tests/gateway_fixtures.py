@@ -16,7 +16,7 @@ import ssl as ssl_module
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import anthropic
 import httpx2
@@ -268,7 +268,7 @@ def refused_port() -> int:
 
 
 # ------------------------------------------------------------------ pytest fixtures
-# Import them by name into a test module (``from tests.gateway_fixtures import gw``).
+# A plugin registered in tests/conftest.py: a test asks for them by name.
 
 
 @pytest.fixture
@@ -310,7 +310,7 @@ class RawServer:
         self.server: asyncio.Server | None = None
         self.port = 0
 
-    async def __aenter__(self) -> RawServer:
+    async def __aenter__(self) -> Self:
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self.connections += 1
             try:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from agentrouter.store.models import UsageDelta
-from tests.api_fixtures import ApiServer, admin, api_server, http  # noqa: F401
+from tests.api_fixtures import ApiServer
 from tests.api_fixtures import api_error as error
 
 pytestmark = pytest.mark.slow
@@ -362,7 +362,7 @@ def test_update_fields(http: httpx.Client) -> None:
     assert http.patch(url).status_code == 200  # no body at all: no change either
 
 
-@pytest.mark.parametrize("name", FORBIDDEN + ["scope", "owner"])
+@pytest.mark.parametrize("name", [*FORBIDDEN, "scope", "owner"])
 def test_update_refuses_fields_a_caller_may_not_set(http: httpx.Client, name: str) -> None:
     made = http.post("/api/v1/keys", json={"name": "guarded"}).json()
     url = f"/api/v1/keys/{made['id']}"

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from agentrouter.store.analytics import Analytics
-from tests.api_fixtures import ApiServer, admin, api_server, http, record  # noqa: F401
+from tests.api_fixtures import ApiServer, record
 from tests.api_fixtures import api_error as error
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ from agentrouter.config import Settings
 from agentrouter.core import Core
 from agentrouter.gateway.app import Gateway, create_app
 from agentrouter.store.analytics import Analytics
-from tests.gateway_fixtures import SECRET, call, gw, gw_clock, new_key, settings_for  # noqa: F401
+from tests.gateway_fixtures import SECRET, call, new_key, settings_for
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 CHAT = msgspec.json.encode({"model": "mock-gpt", "messages": MESSAGES})
@@ -138,7 +138,7 @@ async def test_paths_outside_v1_and_api_are_404_in_a_fitting_dialect(
             assert hint in body["error"]["message"], body
 
 
-async def test_each_proxied_request_is_one_log_row(gw: Gateway) -> None:  # noqa: F811
+async def test_each_proxied_request_is_one_log_row(gw: Gateway) -> None:
     """Key totals and the request log agree; the model and the user agent are logged;
     a 401 has no key and no row; the key itself is never stored."""
     key, key_id = await new_key(gw, requests=3, interval=3600)

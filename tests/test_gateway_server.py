@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from agentrouter.core import Core
-from tests.gateway_fixtures import FakeUpstream, sse_handler, upstream  # noqa: F401
+from tests.gateway_fixtures import FakeUpstream, sse_handler
 from tests.test_gateway_upstream import chat_chunks
 
 pytestmark = pytest.mark.slow

@@ -13,10 +13,9 @@ import openai
 import pytest
 
 from agentrouter.gateway.app import Gateway
-from tests.gateway_fixtures import (  # noqa: F401
+from tests.gateway_fixtures import (
     FakeUpstream,
     Reply,
-    Seen,
     call,
     json_handler,
     new_key,
@@ -26,7 +25,6 @@ from tests.gateway_fixtures import (  # noqa: F401
     sse_handler,
     start_gateway,
     stored_usage,
-    upstream,
 )
 
 OPENAI_KEY = "sk-upstream-openai-secret"
