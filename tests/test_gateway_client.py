@@ -51,7 +51,7 @@ async def test_request_bytes_and_keep_alive_reuse(closer: list[UpstreamClient]) 
     async with RawServer(handler) as server:
         client = await client_for(server.port)
         closer.append(client)
-        for i in range(3):
+        for _i in range(3):
             resp = await client.post(
                 b"/v1/chat/completions?x=1",
                 b'{"a": 1}',

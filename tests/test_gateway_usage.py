@@ -130,7 +130,7 @@ def openai_stream(n: int, include_usage: bool) -> list[bytes]:
                 {"id": "c", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}}
             )
         )
-    return chunks + [b"data: [DONE]\n\n"]
+    return [*chunks, b"data: [DONE]\n\n"]
 
 
 def anthropic_stream(n: int, *, delta_input: bool = False) -> list[bytes]:
@@ -358,8 +358,10 @@ async def test_pending_records_are_capped_while_the_store_is_down(caplog: pytest
     assert [r.model for r in sink.records] == ["m0", "m1", "m2", "m3"]  # the oldest kept
     assert rec.dropped_records == 2
     assert [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()] == [
-        "request log: 2 records dropped (more than 4 waited for the store to be written); "
-        "the key totals still count them"
+        (
+            "request log: 2 records dropped (more than 4 waited for the store to be written); "
+            "the key totals still count them"
+        )
     ]
 
 

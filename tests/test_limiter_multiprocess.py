@@ -24,13 +24,13 @@ TEN_YEARS = 10 * 365 * 86400.0  # refill of a few cells per decade: negligible h
 # drain: wait for the go-file, then two threads acquire until their first refusal
 # (with negligible refill the bucket never admits again); print the total admitted.
 # victim: print "ready", then hammer forever in bursts until killed.
-WORKER = """
+WORKER = f"""
 import os, sys, threading, time
 from agentrouter.limiter import RateLimiter
 path, name, requests, mode, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
-limiter = RateLimiter(path, capacity=%d)
+limiter = RateLimiter(path, capacity={CAPACITY})
 def acquire():
-    return limiter.acquire(name, requests=requests, interval=%r).allowed
+    return limiter.acquire(name, requests=requests, interval={TEN_YEARS!r}).allowed
 if mode == "victim":
     print("ready", flush=True)
     while True:
@@ -47,7 +47,7 @@ threads = [threading.Thread(target=drain, args=(i,)) for i in range(2)]
 for t in threads: t.start()
 for t in threads: t.join()
 print(sum(counts), flush=True)
-""" % (CAPACITY, TEN_YEARS)
+"""
 
 
 def spawn(path: Path, name: str, requests: int, mode: str, go: Path) -> subprocess.Popen[str]:
