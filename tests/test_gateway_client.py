@@ -309,5 +309,5 @@ async def test_cancelled_request_closes_the_connection(closer: list[UpstreamClie
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.wait_for(hung_up.wait(), 2)
+        await asyncio.wait_for(hung_up.wait(), 10)
         assert client.open_connections == 0
