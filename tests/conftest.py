@@ -19,7 +19,8 @@ from agentrouter.core import Core
 # The fixtures of the gateway tests (``gw``, ``gw_clock``, ``upstream``) and of the
 # management-API tests (``api_server``, ``admin``, ``http``), for every test module:
 # registered as plugins, so a module asks for them by name and imports only helpers.
-pytest_plugins = ["tests.gateway_fixtures", "tests.api_fixtures"]
+# tests.hang_guard picks pytest-timeout's method for tests that run on uvloop.
+pytest_plugins = ["tests.gateway_fixtures", "tests.api_fixtures", "tests.hang_guard"]
 
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 
