@@ -56,10 +56,12 @@ class FakeLoop:
 
 @pytest.fixture
 def granian_signals(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    """Granian's real ``_signals`` module with a counting ``WorkerSignal``; whatever a
-    test installs in it is undone afterwards."""
+    """Granian's real ``_signals`` module as Granian made it (an earlier test in this
+    process may have loaded the app, which patches it), with a counting
+    ``WorkerSignal``; everything is put back afterwards."""
     CountingSignal.made.clear()
-    monkeypatch.setattr(granian._signals, "set_loop_signals", granian._signals.set_loop_signals)
+    current = granian._signals.set_loop_signals
+    monkeypatch.setattr(granian._signals, "set_loop_signals", getattr(current, "agentrouter_replaces", current))
     monkeypatch.setattr(granian._signals, "WorkerSignal", CountingSignal)
     return granian._signals
 
@@ -71,7 +73,7 @@ def test_load_app_installs_the_once_only_handler(granian_signals: types.ModuleTy
     server.load_app(settings_for(tmp_path / "data"))
 
     installed = granian_signals.set_loop_signals
-    assert installed is not original and installed.agentrouter_once
+    assert installed is not original and installed.agentrouter_once and installed.agentrouter_replaces is original
     loop = FakeLoop()
     event = installed(loop)
     # Granian's own signals, each handled with (signum, frame) as Granian passes them.

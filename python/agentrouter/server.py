@@ -127,8 +127,10 @@ def _signal_workers_once(signals: ModuleType | None = None) -> bool:
                 signal.signal(sig, handler)
         return event
 
-    # Attributes that mypy cannot see: a marker on the function, and Granian's module.
+    # Attributes that mypy cannot see: a marker on the function (with the function it
+    # replaces, for tests and debugging), and Granian's module.
     set_loop_signals.agentrouter_once = True  # type: ignore[attr-defined]
+    set_loop_signals.agentrouter_replaces = original  # type: ignore[attr-defined]
     signals.set_loop_signals = set_loop_signals  # type: ignore[attr-defined]
     return True
 
