@@ -6,8 +6,8 @@ reaches the same data directory directly (the store file and the shared limiter
 region) to seed request logs and alerts, and through the real CLI to make the first
 management key, exactly as an operator would.
 
-Import the fixtures into a test module with
-``from tests.api_fixtures import api_server, admin, http  # noqa: F401``.
+The fixtures (``api_server``, ``admin``, ``http``) are a plugin registered in
+``tests/conftest.py``: a test asks for them by name; import only the helpers.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from agentrouter.datadir import DB_FILE
 from agentrouter.store import Store
 from agentrouter.store.analytics import Analytics
 from agentrouter.store.models import RequestRecord
+from tests.waiting import until_sync
 
 SECRET = "api-test-secret-0123456789abcdef0123456789"
 START_TIMEOUT = 45.0
@@ -165,6 +166,28 @@ class ApiServer:
 
     def add_requests(self, records: Sequence[RequestRecord]) -> None:
         self.with_store(lambda s: Analytics(s).add_requests(records))
+
+    def monitor_lease_expiry(self) -> float | None:
+        """When the monitor's lease expires; every run of the monitor renews it."""
+
+        async def read(store: Store) -> float | None:
+            rows = list(await store._db.execute_fetchall("SELECT expires_at FROM leases WHERE name = 'monitor'"))
+            return float(rows[0][0]) if rows else None
+
+        return self.with_store(read)
+
+    def wait_for_monitor_runs(self, n: int) -> None:
+        """Return once ``n`` more runs of the monitor have started (``n - 1`` of them,
+        at least, ran to their end): its lease was renewed ``n`` times."""
+        renewals = [self.monitor_lease_expiry()]
+
+        def renewed() -> bool:
+            expiry = self.monitor_lease_expiry()
+            if expiry != renewals[-1]:
+                renewals.append(expiry)
+            return len(renewals) > n
+
+        until_sync(renewed, f"{n} runs of the monitor", within=30, poll=0.05)
 
 
 def start_api_server(tmp: Path, *, workers: int = 2, env: dict[str, str] | None = None) -> ApiServer:

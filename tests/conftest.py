@@ -16,8 +16,12 @@ import pytest
 from agentrouter._core import FakeClock
 from agentrouter.core import Core
 
-# Private real servers (Redis) for the tests that need them.
-pytest_plugins = ["tests.services"]
+# The fixtures of the gateway tests (``gw``, ``gw_clock``, ``upstream``) and of the
+# management-API tests (``api_server``, ``admin``, ``http``), for every test module:
+# registered as plugins, so a module asks for them by name and imports only helpers.
+# tests.services starts private real servers (Redis) for the tests that need them;
+# tests.hang_guard picks pytest-timeout's method for tests that run on uvloop.
+pytest_plugins = ["tests.gateway_fixtures", "tests.api_fixtures", "tests.hang_guard", "tests.services"]
 
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 

@@ -16,7 +16,7 @@ import ssl as ssl_module
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import anthropic
 import httpx2
@@ -260,6 +260,33 @@ def sse_handler(events: Sequence[bytes], gap: float = 0.0, first_delay: float = 
     return handler
 
 
+class GatedStream:
+    """An SSE answer whose events the test lets out one at a time (``release``), so a
+    test can check what reached the client before the upstream wrote the next one."""
+
+    def __init__(self, events: Sequence[bytes]) -> None:
+        self.events = list(events)
+        self.written = 0
+        self._allowed = 0
+        self._changed = asyncio.Event()
+
+    def release(self, n: int = 1) -> None:
+        self._allowed += n
+        self._changed.set()
+
+    async def handler(self, request: web.Request, seen: Seen) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        while self.written < len(self.events):
+            while self._allowed <= self.written:
+                self._changed.clear()
+                await self._changed.wait()
+            await response.write(self.events[self.written])
+            self.written += 1
+        await response.write_eof()
+        return response
+
+
 def refused_port() -> int:
     """A loopback port with nothing listening (bound, never listened: connect is refused)."""
     with socket.socket() as s:
@@ -268,7 +295,7 @@ def refused_port() -> int:
 
 
 # ------------------------------------------------------------------ pytest fixtures
-# Import them by name into a test module (``from tests.gateway_fixtures import gw``).
+# A plugin registered in tests/conftest.py: a test asks for them by name.
 
 
 @pytest.fixture
@@ -310,7 +337,7 @@ class RawServer:
         self.server: asyncio.Server | None = None
         self.port = 0
 
-    async def __aenter__(self) -> RawServer:
+    async def __aenter__(self) -> Self:
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self.connections += 1
             try:

@@ -79,13 +79,13 @@ def traffic(stack: Stack) -> dict[str, Any]:
     with httpx.Client(base_url=stack.gateway.url, timeout=30.0) as gw:
         bearer = {"authorization": f"Bearer {key['key']}"}
         x_api_key = {"x-api-key": key["key"], "anthropic-version": "2023-06-01"}
-        for i in range(5):
+        for _i in range(5):
             statuses.append(
                 gw.post(
                     "/v1/chat/completions", headers=bearer, json={"model": "gpt-4o", "messages": MESSAGES}
                 ).status_code
             )
-        for i in range(3):
+        for _i in range(3):
             with gw.stream(
                 "POST",
                 "/v1/chat/completions",
@@ -99,7 +99,7 @@ def traffic(stack: Stack) -> dict[str, Any]:
             ) as resp:
                 resp.read()
                 statuses.append(resp.status_code)
-        for i in range(2):
+        for _i in range(2):
             statuses.append(
                 gw.post(
                     "/v1/messages",
@@ -115,7 +115,7 @@ def traffic(stack: Stack) -> dict[str, Any]:
         ) as resp:
             resp.read()
             statuses.append(resp.status_code)
-        for i in range(2):  # refused by the gateway, counted for the key
+        for _i in range(2):  # refused by the gateway, counted for the key
             statuses.append(
                 gw.post(
                     "/v1/chat/completions", headers=bearer, json={"model": "no-such-model", "messages": MESSAGES}

@@ -10,8 +10,9 @@ import httpx
 import pytest
 
 from agentrouter.store.models import UsageDelta
-from tests.api_fixtures import ApiServer, admin, api_server, http  # noqa: F401
+from tests.api_fixtures import ApiServer
 from tests.api_fixtures import api_error as error
+from tests.waiting import until_sync
 
 pytestmark = pytest.mark.slow
 
@@ -109,9 +110,11 @@ def test_deleted_and_expired_management_keys_get_401_on_every_worker(api_server:
     for _ in range(6):  # fresh connections land on both workers
         error(get_fresh(api_server, doomed["key"]), 401, "authentication_error")
 
-    short = api_server.create_key("--scope", "manage", "--expires-in", "1s")
+    # Valid first (a long expiry, so the check cannot race it), then one second left.
+    short = api_server.create_key("--scope", "manage", "--expires-in", "1h")
     assert get_fresh(api_server, short["key"]).status_code == 200
-    time.sleep(1.3)
+    expires_at = http.patch(f"/api/v1/keys/{short['id']}", json={"expires_in": 1}).json()["expires_at"]
+    until_sync(lambda: time.time() > expires_at, "the key's expiry", poll=0.05)
     err = error(get_fresh(api_server, short["key"]), 401, "authentication_error")
     assert "expired" in err["message"]
 
@@ -362,7 +365,7 @@ def test_update_fields(http: httpx.Client) -> None:
     assert http.patch(url).status_code == 200  # no body at all: no change either
 
 
-@pytest.mark.parametrize("name", FORBIDDEN + ["scope", "owner"])
+@pytest.mark.parametrize("name", [*FORBIDDEN, "scope", "owner"])
 def test_update_refuses_fields_a_caller_may_not_set(http: httpx.Client, name: str) -> None:
     made = http.post("/api/v1/keys", json={"name": "guarded"}).json()
     url = f"/api/v1/keys/{made['id']}"
@@ -401,7 +404,8 @@ def test_delete(http: httpx.Client) -> None:
 
 def test_rotate_with_grace(api_server: ApiServer, http: httpx.Client) -> None:
     old = api_server.create_key("--name", "rotating", "--scope", "manage", "--metadata", '{"team": "ops"}')
-    resp = http.post(f"/api/v1/keys/{old['id']}/rotate", json={"grace_seconds": 2})
+    # A grace period far longer than the checks made within it.
+    resp = http.post(f"/api/v1/keys/{old['id']}/rotate", json={"grace_seconds": 4})
     assert resp.status_code == 201, resp.text
     new = resp.json()
     assert new["key"] != old["key"] and new["id"] != old["id"]
@@ -412,7 +416,7 @@ def test_rotate_with_grace(api_server: ApiServer, http: httpx.Client) -> None:
     assert "already rotated" in err["message"]
     assert get_fresh(api_server, old["key"]).status_code == 200  # within the grace period
     assert get_fresh(api_server, new["key"]).status_code == 200
-    time.sleep(2.3)
+    until_sync(lambda: time.time() > old_row["expires_at"], "the end of the grace period", poll=0.05)
     error(get_fresh(api_server, old["key"]), 401, "authentication_error")
     assert get_fresh(api_server, new["key"]).status_code == 200
     error(

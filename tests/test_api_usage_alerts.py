@@ -11,8 +11,9 @@ import httpx
 import pytest
 
 from agentrouter.store.analytics import Analytics
-from tests.api_fixtures import ApiServer, admin, api_server, http, record  # noqa: F401
+from tests.api_fixtures import ApiServer, record
 from tests.api_fixtures import api_error as error
+from tests.waiting import until_sync
 
 pytestmark = pytest.mark.slow
 
@@ -195,12 +196,14 @@ def test_the_server_runs_the_monitor(api_server: ApiServer, http: httpx.Client) 
     history = [record(key["id"], now - d * DAY - 3600, ip="203.0.113.5") for d in range(1, 15)]
     api_server.add_requests(history)
     api_server.add_requests([record(key["id"], now - 1, ip="198.51.100.23")])
-    deadline = time.monotonic() + 15
     found: list[dict[str, Any]] = []
-    while time.monotonic() < deadline and not found:
-        found = http.get("/api/v1/alerts", params={"key_id": key["id"], "kind": "new_ip"}).json()["data"]
-        time.sleep(0.2)
+
+    def alerted() -> bool:
+        found[:] = http.get("/api/v1/alerts", params={"key_id": key["id"], "kind": "new_ip"}).json()["data"]
+        return bool(found)
+
+    until_sync(alerted, "the monitor's new_ip alert", within=15, poll=0.2)
     assert len(found) == 1, "the monitor raised no alert"
     assert found[0]["subject"] == "198.51.100.23" and found[0]["evidence"]["known_networks"] == 1
-    time.sleep(1.2)  # two more runs: still one alert
+    api_server.wait_for_monitor_runs(3)  # two more runs in full: still one alert
     assert len(http.get("/api/v1/alerts", params={"key_id": key["id"]}).json()["data"]) == 1

@@ -179,8 +179,10 @@ def test_the_api_and_monitor_read_no_environment_of_their_own(monkeypatch: pytes
         ),
         ("[[providers]]\nname = 'x'\ntype = 'openai'\nbase_url = 'http://h'\n", {}, "providers[0] ('x').models"),
         (
-            "[[providers]]\nname = 'x'\ntype = 'openai'\nbase_url = 'http://h'\napi_key_env = 'NOPE_KEY'\n"
-            "models = ['a']\n",
+            (
+                "[[providers]]\nname = 'x'\ntype = 'openai'\nbase_url = 'http://h'\napi_key_env = 'NOPE_KEY'\n"
+                "models = ['a']\n"
+            ),
             {},
             "providers[0] ('x').api_key_env: environment variable NOPE_KEY is not set",
         ),
@@ -202,7 +204,10 @@ def test_the_api_and_monitor_read_no_environment_of_their_own(monkeypatch: pytes
         (
             "",
             {"AGENTROUTER_PROVIDERS__X__TYPE": "mock", "AGENTROUTER_PROVIDERS__X__READ_TIMEOUT": "soon"},
-            "providers[0] ('x').read_timeout: Expected `float`, got `str` (from AGENTROUTER_PROVIDERS__X__READ_TIMEOUT)",
+            (
+                "providers[0] ('x').read_timeout: Expected `float`, got `str` "
+                "(from AGENTROUTER_PROVIDERS__X__READ_TIMEOUT)"
+            ),
         ),
         ("", {"AGENTROUTER_PROVIDERS__X__COLOUR": "red"}, "AGENTROUTER_PROVIDERS__X__COLOUR: expected"),
         (
@@ -215,13 +220,18 @@ def test_the_api_and_monitor_read_no_environment_of_their_own(monkeypatch: pytes
         (
             "",
             {"AGENTROUTER_REQUEST_LOG_RETENTION_DAYS": "soon"},
-            "server.request_log_retention_days: Expected `float`, got `str` (from AGENTROUTER_REQUEST_LOG_RETENTION_DAYS)",
+            (
+                "server.request_log_retention_days: Expected `float`, got `str` "
+                "(from AGENTROUTER_REQUEST_LOG_RETENTION_DAYS)"
+            ),
         ),
         (
             "",
             {"AGENTROUTER_REQUEST_LOG_RETENTION_DAYS": "inf"},
-            "server.request_log_retention_days: expected a finite number, got inf (from "
-            "AGENTROUTER_REQUEST_LOG_RETENTION_DAYS)",
+            (
+                "server.request_log_retention_days: expected a finite number, got inf (from "
+                "AGENTROUTER_REQUEST_LOG_RETENTION_DAYS)"
+            ),
         ),
         ("", {"AGENTROUTER_MONITOR_INTERVAL": "nan"}, "server.monitor_interval"),
         (
@@ -239,8 +249,10 @@ def test_the_api_and_monitor_read_no_environment_of_their_own(monkeypatch: pytes
         (
             "",
             {"AGENTROUTER_ALERT_WEBHOOK_URL": "hooks.example.test"},
-            "server.alert_webhook_url: expected an http:// or https:// URL, got 'hooks.example.test' (from "
-            "AGENTROUTER_ALERT_WEBHOOK_URL)",
+            (
+                "server.alert_webhook_url: expected an http:// or https:// URL, got 'hooks.example.test' (from "
+                "AGENTROUTER_ALERT_WEBHOOK_URL)"
+            ),
         ),
         ("", {"AGENTROUTER_ALERT_WEBHOOK_RETRIES": "50"}, "server.alert_webhook_retries: Expected `int` <= 20"),
         ("[monitor]\nfailure_rate = 2\n", {}, "monitor.failure_rate: Expected `float` <= 1.0"),

@@ -12,6 +12,7 @@ import pytest
 from agentrouter.config import ProviderSettings
 from agentrouter.gateway.upstream import UpstreamClient, UpstreamTimeout, UpstreamUnavailable
 from tests.gateway_fixtures import RawServer, refused_port
+from tests.waiting import until
 
 
 async def client_for(port: int, **settings: object) -> UpstreamClient:
@@ -51,7 +52,7 @@ async def test_request_bytes_and_keep_alive_reuse(closer: list[UpstreamClient]) 
     async with RawServer(handler) as server:
         client = await client_for(server.port)
         closer.append(client)
-        for i in range(3):
+        for _i in range(3):
             resp = await client.post(
                 b"/v1/chat/completions?x=1",
                 b'{"a": 1}',
@@ -203,31 +204,42 @@ async def test_connect_refused(closer: list[UpstreamClient]) -> None:
 
 
 async def test_read_timeout_counts_silence_not_total_time(closer: list[UpstreamClient]) -> None:
+    read_timeout = 0.5
+    sent = 0
+    silent_from = 0.0
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent, silent_from
+        loop = asyncio.get_running_loop()
         await server.read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-        for _ in range(6):  # 0.6 s in all, never silent for 0.3 s
-            await asyncio.sleep(0.1)
+        started = loop.time()
+        # Twice read_timeout in all, never silent for more than a tenth of it.
+        while loop.time() - started < 2 * read_timeout:
+            await asyncio.sleep(read_timeout / 10)
             writer.write(b"2\r\nok\r\n")
             await writer.drain()
-        await asyncio.sleep(1)  # now silent
-        writer.write(b"0\r\n\r\n")
+            sent += 1
+        silent_from = loop.time()
+        await asyncio.Event().wait()  # now silent, until the client gives up
 
     async with RawServer(handler) as server:
-        client = await client_for(server.port, read_timeout=0.3)
+        client = await client_for(server.port, read_timeout=read_timeout)
         closer.append(client)
         resp = await client.post(b"/", b"{}", [])
         got = b""
         with pytest.raises(UpstreamTimeout):
             async for chunk in client.iter_chunks(resp):
                 got += chunk
-        assert got == b"ok" * 6
+        assert sent >= 10 and got == b"ok" * sent  # everything before the silence arrived
+        assert asyncio.get_running_loop().time() - silent_from >= read_timeout * 0.999
         client.release(resp)
 
 
 async def test_pool_limit_queues_requests(closer: list[UpstreamClient]) -> None:
     active = 0
     peak = 0
+    two_active = asyncio.Event()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal active, peak
@@ -235,7 +247,11 @@ async def test_pool_limit_queues_requests(closer: list[UpstreamClient]) -> None:
             await server.read_request(reader)
             active += 1
             peak = max(peak, active)
-            await asyncio.sleep(0.02)
+            # The first requests wait for a second one in flight: the pool's two
+            # connections are used at once (then a third would show as a peak of 3).
+            if active >= 2:
+                two_active.set()
+            await asyncio.wait_for(two_active.wait(), 10)
             active -= 1
             writer.write(answer(b"{}"))
             await writer.drain()
@@ -268,18 +284,20 @@ async def test_slow_reader_pauses_the_upstream(closer: list[UpstreamClient]) -> 
         closer.append(client)
         resp = await client.post(b"/", b"{}", [])
         conn = resp._conn
-        await asyncio.sleep(0.3)  # nobody reads: buffering stops near the high-water mark
-        assert conn.paused and conn.buffered < 3 * 1024 * 1024
+        await until(lambda: conn.paused, "the connection paused")  # nobody reads
+        assert conn.paused and conn.buffered < 3 * 1024 * 1024  # buffering stopped near the high-water mark
         total = sum([len(c) async for c in client.iter_chunks(resp)])
         assert total == 64 * len(block)
         client.release(resp)
 
 
 async def test_cancelled_request_closes_the_connection(closer: list[UpstreamClient]) -> None:
+    received = asyncio.Event()
     hung_up = asyncio.Event()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await server.read_request(reader)
+        received.set()
         if not await reader.read(1):
             hung_up.set()
 
@@ -287,9 +305,9 @@ async def test_cancelled_request_closes_the_connection(closer: list[UpstreamClie
         client = await client_for(server.port)
         closer.append(client)
         task = asyncio.ensure_future(client.post(b"/", b"{}", []))
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(received.wait(), 10)  # the request is at the upstream, unanswered
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.wait_for(hung_up.wait(), 2)
+        await asyncio.wait_for(hung_up.wait(), 10)
         assert client.open_connections == 0

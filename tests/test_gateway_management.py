@@ -4,7 +4,6 @@ outside ``/v1`` and ``/api``, and the request log the gateway's usage recorder w
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +17,8 @@ from agentrouter.config import Settings
 from agentrouter.core import Core
 from agentrouter.gateway.app import Gateway, create_app
 from agentrouter.store.analytics import Analytics
-from tests.gateway_fixtures import SECRET, call, gw, gw_clock, new_key, settings_for  # noqa: F401
+from tests.gateway_fixtures import SECRET, call, new_key, settings_for
+from tests.waiting import until
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 CHAT = msgspec.json.encode({"model": "mock-gpt", "messages": MESSAGES})
@@ -66,10 +66,7 @@ async def test_the_api_shares_the_gateways_core_and_lifespan(tmp_path: Path) -> 
         assert len(opened) == 1 and api.core is gateway.core  # one core per worker
         monitor = api.monitor
         assert monitor is not None and monitor.settings.monitor_interval == 0.05
-        for _ in range(100):
-            if monitor.runs:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: monitor.runs > 0, "a run of the monitor")
         assert monitor.runs and monitor.leader
     finally:
         await gateway.shutdown()
@@ -138,7 +135,7 @@ async def test_paths_outside_v1_and_api_are_404_in_a_fitting_dialect(
             assert hint in body["error"]["message"], body
 
 
-async def test_each_proxied_request_is_one_log_row(gw: Gateway) -> None:  # noqa: F811
+async def test_each_proxied_request_is_one_log_row(gw: Gateway) -> None:
     """Key totals and the request log agree; the model and the user agent are logged;
     a 401 has no key and no row; the key itself is never stored."""
     key, key_id = await new_key(gw, requests=3, interval=3600)

@@ -13,7 +13,7 @@ from agentrouter.gateway import mock
 from agentrouter.gateway.app import Gateway
 from agentrouter.gateway.errors import Dialect
 from agentrouter.gateway.routing import RouteKind
-from tests.gateway_fixtures import call, gw, gw_clock, new_key, sdk_clients, stored_usage  # noqa: F401
+from tests.gateway_fixtures import call, new_key, sdk_clients, stored_usage
 
 MESSAGES = [{"role": "user", "content": "Hello there!"}]
 

@@ -17,8 +17,9 @@ import httpx
 import pytest
 
 from agentrouter.core import Core
-from tests.gateway_fixtures import FakeUpstream, sse_handler, upstream  # noqa: F401
+from tests.gateway_fixtures import FakeUpstream, sse_handler
 from tests.test_gateway_upstream import chat_chunks
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +72,7 @@ class Server:
             await core.close()
 
     async def start(self) -> None:
-        with open(self.log, "wb") as log:
+        with open(self.log, "wb") as log:  # noqa: ASYNC230 - a local file, opened once before the server starts
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -100,7 +101,7 @@ class Server:
                         raise AssertionError("server did not start:\n" + self.log.read_text()) from None
                     await asyncio.sleep(0.1)
 
-    async def stop(self, timeout: float = 30, *, ctrl_c: bool = False) -> int:
+    async def stop(self, within: float = 30, *, ctrl_c: bool = False) -> int:
         """SIGTERM to the server, or (``ctrl_c``) SIGINT to its whole process group,
         as a terminal's Ctrl-C sends it: the workers and their usage writers too."""
         assert self.proc is not None
@@ -110,14 +111,13 @@ class Server:
             else:
                 self.proc.send_signal(signal.SIGTERM)
         try:
-            return await asyncio.wait_for(self.proc.wait(), timeout)
+            return await asyncio.wait_for(self.proc.wait(), within)
         except TimeoutError:
-            tree = subprocess.run(
-                ["ps", "-o", "pid,ppid,stat,args", "-g", str(self.proc.pid)], capture_output=True, text=True
-            ).stdout
+            ps = ["ps", "-o", "pid,ppid,stat,args", "-g", str(self.proc.pid)]
+            tree = (await asyncio.to_thread(subprocess.run, ps, capture_output=True, text=True)).stdout
             os.killpg(self.proc.pid, signal.SIGKILL)
             raise AssertionError(
-                f"the server did not exit in {timeout} s; processes:\n{tree}\nlog:\n{self.log.read_text()}"
+                f"the server did not exit in {within} s; processes:\n{tree}\nlog:\n{self.log.read_text()}"
             ) from None
 
 
@@ -154,8 +154,7 @@ async def _answer_then_stream(
             assert r.status_code == 200
     got: list[tuple[float, bytes]] = []
     futures = [asyncio.ensure_future(_stream(server.url, key, got)) for _ in range(streams)]
-    while len(got) < 2:
-        await asyncio.sleep(0.02)
+    await until(lambda: len(got) >= 2, "two chunks of the streams")
     return got, futures
 
 
@@ -183,8 +182,7 @@ async def test_shutdown_timeout_cuts_long_streams_and_still_writes_usage(
     server, key, key_id = await Server.launch(tmp_path, upstream.base_url, AGENTROUTER_SHUTDOWN_TIMEOUT="1")
     got: list[tuple[float, bytes]] = []
     stream = asyncio.ensure_future(_stream(server.url, key, got))
-    while len(got) < 2:
-        await asyncio.sleep(0.02)
+    await until(lambda: len(got) >= 2, "two chunks of the stream")
     started = time.monotonic()
     code = await server.stop()
     took = time.monotonic() - started
@@ -193,11 +191,8 @@ async def test_shutdown_timeout_cuts_long_streams_and_still_writes_usage(
     await asyncio.wait_for(stream, 5)
     totals = await server.usage(key_id)
     assert totals.requests == 1
-    for _ in range(50):  # the gateway hung up on the upstream too
-        if upstream.seen[-1].cancelled:
-            break
-        await asyncio.sleep(0.05)
-    assert upstream.seen[-1].cancelled
+    # The gateway hung up on the upstream too.
+    await until(lambda: upstream.seen[-1].cancelled, "the upstream request cancelled")
 
 
 async def test_ctrl_c_to_the_process_group_loses_no_usage(tmp_path: Path, upstream: FakeUpstream) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anthropic
@@ -13,10 +14,10 @@ import openai
 import pytest
 
 from agentrouter.gateway.app import Gateway
-from tests.gateway_fixtures import (  # noqa: F401
+from tests.gateway_fixtures import (
     FakeUpstream,
+    GatedStream,
     Reply,
-    Seen,
     call,
     json_handler,
     new_key,
@@ -26,8 +27,8 @@ from tests.gateway_fixtures import (  # noqa: F401
     sse_handler,
     start_gateway,
     stored_usage,
-    upstream,
 )
+from tests.waiting import until
 
 OPENAI_KEY = "sk-upstream-openai-secret"
 ANTHROPIC_KEY = "sk-ant-upstream-secret"
@@ -262,24 +263,33 @@ async def test_upstream_response_headers(gwu: Gateway, upstream: FakeUpstream) -
 
 async def test_sse_relayed_chunk_by_chunk(gwu: Gateway, upstream: FakeUpstream) -> None:
     events = chat_chunks(5)
-    upstream.routes["/v1/chat/completions"] = sse_handler(events, gap=0.15)
+    stream = GatedStream(events)
+    upstream.routes["/v1/chat/completions"] = stream.handler
     key, key_id = await new_key(gwu)
-    started = time.monotonic()
-    reply = await call(
-        gwu,
-        "POST",
-        "/v1/chat/completions",
-        body=b'{"model":"gpt-4o","stream":true}',
-        headers={"authorization": f"Bearer {key}"},
+    reply = Reply()
+    request = asyncio.ensure_future(
+        call(
+            gwu,
+            "POST",
+            "/v1/chat/completions",
+            body=b'{"model":"gpt-4o","stream":true}',
+            headers={"authorization": f"Bearer {key}"},
+            reply=reply,
+        )
     )
+
+    def relayed(n: int) -> Callable[[], bool]:
+        return lambda: reply.body == b"".join(events[:n])
+
+    # Each event reaches the client when the upstream writes it, before the next one
+    # is written: the upstream writes event n only once the client has n - 1.
+    for n in range(1, len(events) + 1):
+        stream.release()
+        await until(relayed(n), f"event {n} at the client before the upstream writes event {n + 1}")
+    await asyncio.wait_for(request, 10)
     assert reply.status == 200 and reply.headers["content-type"] == "text/event-stream"
     assert "content-length" not in reply.headers
-    assert reply.body == b"".join(events)
-    # Each event reached the client when the upstream wrote it, not all at the end.
-    first = reply.chunks[0][0] - started
-    spread = reply.chunks[-1][0] - reply.chunks[0][0]
-    assert first < 0.12, first
-    assert len(reply.chunks) >= len(events) - 1 and spread > 0.6, (len(reply.chunks), spread)
+    assert reply.body == b"".join(events) and len(reply.chunks) >= len(events)
     totals = await stored_usage(gwu, key_id)
     assert (totals.input_tokens, totals.output_tokens) == (5, 5)
 
@@ -348,7 +358,7 @@ async def test_read_timeout_is_504_and_closes_upstream(gwu: Gateway, upstream: F
     with pytest.raises(anthropic.InternalServerError) as ae:
         await a.messages.create(model="claude-3", max_tokens=5, messages=[])
     assert ae.value.status_code == 504 and ae.value.response.json()["error"]["type"] == "timeout_error"
-    await asyncio.sleep(0.1)
+    await until(lambda: all(s.cancelled for s in upstream.seen), "the upstream requests cancelled")
     assert all(s.cancelled and not s.finished for s in upstream.seen)  # the gateway hung up
     assert (await stored_usage(gwu, key_id)).failures_5xx == 2
 
@@ -370,15 +380,11 @@ async def test_client_disconnect_cancels_upstream(gwu: Gateway, upstream: FakeUp
             reply=reply,
         )
     )
-    while len(reply.chunks) < 3:
-        await asyncio.sleep(0.02)
+    await until(lambda: len(reply.chunks) >= 3, "three chunks at the client")
     left.set()
-    await asyncio.wait_for(request, 2)
+    await asyncio.wait_for(request, 10)
     seen = upstream.seen[-1]
-    for _ in range(50):
-        if seen.cancelled:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: seen.cancelled, "the upstream request cancelled")
     assert seen.cancelled and not seen.finished
 
     # Before the answer started (a long non-streamed request) too.
@@ -386,12 +392,11 @@ async def test_client_disconnect_cancels_upstream(gwu: Gateway, upstream: FakeUp
     request = asyncio.ensure_future(
         call(gwu, "POST", "/v1/messages", body=b'{"model":"claude-3"}', headers={"x-api-key": key}, disconnect=left2)
     )
-    while len(upstream.seen) < 2:
-        await asyncio.sleep(0.02)
+    await until(lambda: len(upstream.seen) >= 2, "the second request at the upstream")
     left2.set()
-    answer = await asyncio.wait_for(request, 2)
+    answer = await asyncio.wait_for(request, 10)
     assert answer.status == 0  # nothing was sent to a client that left
-    await asyncio.sleep(0.2)
+    await until(lambda: upstream.seen[-1].cancelled, "the upstream request cancelled")
     assert upstream.seen[-1].cancelled
     totals = await stored_usage(gwu, key_id)
     assert (totals.requests, totals.successes, totals.failures_4xx) == (2, 1, 1)  # 200 started; 499 before

@@ -8,27 +8,29 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Self
 
 import pytest
 
 from agentrouter.config import ProviderSettings
 from agentrouter.gateway.upstream import UpstreamClient, UpstreamTimeout
+from tests.waiting import until
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
 
 
 class DelayServer:
     """Answers each request on a keep-alive connection after the next delay queued
-    in ``delays`` (seconds; none queued: at once)."""
+    in ``delays`` (seconds, or an event to wait for; none queued: at once)."""
 
     def __init__(self) -> None:
-        self.delays: list[float] = []
+        self.delays: list[float | asyncio.Event] = []
         self.connections = 0
         self.handlers: set[asyncio.Task[None]] = set()
         self.server: asyncio.Server | None = None
         self.port = 0
 
-    async def __aenter__(self) -> DelayServer:
+    async def __aenter__(self) -> Self:
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self.connections += 1
             task = asyncio.current_task()
@@ -40,7 +42,11 @@ class DelayServer:
                     length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
                     await reader.readexactly(length)
                     if self.delays:
-                        await asyncio.sleep(self.delays.pop(0))
+                        delay = self.delays.pop(0)
+                        if isinstance(delay, asyncio.Event):
+                            await delay.wait()
+                        else:
+                            await asyncio.sleep(delay)
                     writer.write(ANSWER)
                     await writer.drain()
             except (ConnectionError, asyncio.IncompleteReadError):
@@ -105,18 +111,28 @@ async def test_busy_connection_keeps_one_timer(server: DelayServer, client: Upst
 
 async def test_reused_connection_times_out_on_silence_only(server: DelayServer, client: UpstreamClient) -> None:
     assert await one(client) == b"{}"  # arms the connection's timer (fires 0.3 s from now)
-    await asyncio.sleep(0.2)
-    # The earlier timer fires 0.1 s into this request: 0.1 s of silence, not a timeout;
-    # it re-arms itself for the remaining 0.2 s, and the answer comes at 0.25 s.
-    server.delays.append(0.25)
-    assert await one(client) == b"{}"
+    (conn,) = client._connections
+    armed = conn.timer
+    # Half-way through that timer (a position in time, not a wait for an event), a
+    # second request, answered when the test says so.
+    await asyncio.sleep(0.15)
+    answer = asyncio.Event()
+    server.delays.append(answer)
+    second = asyncio.ensure_future(one(client))
+    # The earlier timer fires 0.15 s into this request: 0.15 s of silence, not a
+    # timeout; it re-arms itself for the remaining 0.15 s. Then the answer comes.
+    await until(lambda: conn.timer is not armed, "the earlier timer to fire and re-arm")
+    assert conn.timer is not None and not second.done()
+    answer.set()
+    assert await second == b"{}"
     # Now silent for longer than read_timeout: a timeout, 0.3 s after sending, not earlier.
-    server.delays.append(2.0)
+    server.delays.append(asyncio.Event())  # never set: no answer at all
     started = time.monotonic()
     with pytest.raises(UpstreamTimeout):
         await one(client)
     assert 0.28 <= time.monotonic() - started < 1.0
-    await asyncio.sleep(0.01)  # the aborted transport reports its loss on the next turn
+    # The aborted transport reports its loss on a later turn of the loop.
+    await until(lambda: client.open_connections == 0, "the timed-out connection closed")
     assert client.open_connections == 0  # the timed-out connection is closed, not reused
     assert await one(client) == b"{}"  # and a new one works
     assert server.connections == 2
@@ -125,7 +141,7 @@ async def test_reused_connection_times_out_on_silence_only(server: DelayServer, 
 async def test_idle_connection_lets_its_timer_lapse(server: DelayServer, client: UpstreamClient) -> None:
     assert await one(client) == b"{}"
     (conn,) = client._connections
-    await asyncio.sleep(0.4)  # longer than read_timeout, idle in the pool
+    await until(lambda: conn.timer is None, "the timer to lapse")  # after read_timeout, idle in the pool
     assert conn.timer is None and not conn.closed  # lapsed; the connection is kept
     assert await one(client) == b"{}"
     assert server.connections == 1 and conn.timer is not None
@@ -137,5 +153,5 @@ async def test_closing_a_connection_cancels_its_timer(server: DelayServer, clien
     timer = conn.timer
     assert timer is not None
     await client.close()
-    await asyncio.sleep(0.01)
+    await until(lambda: conn.timer is None, "the connection to let go of its timer")
     assert timer.cancelled() and conn.timer is None

@@ -3,7 +3,6 @@ its batched, loss-free flushing, and the request log written with the key totals
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ import pytest
 
 from agentrouter.gateway.usage import StreamUsage, UsageRecorder, tokens_from_json, tokens_from_sse
 from agentrouter.store.models import RequestRecord, UsageDelta
+from tests.waiting import until
 
 enc = msgspec.json.encode
 
@@ -130,7 +130,7 @@ def openai_stream(n: int, include_usage: bool) -> list[bytes]:
                 {"id": "c", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}}
             )
         )
-    return chunks + [b"data: [DONE]\n\n"]
+    return [*chunks, b"data: [DONE]\n\n"]
 
 
 def anthropic_stream(n: int, *, delta_input: bool = False) -> list[bytes]:
@@ -276,8 +276,8 @@ async def test_periodic_flush_and_close_lose_nothing() -> None:
     rec = UsageRecorder(sink, interval=0.05)
     rec.start()
     rec.record("k", 200, 1, 1, 1.0, None)
-    await asyncio.sleep(0.2)
-    assert totals(sink) == {"k": (1, 1, 0, 0, 1, 1)}  # written by the task, about once per interval
+    await until(lambda: bool(sink.batches), "a batch written by the task")  # no flush() called
+    assert totals(sink) == {"k": (1, 1, 0, 0, 1, 1)}
     for _ in range(100):
         rec.record("k", 200, 1, 1, 1.0, None)
     await rec.close()  # the rest, at shutdown
@@ -358,8 +358,10 @@ async def test_pending_records_are_capped_while_the_store_is_down(caplog: pytest
     assert [r.model for r in sink.records] == ["m0", "m1", "m2", "m3"]  # the oldest kept
     assert rec.dropped_records == 2
     assert [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()] == [
-        "request log: 2 records dropped (more than 4 waited for the store to be written); "
-        "the key totals still count them"
+        (
+            "request log: 2 records dropped (more than 4 waited for the store to be written); "
+            "the key totals still count them"
+        )
     ]
 
 

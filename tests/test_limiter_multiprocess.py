@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from agentrouter.limiter import RateLimiter
+from tests.waiting import until_sync
 
 pytestmark = pytest.mark.slow
 
@@ -21,22 +21,24 @@ CAPACITY = 64
 TEN_YEARS = 10 * 365 * 86400.0  # refill of a few cells per decade: negligible here
 
 # argv: region path, bucket name, requests, mode ("drain" | "victim"), go-file.
-# drain: wait for the go-file, then two threads acquire until their first refusal
-# (with negligible refill the bucket never admits again); print the total admitted.
+# drain: print "ready" (the region is open), wait for the go-file, then two threads
+# acquire until their first refusal (with negligible refill the bucket never admits
+# again); print the total admitted.
 # victim: print "ready", then hammer forever in bursts until killed.
-WORKER = """
+WORKER = f"""
 import os, sys, threading, time
 from agentrouter.limiter import RateLimiter
 path, name, requests, mode, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
-limiter = RateLimiter(path, capacity=%d)
+limiter = RateLimiter(path, capacity={CAPACITY})
 def acquire():
-    return limiter.acquire(name, requests=requests, interval=%r).allowed
+    return limiter.acquire(name, requests=requests, interval={TEN_YEARS!r}).allowed
 if mode == "victim":
     print("ready", flush=True)
     while True:
         for _ in range(200):
             acquire()
         time.sleep(0.001)
+print("ready", flush=True)
 while not os.path.exists(go):
     time.sleep(0.001)
 counts = [0, 0]
@@ -47,7 +49,7 @@ threads = [threading.Thread(target=drain, args=(i,)) for i in range(2)]
 for t in threads: t.start()
 for t in threads: t.join()
 print(sum(counts), flush=True)
-""" % (CAPACITY, TEN_YEARS)
+"""
 
 
 def spawn(path: Path, name: str, requests: int, mode: str, go: Path) -> subprocess.Popen[str]:
@@ -58,7 +60,9 @@ def spawn(path: Path, name: str, requests: int, mode: str, go: Path) -> subproce
 def drain_in_processes(path: Path, name: str, requests: int, processes: int = 4) -> list[int]:
     go = path.with_suffix(f".go-{name}")
     workers = [spawn(path, name, requests, "drain", go) for _ in range(processes)]
-    time.sleep(0.3)  # let them import and open the region, then start them together
+    for w in workers:  # all of them have opened the region: start them together
+        assert w.stdout is not None
+        assert w.stdout.readline().strip() == "ready"
     go.touch()
     counts = []
     for w in workers:
@@ -79,18 +83,25 @@ def test_a_killed_process_leaves_the_region_usable_and_exact(tmp_path: Path) -> 
     path = tmp_path / "limiter.shm"
     requests = 200_000
     limiter = RateLimiter(path, capacity=CAPACITY)
+
+    def left() -> int:
+        # A cost above the limit is refused without writing: a read of what is left.
+        remaining = limiter.acquire("shared", requests=requests, interval=TEN_YEARS, cost=requests + 1).remaining
+        assert remaining is not None
+        return remaining
+
     victim = spawn(path, "shared", requests, "victim", tmp_path / "unused")
     try:
         assert victim.stdout is not None
         assert victim.stdout.readline().strip() == "ready"
-        time.sleep(0.3)  # mid-hammering
+        # Mid-hammering: at 200 acquires a burst, a few bursts in and far from the end.
+        until_sync(lambda: left() < requests - 1000, "the victim to take some of the bucket")
     finally:
         os.kill(victim.pid, signal.SIGKILL)
         victim.communicate(timeout=30)  # reaps it and closes its pipes
     assert victim.returncode == -signal.SIGKILL
-    # A cost above the limit is refused without writing: a read of what is left.
-    left = limiter.acquire("shared", requests=requests, interval=TEN_YEARS, cost=requests + 1).remaining
-    assert left is not None and 0 < left < requests, "the victim should have been mid-way"
+    remaining = left()
+    assert 0 < remaining < requests, "the victim should have been mid-way"
     counts = drain_in_processes(path, "shared", requests)
-    assert sum(counts) == left, (counts, left)
+    assert sum(counts) == remaining, (counts, remaining)
     assert RateLimiter(path, capacity=CAPACITY).acquire("other", requests=1).allowed

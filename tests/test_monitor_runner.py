@@ -4,7 +4,6 @@ the task starts and stops cleanly. (Its settings are the server's: tests/test_co
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from agentrouter.core import Core
 from agentrouter.monitor import Monitor
 from agentrouter.store.analytics import Analytics
 from agentrouter.store.models import RequestRecord
+from tests.waiting import until
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -158,11 +158,7 @@ async def test_the_task_runs_periodically_and_stops_cleanly(core: Core) -> None:
     monitor = Monitor(core.store, Settings(monitor_interval=0.05), clock=core.now)
     monitor.start()
     monitor.start()  # idempotent: one task
-    for _ in range(100):
-        if monitor.runs >= 3:
-            break
-        await asyncio.sleep(0.02)
-    assert monitor.runs >= 3
+    await until(lambda: monitor.runs >= 3, "three runs of the task")
     task = monitor._task
     assert task is not None
     await monitor.stop()

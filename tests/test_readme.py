@@ -46,3 +46,11 @@ def test_the_two_commands_exist() -> None:
         assert (README.parent / script).stat().st_mode & 0o111
     ci = (README.parent / ".ci" / "run").read_text()
     assert "scripts/test" in ci
+
+
+def test_the_checks_command_exists_and_ci_runs_it_before_the_tests() -> None:
+    assert "\nscripts/check\n" in README.read_text()
+    assert (README.parent / "scripts/check").stat().st_mode & 0o111
+    ci = (README.parent / ".ci" / "run").read_text()
+    # The gates first, so that the last line of CI's output is pytest's summary.
+    assert ci.index("scripts/check") < ci.index("scripts/test")

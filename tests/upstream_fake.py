@@ -45,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -178,7 +178,7 @@ class FakeUpstream:
         thread.join(timeout=10)
         self._thread = None
 
-    def __enter__(self) -> FakeUpstream:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

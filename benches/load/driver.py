@@ -327,7 +327,7 @@ def report(results: dict[str, dict[str, float]]) -> tuple[str, bool]:
             )
     headers = ("metric", "direct", "gateway", "gateway vs direct", "target", "")
     widths = [max(len(x[i]) for x in [headers, *rows]) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [headers, *rows]]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in [headers, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     used = {r[0].rsplit("[", 1)[1].rstrip("]") for r in rows if r[0].endswith("]")}
     lines += ["", "placements (gateway always on CPU 0, wrk and driver.py always on CPU 1):"]

@@ -173,9 +173,11 @@ class KeyService:
         return row
 
     async def delete(self, key_id: str) -> KeyRow:
-        row = await self._store.delete_key(
-            key_id, now=self._clock(), revoke=lambda slot, tag: self._limiter.revoke_slot(slot, tag)
-        )
+        def revoke(slot: int, tag: int) -> None:
+            # False (ignored) means the slot has a new owner already: nothing left to refuse.
+            self._limiter.revoke_slot(slot, tag)
+
+        row = await self._store.delete_key(key_id, now=self._clock(), revoke=revoke)
         if row is None:
             raise KeyNotFound(f"no active key with id {key_id!r}")
         self._limiter.bump_generation()

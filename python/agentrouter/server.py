@@ -26,11 +26,15 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import importlib
+import inspect
 import logging
 import math
 import signal
 import socket
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from agentrouter.config import Settings
@@ -55,31 +59,57 @@ def load_app(settings: Settings) -> Any:
     return create_app(settings, fallback=api)
 
 
-def _signal_workers_once() -> None:
+def _signal_workers_once(signals: ModuleType | None = None) -> bool:
     """Make a worker's termination signal reach Granian once, however many arrive.
 
     A worker often gets two: Ctrl-C reaches the whole process group, then the parent
     sends SIGTERM; systemd signals every process of the unit. Granian (2.8) calls
     ``WorkerSignal.set()`` from its loop signal handler for each, and a second call
-    while the first is being handled can deadlock the worker's main thread (seen
-    with py-spy: blocked in ``WorkerSignal.set`` in about 1 stop in 10 to 20,
-    never exiting; granian issue #875 is the same family). The loader runs in the
-    worker before Granian installs that handler, so it replaces
-    ``granian._signals.set_loop_signals`` with the same function whose handler sets
-    the event only the first time. If Granian's internals are not what this
-    expects, nothing is replaced.
+    can block the worker's main thread for good: seen with py-spy in about 1 stop in
+    10 to 20, blocked in ``WorkerSignal.set`` and never exiting; outside a worker a
+    second ``set()`` on one ``WorkerSignal`` blocks every time. Upstream, the same
+    family of hang (the worker's main thread and a runtime thread waiting on each
+    other at shutdown) is granian issue #875, "Worker hangs forever on SIGTERM when
+    the event loop is busy" (https://github.com/emmett-framework/granian/issues/875,
+    proposed fix in PR #876); ``pyproject.toml`` pins Granian to the 2.8 series this
+    was checked against.
+
+    The loader runs in the worker before Granian installs that handler (Granian
+    imports ``granian._signals.set_loop_signals`` when it starts the worker), so this
+    replaces it with the same function whose handler sets the event only the first
+    time. If Granian's internals are not what this expects, nothing is replaced and a
+    warning says so. Returns whether the once-only version is in place.
+
+    ``signals`` is ``granian._signals`` (a stand-in in tests).
     """
-    try:
-        from granian import _signals
-        from granian._granian import WorkerSignal
-    except ImportError:
-        return
-    original = getattr(_signals, "set_loop_signals", None)
-    if original is None or getattr(original, "agentrouter_once", False) or not hasattr(_signals, "_get_signals"):
-        return
+    if signals is None:
+        try:
+            signals = importlib.import_module("granian._signals")
+        except ImportError:
+            return False
+    original = getattr(signals, "set_loop_signals", None)
+    if getattr(original, "agentrouter_once", False):
+        return True
+    worker_signal = getattr(signals, "WorkerSignal", None)
+    found_signals = getattr(signals, "_get_signals", None)
+    if not (
+        callable(original)
+        and _parameters(original) == ["loop"]
+        and callable(found_signals)
+        and _parameters(found_signals) == []
+        and isinstance(worker_signal, type)
+        and callable(getattr(worker_signal, "set", None))
+    ):
+        log.warning(
+            "Granian's worker signal handling is not the one this version knows; a second "
+            "termination signal may hang a worker (the once-only handler is not installed)"
+        )
+        return False
+    get_signals: Callable[[], Iterable[int]] = found_signals
+    new_event: Callable[[], Any] = worker_signal
 
     def set_loop_signals(loop: Any) -> Any:
-        event = WorkerSignal()
+        event = new_event()
         fired = False
 
         def handler(signum: int, frame: Any) -> None:
@@ -88,7 +118,7 @@ def _signal_workers_once() -> None:
                 fired = True
                 event.set()
 
-        sigs = _signals._get_signals()
+        sigs = list(get_signals())
         try:
             for sig in sigs:
                 loop.add_signal_handler(sig, handler, sig, None)
@@ -97,8 +127,20 @@ def _signal_workers_once() -> None:
                 signal.signal(sig, handler)
         return event
 
+    # Attributes that mypy cannot see: a marker on the function (with the function it
+    # replaces, for tests and debugging), and Granian's module.
     set_loop_signals.agentrouter_once = True  # type: ignore[attr-defined]
-    _signals.set_loop_signals = set_loop_signals
+    set_loop_signals.agentrouter_replaces = original  # type: ignore[attr-defined]
+    signals.set_loop_signals = set_loop_signals  # type: ignore[attr-defined]
+    return True
+
+
+def _parameters(function: Callable[..., Any]) -> list[str] | None:
+    """The parameter names of ``function``, or None when they cannot be read."""
+    try:
+        return list(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return None
 
 
 async def _prepare(settings: Settings) -> None:

@@ -214,7 +214,7 @@ class Gateway:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
-            raise RuntimeError(f"the gateway did not stop within {timeout} s of SIGTERM:\n{self.log_tail()}")
+            raise RuntimeError(f"the gateway did not stop within {timeout} s of SIGTERM:\n{self.log_tail()}") from None
         return self.returncode
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:

@@ -20,6 +20,7 @@ import pytest
 from agentrouter._core import generate_key
 from tests.e2e.conftest import Gateway, anthropic_error, assert_no_key_leak, openai_error, response_text
 from tests.upstream_fake import FakeUpstream
+from tests.waiting import until_sync
 
 MESSAGES = [{"role": "user", "content": "Hello!"}]
 ALPHABET = string.digits + string.ascii_uppercase + string.ascii_lowercase
@@ -132,10 +133,11 @@ def test_deleted_key(gateway: Gateway, fake: FakeUpstream, clients: Any) -> None
 
 @pytest.mark.slow
 def test_expired_key(gateway: Gateway, fake: FakeUpstream, clients: Any) -> None:
-    created = gateway.create_key(name="short-lived", expires_in="2s")
-    issued = time.monotonic()
+    # Valid first (a long expiry, so the request cannot race it), then one second left.
+    created = gateway.create_key(name="short-lived", expires_in="1h")
     clients("openai", created["key"]).chat.completions.create(model="gpt-4o", messages=MESSAGES)
-    time.sleep(max(0.0, issued + 2.3 - time.monotonic()))
+    expires_at = gateway.cli_json("keys", "update", created["id"], "--expires-in", "1s")["expires_at"]
+    until_sync(lambda: time.time() > expires_at, "the key's expiry", poll=0.05)
     refused(gateway, fake, created["key"], clients)
 
 
@@ -143,13 +145,14 @@ def test_expired_key(gateway: Gateway, fake: FakeUpstream, clients: Any) -> None
 def test_rotated_key_after_grace(gateway: Gateway, fake: FakeUpstream, clients: Any) -> None:
     old = gateway.create_key(name="rotating")
     clients("openai", old["key"]).chat.completions.create(model="gpt-4o", messages=MESSAGES)
-    new = gateway.cli_json("keys", "rotate", old["id"], "--grace", "1s")
-    rotated = time.monotonic()
+    # A grace period far longer than the two requests made within it.
+    new = gateway.cli_json("keys", "rotate", old["id"], "--grace", "4s")
     assert new["key"] != old["key"] and new["key"].startswith("sk-ar-")
     # Within the grace period both work.
     clients("openai", old["key"]).chat.completions.create(model="gpt-4o", messages=MESSAGES)
     clients("openai", new["key"]).chat.completions.create(model="gpt-4o", messages=MESSAGES)
-    time.sleep(max(0.0, rotated + 1.3 - time.monotonic()))
+    grace_ends = gateway.cli_json("keys", "show", old["id"])["expires_at"]
+    until_sync(lambda: time.time() > grace_ends, "the end of the grace period", poll=0.05)
     refused(gateway, fake, old["key"], clients)
     completion = clients("openai", new["key"]).chat.completions.create(model="gpt-4o", messages=MESSAGES)
     assert completion.choices[0].message.content

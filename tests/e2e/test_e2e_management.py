@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from agentrouter.datadir import DB_FILE
 from agentrouter.store import Store
 from tests.e2e.conftest import Gateway, write_config
 from tests.upstream_fake import FakeUpstream
+from tests.waiting import until_async
 
 LEASE_TAKEN = re.compile(r"monitor: this process \((?P<holder>[^)]*)\) holds the 'monitor' lease")
 
@@ -64,11 +64,16 @@ async def test_one_worker_runs_the_monitor(tmp_path: Path, fake: FakeUpstream, d
     gw.env["AGENTROUTER_MONITOR_INTERVAL"] = "0.2"
     await asyncio.to_thread(gw.start)
     try:
-        holders = set()
-        deadline = time.monotonic() + 3.0  # about 15 runs of each worker's monitor task
-        while time.monotonic() < deadline:
-            holders |= set(await leases(data_dir / DB_FILE))
-            await asyncio.sleep(0.1)
+        holders: set[str] = set()
+        expiries: set[float] = set()
+
+        async def fifteen_runs() -> bool:  # the lease is renewed at each run of the holder
+            for holder, expires_at in await leases(data_dir / DB_FILE):
+                holders.add(holder)
+                expiries.add(expires_at)
+            return len(expiries) >= 15
+
+        await until_async(fifteen_runs, "15 runs of the monitor", within=30)
         taken = LEASE_TAKEN.findall(gw.log_path.read_text(errors="replace"))
     finally:
         returncode = await asyncio.to_thread(gw.stop)
@@ -78,9 +83,11 @@ async def test_one_worker_runs_the_monitor(tmp_path: Path, fake: FakeUpstream, d
     assert await leases(data_dir / DB_FILE) == []  # released at shutdown, while the store was open
 
 
-async def leases(db: Path) -> list[str]:
+async def leases(db: Path) -> list[tuple[str, float]]:
+    """The monitor's lease: (holder, expiry), or nothing."""
     store = await Store.open(db)
     try:
-        return [r[0] for r in await store._db.execute_fetchall("SELECT holder FROM leases WHERE name = 'monitor'")]
+        rows = await store._db.execute_fetchall("SELECT holder, expires_at FROM leases WHERE name = 'monitor'")
+        return [(r[0], float(r[1])) for r in rows]
     finally:
         await store.close()

@@ -16,6 +16,7 @@ from agentrouter.datadir import DB_FILE
 from agentrouter.store import Store
 from tests.e2e.conftest import async_client, start_gateway
 from tests.upstream_fake import FakeUpstream
+from tests.waiting import until
 
 MESSAGES = [{"role": "user", "content": "Hello!"}]
 N = 60
@@ -66,9 +67,7 @@ async def test_sigterm_under_load_loses_no_usage(tmp_path: Path, fake: FakeUpstr
                 return None
 
         async def terminate() -> None:
-            deadline = time.monotonic() + 20
-            while len(fake.since(mark)) < IN_FLIGHT and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
+            await until(lambda: len(fake.since(mark)) >= IN_FLIGHT, f"{IN_FLIGHT} requests at the upstream", within=20)
             gw.terminate()
             term_at.append(time.monotonic())
 

@@ -3,6 +3,7 @@ relayed with their body; and a client that leaves mid-stream cancels the upstrea
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -65,13 +66,15 @@ def test_upstream_slow_is_504(fake: FakeUpstream, key: dict[str, Any], clients: 
 def test_upstream_error_status_relayed_with_body(
     fake: FakeUpstream, key: dict[str, Any], clients: Any, status: int, o_error: type, a_error: type
 ) -> None:
-    o_body = (
-        '{"error": {"message": "upstream says %d", "type": "upstream_error", "param": null, '
-        '"code": "fake_%d"}}' % (status, status)
-    ).encode()
-    a_body = (
-        '{"type": "error", "error": {"type": "upstream_error", "message": "claude upstream says %d"}}' % status
-    ).encode()
+    o_error_body = {
+        "message": f"upstream says {status}",
+        "type": "upstream_error",
+        "param": None,
+        "code": f"fake_{status}",
+    }
+    o_body = json.dumps({"error": o_error_body}).encode()
+    a_error_body = {"type": "upstream_error", "message": f"claude upstream says {status}"}
+    a_body = json.dumps({"type": "error", "error": a_error_body}).encode()
     fake.on(f"gpt-fail-{status}", status=status, body=o_body)
     fake.on(f"claude-fail-{status}", status=status, body=a_body)
     with pytest.raises(o_error) as o_exc:

@@ -43,8 +43,10 @@ def docs_html() -> bytes:
         "<meta name=viewport content='width=device-width,initial-scale=1'>",
         f"<style>{_CSS}</style></head><body><main>",
         f"<h1>{_e(info['title'])} <span class=muted>v{_e(info['version'])}</span></h1>",
-        "<p>The machine-readable description is <a href='/api/openapi.json'><code>/api/openapi.json</code></a> "
-        "(OpenAPI 3.1).</p>",
+        (
+            "<p>The machine-readable description is <a href='/api/openapi.json'><code>/api/openapi.json</code></a> "
+            "(OpenAPI 3.1).</p>"
+        ),
         _markdown(info["description"]),
         "<nav>" + "".join(f"<a href='#tag-{_e(t['name'])}'>{_e(t['name'])}</a>" for t in spec["tags"]) + "</nav>",
     ]

@@ -166,7 +166,7 @@ def _operation(op: Operation) -> dict[str, Any]:
 
 
 def _query_params(struct: Any) -> list[dict[str, Any]]:
-    (schema,), components = msgspec.json.schema_components([struct], ref_template=REF)
+    (_schema,), components = msgspec.json.schema_components([struct], ref_template=REF)
     props = components[struct.__name__]["properties"]
     out = []
     for name, prop in props.items():

@@ -49,7 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
             raise CommandError("the server stopped because a worker failed (see the log above)") from None
     except OSError as exc:
         raise CommandError(f"cannot start: {exc.strerror or exc}") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the CLI's edge: a start-up failure is a message, not a traceback
         # Core.open failures (data directory, secret, database) are explained by their message.
         print(f"agentrouter: error: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -332,7 +332,7 @@ class Gateway:
                 await _send_error(
                     send, route.dialect, Kinds.INTERNAL, "Internal error in the gateway.", self._request_id(), None
                 )
-            except Exception:
+            except Exception:  # noqa: BLE001, S110 - the error is logged above; this send fails when the answer had begun
                 pass
         finally:
             self._inflight.discard(task)
@@ -388,7 +388,7 @@ class Gateway:
                 self._record(record.id, status, 0, 0, started, scope, None, user_agent)
                 return
             body = await self._read_body(receive, content_length)
-            model, stream = _peek_body(body)
+            model, _stream = _peek_body(body)
             provider = self._router.resolve(model)
             if provider is None:
                 raise _BadRequest(

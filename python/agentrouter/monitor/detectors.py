@@ -204,16 +204,13 @@ def detect_unusual_hour(hours: Sequence[HourlyUsage], now: float, config: Detect
         for day, h in baseline:
             days_by_hour[_hour_of_day(h.start)].add(day)
 
-        def days_used(hod: int) -> int:
-            used: set[int] = set()
-            for k in range(-n, n + 1):
-                used |= days_by_hour[(hod + k) % 24]
-            return len(used)
+        # Per hour of the day, the days with use in it or in one of its n neighbours.
+        days_used = [len(set().union(*(days_by_hour[(hod + k) % 24] for k in range(-n, n + 1)))) for hod in range(24)]
 
         hod = _hour_of_day(start)
-        used = days_used(hod)
+        used = days_used[hod]
         if used / len(active_days) < config.unusual_hour_idle_fraction:
-            usual = [h for h in range(24) if days_used(h) / len(active_days) >= config.unusual_hour_idle_fraction]
+            usual = [h for h in range(24) if days_used[h] / len(active_days) >= config.unusual_hour_idle_fraction]
             findings.append(
                 Finding(
                     kind="unusual_hour",

@@ -161,7 +161,7 @@ class UsageWriter:
             raise UsageWriterError("the usage writer exited; it is restarted for the next batch")
         raise UsageWriterError(f"the usage writer answered {line[:200]!r}; it is restarted for the next batch")
 
-    async def close(self, timeout: float = 30.0) -> None:
+    async def close(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109 - a grace period, then kill
         """Let the child finish and exit (its stdin closed), then reap it."""
         proc, self._proc = self._proc, None
         if proc is None:
@@ -177,7 +177,7 @@ class UsageWriter:
             log.error("usage writer (pid %d) stopped with status %s", proc.pid, code)
 
 
-async def _stop(proc: asyncio.subprocess.Process, timeout: float) -> int | None:
+async def _stop(proc: asyncio.subprocess.Process, timeout: float) -> int | None:  # noqa: ASYNC109 - as in close
     """Close the child's stdin, wait up to ``timeout`` for it to exit, else kill it."""
     if proc.stdin is not None and not proc.stdin.is_closing():
         proc.stdin.close()

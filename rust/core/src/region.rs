@@ -91,9 +91,14 @@ pub struct Region {
     capacity: u32,
 }
 
-// SAFETY: the mapping is only ever accessed through atomics, and `_map` keeps it
-// alive for as long as the `Region` exists.
+// SAFETY: `base` is the only field that is not `Send`. It points into the mapping
+// owned by `_map`, which moves with the `Region` (a move does not move the mapped
+// pages, so `base` stays valid) and is unmapped only when the `Region` is dropped.
 unsafe impl Send for Region {}
+// SAFETY: through `&Region` the mapping is reached only as `&Header` and `&[Entry]`,
+// whose fields are all `AtomicU64`: concurrent use from any number of threads (and
+// processes) is a set of atomic operations, never a data race. No method writes
+// through `base` except by those atomics.
 unsafe impl Sync for Region {}
 
 impl Region {
@@ -183,9 +188,14 @@ impl Region {
     }
 
     fn map_file(file: &File, len: usize, shown: &impl std::fmt::Display) -> Result<MmapMut> {
-        // SAFETY: the file is shared with other processes by design; we only read
-        // and write it through atomics. Truncating it under a live mapping is a
-        // misuse (it would fault), as for any shared memory file.
+        // SAFETY: `map_mut` is unsafe because other processes may change the file
+        // while it is mapped, which would break a plain `&[u8]`/`&mut [u8]` over it.
+        // We never form one: the bytes are only reached as atomics (`header`,
+        // `entries`), which are sound under concurrent writes. The file is at least
+        // `len` bytes (sized or checked just above, under the lock), so every mapped
+        // page is backed. Truncating the file under a live mapping would fault
+        // (SIGBUS); AgentRouter never does that (it resizes only a file without a
+        // magic, i.e. one nobody has mapped as a region), as for any shared memory file.
         unsafe { memmap2::MmapOptions::new().len(len).map_mut(file) }
             .map_err(Error::io(format!("cannot map {shown}")))
     }
@@ -223,14 +233,20 @@ impl Region {
     }
 
     fn header(&self) -> &Header {
-        // SAFETY: the map is at least one line long, page-aligned, and `Header` is
-        // a line of atomics (valid for any bit pattern).
+        // SAFETY: the map is `Self::size(capacity)` ≥ one line long and page-aligned
+        // (≥ `align_of::<Header>()` = 64), so `base` is a valid, aligned `Header`; its
+        // fields are atomics, valid for any bit pattern and sound to share (see
+        // `Sync` above). The borrow of `self` keeps the map alive for the reference.
         unsafe { &*self.base.cast::<Header>() }
     }
 
     fn entries(&self) -> &[Entry] {
-        // SAFETY: `capacity` entries of one line each follow the header (checked
-        // against the file size at open); `Entry` is atomics only.
+        // SAFETY: the map holds one header line and then `capacity` lines (its size
+        // is `Self::size(capacity)`, checked against the file at open), and
+        // `size_of::<Entry>() == LINE` (asserted at compile time), so the slice lies
+        // inside the map; `base + LINE` is 64-byte aligned, as `Entry` requires.
+        // `Entry` is atomics only: any bit pattern is valid and sharing is sound.
+        // The borrow of `self` keeps the map alive for the slice.
         unsafe {
             std::slice::from_raw_parts(self.base.add(LINE).cast::<Entry>(), self.capacity as usize)
         }
@@ -306,7 +322,8 @@ struct Flock<'a>(&'a File);
 impl<'a> Flock<'a> {
     fn exclusive(file: &'a File) -> std::io::Result<Self> {
         loop {
-            // SAFETY: a valid open file descriptor.
+            // SAFETY: `flock` takes no pointers; its one requirement is an open file
+            // descriptor, and `file` (borrowed for the call) keeps it open.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
                 return Ok(Self(file));
             }
@@ -320,7 +337,8 @@ impl<'a> Flock<'a> {
 
 impl Drop for Flock<'_> {
     fn drop(&mut self) {
-        // SAFETY: as above; failure to unlock is harmless (closing the file unlocks).
+        // SAFETY: as in `exclusive`: the descriptor of `self.0`, open for the call.
+        // A failure to unlock is harmless (closing the file unlocks it).
         unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
     }
 }

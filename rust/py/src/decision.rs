@@ -45,10 +45,14 @@ impl<'py> IntoPyObject<'py> for Decision {
             !tp.is_null(),
             "Decision used before the module was initialised"
         );
-        // SAFETY: we are attached to the interpreter (`py`); the block is sized for
-        // `DecisionObject`, its payload is written before the object is published,
-        // and `PyObject_Init` sets the type (taking a reference to it: a heap
-        // type) and the reference count. `dealloc` undoes exactly this.
+        // SAFETY: we are attached to the interpreter (`py`), as the object allocator
+        // requires. The block is sized for `DecisionObject` and checked for NULL; the
+        // payload is written (through a raw pointer, the memory is uninitialised)
+        // before the object is published. `tp` is the type made by `init`, which runs
+        // at import, before any limiter exists, and is never released (see `TYPE`).
+        // `PyObject_Init` sets the type (taking a reference to it: a heap type) and a
+        // reference count of 1, which `from_owned_ptr` takes over. `dealloc` undoes
+        // exactly this.
         unsafe {
             let obj = ffi::PyObject_Malloc(size_of::<DecisionObject>()).cast::<DecisionObject>();
             if obj.is_null() {
@@ -62,9 +66,12 @@ impl<'py> IntoPyObject<'py> for Decision {
 }
 
 unsafe extern "C" fn dealloc(obj: *mut ffi::PyObject) {
-    // SAFETY: called by CPython once the last reference is gone, on an object made
-    // by `into_pyobject`. The type is decremented after the memory is released,
-    // as heap types require.
+    // SAFETY: this is the type's `tp_dealloc`: CPython calls it (attached) once, when
+    // the last reference to an object made by `into_pyobject` is gone, so nothing can
+    // see the object afterwards. The memory came from `PyObject_Malloc` and goes back
+    // to `PyObject_Free`; the payload is `Copy` (nothing to drop). The reference to
+    // the type that `PyObject_Init` took is released after the memory, as heap types
+    // require (the type may be freed with its last reference).
     unsafe {
         let tp = ffi::Py_TYPE(obj);
         ffi::PyObject_Free(obj.cast());
@@ -78,7 +85,10 @@ unsafe extern "C" fn dealloc(obj: *mut ffi::PyObject) {
 /// `obj` is a live `Decision`: CPython only calls this type's slots on its own
 /// instances.
 unsafe fn decision<'a>(obj: *mut ffi::PyObject) -> &'a core::Decision {
-    // SAFETY: as documented above.
+    // SAFETY: the caller guarantees `obj` is a live instance of this type, i.e. a
+    // `DecisionObject` made by `into_pyobject` (`repr(C)`, the header first, so the
+    // cast is exact) with an initialised payload that is never written again. The
+    // caller holds a reference for the duration of the slot call.
     unsafe { &(*obj.cast::<DecisionObject>()).decision }
 }
 
@@ -96,7 +106,9 @@ fn into_ptr(py: Python<'_>, result: PyResult<Bound<'_, PyAny>>) -> *mut ffi::PyO
 macro_rules! getter {
     ($name:ident, |$d:ident| $value:expr) => {
         unsafe extern "C" fn $name(obj: *mut ffi::PyObject, _: *mut c_void) -> *mut ffi::PyObject {
-            // SAFETY: a getter of this type, called by CPython (attached) on an instance.
+            // SAFETY: a getter in this type's `tp_getset`: CPython calls it attached,
+            // with `obj` an instance of this type (the type cannot be subclassed), so
+            // `decision`'s contract holds.
             let (py, $d) = unsafe { (Python::assume_attached(), decision(obj)) };
             into_ptr(py, $value.into_bound_py_any(py))
         }
@@ -112,7 +124,8 @@ getter!(reason, |d| d.reason.map(core::Reason::as_str));
 
 /// `Decision(allowed=True, limit=…, …)`, each field as Python shows it.
 unsafe extern "C" fn repr(obj: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    // SAFETY: this type's `tp_repr`, called by CPython (attached) on an instance.
+    // SAFETY: this type's `tp_repr`: CPython calls it attached, with `obj` an instance
+    // of this type (the type cannot be subclassed), so `decision`'s contract holds.
     let (py, d) = unsafe { (Python::assume_attached(), decision(obj)) };
     let text = || -> PyResult<Bound<'_, PyAny>> {
         let fields = [
@@ -137,8 +150,10 @@ unsafe extern "C" fn repr(obj: *mut ffi::PyObject) -> *mut ffi::PyObject {
 
 /// CPython keeps a pointer to the getter table for the life of the type.
 struct GetSet([ffi::PyGetSetDef; 7]);
-// SAFETY: the table is immutable and only holds pointers to static C strings and
-// functions; CPython only reads it.
+// SAFETY: `Sync` is missing only because `PyGetSetDef` holds raw pointers. Those
+// point to static C strings and functions (and a NULL closure); the table is never
+// written (it is a `static`, not `static mut`) and CPython only reads it, so sharing
+// it between threads is sound.
 unsafe impl Sync for GetSet {}
 
 const fn property(name: &'static CStr, get: ffi::getter, doc: &'static CStr) -> ffi::PyGetSetDef {
@@ -225,9 +240,74 @@ pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
             | ffi::Py_TPFLAGS_IMMUTABLETYPE) as _,
         slots: slots.as_mut_ptr(),
     };
-    // SAFETY: a valid spec; CPython copies the slots and keeps `GETSET` (static).
+    // SAFETY: attached (`py`); a valid spec: the slot array ends with the `0` slot,
+    // every slot has the signature CPython expects for it, `basicsize` is our layout,
+    // and the strings are static C strings. CPython copies the spec and the slots
+    // during the call; what it keeps (the getter table, the doc) is `static`.
+    // `from_owned_ptr_or_err` takes the new reference or the error.
     let tp = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyType_FromSpec(&mut spec))? };
     // The static keeps this reference: the type outlives every instance.
     TYPE.store(tp.clone().into_ptr().cast(), Ordering::Release);
     m.add("Decision", tp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pyo3::exceptions::PyTypeError;
+    use pyo3::types::{IntoPyDict, PyModule};
+
+    #[test]
+    fn the_hand_made_type_reads_frees_and_refuses_construction() {
+        Python::initialize();
+        Python::attach(|py| {
+            let m = PyModule::new(py, "_core").unwrap();
+            init(&m).unwrap();
+            let refused = core::Decision {
+                allowed: false,
+                limit: Some(3),
+                remaining: Some(0),
+                reset: Some(1_700_000_020),
+                retry_after: Some(1.5),
+                reason: Some(core::Reason::RateLimited),
+            };
+            let d = Decision(refused).into_pyobject(py).unwrap();
+            let field = |name: &str| d.getattr(name).unwrap().repr().unwrap().to_string();
+            assert_eq!(field("allowed"), "False");
+            assert_eq!(field("limit"), "3");
+            assert_eq!(field("remaining"), "0");
+            assert_eq!(field("reset"), "1700000020");
+            assert_eq!(field("retry_after"), "1.5");
+            assert_eq!(field("reason"), "'rate_limited'");
+            assert_eq!(
+                d.repr().unwrap().to_string(),
+                "Decision(allowed=False, limit=3, remaining=0, reset=1700000020, \
+                 retry_after=1.5, reason='rate_limited')"
+            );
+            let unlimited = Decision(core::Decision::UNLIMITED)
+                .into_pyobject(py)
+                .unwrap();
+            assert!(unlimited.getattr("limit").unwrap().is_none());
+
+            // Every object takes one reference to the type and `dealloc` gives it
+            // back: after many made and freed, the type's count is where it was.
+            let tp = m.getattr("Decision").unwrap();
+            // SAFETY: `tp` is a live object; reading its reference count is a load.
+            let before = unsafe { ffi::Py_REFCNT(tp.as_ptr()) };
+            for _ in 0..10_000 {
+                drop(Decision(refused).into_pyobject(py).unwrap());
+            }
+            // SAFETY: as above.
+            assert_eq!(unsafe { ffi::Py_REFCNT(tp.as_ptr()) }, before);
+
+            // Only the core makes decisions: no constructor, no subclass.
+            assert!(tp.call0().unwrap_err().is_instance_of::<PyTypeError>(py));
+            let subclass = py.run(
+                c"class D(T): pass",
+                None,
+                Some(&[("T", &tp)].into_py_dict(py).unwrap()),
+            );
+            assert!(subclass.unwrap_err().is_instance_of::<PyTypeError>(py));
+        });
+    }
 }

@@ -50,33 +50,77 @@ pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pyo3::types::PyType;
 
-    #[test]
-    fn each_variant_maps_to_its_exception() {
+    /// Converts `e` as a method's `?` would and checks the Python exception that
+    /// results: exactly `T` (not merely a subclass of it) with the core's message.
+    fn assert_raises<T: pyo3::PyTypeInfo>(e: Error, message: &str) {
         Python::initialize();
         Python::attach(|py| {
-            let cases = [
-                (Error::invalid("x"), py.get_type::<PyValueError>()),
-                (
-                    Error::SlotOutOfRange {
-                        slot: 9,
-                        capacity: 1,
-                    },
-                    py.get_type::<PyIndexError>(),
-                ),
-                (Error::Region("x".into()), py.get_type::<LimiterError>()),
-                (
-                    Error::Io {
-                        context: "x".into(),
-                        source: std::io::Error::other("y"),
-                    },
-                    py.get_type::<LimiterError>(),
-                ),
-            ];
-            for (e, expected) in cases {
-                let err = PyErr::from(CoreError(e));
-                assert!(err.get_type(py).is(&expected));
-            }
+            let err = PyErr::from(CoreError::from(e));
+            let (raised, expected) = (err.get_type(py), py.get_type::<T>());
+            assert!(raised.is(&expected), "raised {raised}, expected {expected}");
+            assert_eq!(err.value(py).to_string(), message);
         });
+    }
+
+    #[test]
+    fn invalid_argument_is_value_error() {
+        assert_raises::<PyValueError>(
+            Error::invalid("cost must be at least 1"),
+            "cost must be at least 1",
+        );
+    }
+
+    #[test]
+    fn slot_out_of_range_is_index_error() {
+        assert_raises::<PyIndexError>(
+            Error::SlotOutOfRange {
+                slot: 9,
+                capacity: 4,
+            },
+            "slot 9 is out of range (capacity 4)",
+        );
+    }
+
+    #[test]
+    fn region_error_is_limiter_error() {
+        assert_raises::<LimiterError>(
+            Error::Region("the limiter's bucket table is full (capacity 4)".into()),
+            "the limiter's bucket table is full (capacity 4)",
+        );
+    }
+
+    #[test]
+    fn io_error_is_limiter_error_with_its_context() {
+        assert_raises::<LimiterError>(
+            Error::Io {
+                context: "cannot open limiter region /x".into(),
+                source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            },
+            "cannot open limiter region /x: permission denied",
+        );
+    }
+
+    #[test]
+    fn limiter_error_is_an_exception_of_the_module() {
+        Python::initialize();
+        Python::attach(|py| {
+            let tp: Bound<'_, PyType> = py.get_type::<LimiterError>();
+            assert!(tp.is_subclass_of::<PyException>().unwrap());
+            assert_eq!(
+                tp.fully_qualified_name().unwrap().to_string(),
+                "agentrouter._core.LimiterError"
+            );
+        });
+    }
+
+    #[test]
+    fn a_negative_count_is_value_error_naming_the_argument() {
+        assert_eq!(count("cost", 3).ok(), Some(3));
+        let Err(CoreError(e)) = count("cost", -1) else {
+            panic!("a negative cost was accepted")
+        };
+        assert_raises::<PyValueError>(e, "cost must be at least 1, got -1");
     }
 }
