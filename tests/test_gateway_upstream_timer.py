@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Self
 
 import pytest
 
@@ -28,7 +29,7 @@ class DelayServer:
         self.server: asyncio.Server | None = None
         self.port = 0
 
-    async def __aenter__(self) -> DelayServer:
+    async def __aenter__(self) -> Self:
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self.connections += 1
             task = asyncio.current_task()
