@@ -35,9 +35,10 @@ clear it too; a body delimited by the connection's close (no length, not chunked
 ends only at EOF (``feed_eof``). Field names are given lower-cased, values without
 their surrounding SP/HTAB.
 
-The common path costs a ``find`` for the end of the head, one ``translate`` and two
-``count`` over it, and per field a ``partition``, a ``translate`` of the name and a
-``strip``: see the benchmark in ``benches/bench_core.py``.
+The common path costs a ``find`` for the end of the head, a ``split``, a ``join`` and a
+``translate`` over it, per field a ``partition``, a ``lower`` and a ``strip``, and one
+``translate`` of all the names: about what the lenient parsing it replaced cost (see
+``benches/bench_upstream.py``).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ LENGTH, CHUNKED, CLOSE = "length", "chunked", "close"
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_CLOSE, _DONE = range(8)
 
 # bytes.translate(None, delete=X) deletes the allowed bytes: what is left is the offence.
-_HEAD_BYTES = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)) + b"\t\r\n"
+_LINE_BYTES = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)) + b"\t"
 _TOKEN = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _HEX = b"0123456789ABCDEFabcdef"
 _FRAMING_NAME_LENGTHS = frozenset({len(b"connection"), len(b"content-length"), len(b"transfer-encoding")})
@@ -81,31 +82,44 @@ class _Invalid(Exception):
     """Raised inside the parser; reported through ``_on_invalid``."""
 
 
-def _check_block(block: bytes, what: str) -> list[bytes]:
+def _lines(block: bytes, what: str) -> list[bytes]:
     """The lines of a head or trailer section (without its final CRLF CRLF), after
-    checking that it holds no control character but HTAB and no bare CR or LF."""
-    bad = block.translate(None, _HEAD_BYTES)
-    if bad:
-        raise _Invalid(f"a control character ({bad[:1]!r}) in the {what}")
+    checking that they hold no control character but HTAB (a CR or LF left once the
+    block is split at CRLF is a bare one)."""
     lines = block.split(b"\r\n")
-    ends = len(lines) - 1
-    if block.count(b"\r") != ends or block.count(b"\n") != ends:
-        raise _Invalid(f"a bare CR or LF in the {what}")
+    bad = b"".join(lines).translate(None, _LINE_BYTES)
+    if bad:
+        if b"\r" in bad or b"\n" in bad:
+            raise _Invalid(f"a bare CR or LF in the {what}")
+        raise _Invalid(f"a control character ({bad[:1]!r}) in the {what}")
     return lines
 
 
-def _field(line: bytes, what: str) -> tuple[bytes, bytes]:
-    name, sep, value = line.partition(b":")
-    if not sep or not name or name.translate(None, _TOKEN):
-        if line[:1] in (b" ", b"\t"):
-            raise _Invalid(f"obsolete line folding in the {what}")
-        raise _Invalid(f"an invalid field line in the {what}: {line[:60]!r}")
-    return name.lower(), value.strip(b" \t")
+def _fields(lines: list[bytes], what: str) -> list[tuple[bytes, bytes]]:
+    """(lower-cased name, value without its surrounding SP/HTAB) of each field line."""
+    fields = []
+    names = []
+    for line in lines:
+        name, sep, value = line.partition(b":")
+        if not sep or not name:
+            raise _Invalid(_field_error(line, what))
+        names.append(name)
+        fields.append((name.lower(), value.strip(b" \t")))
+    if b"".join(names).translate(None, _TOKEN):  # one check for all the names
+        bad = next(line for line, name in zip(lines, names, strict=True) if name.translate(None, _TOKEN))
+        raise _Invalid(_field_error(bad, what))
+    return fields
+
+
+def _field_error(line: bytes, what: str) -> str:
+    if line[:1] in (b" ", b"\t"):
+        return f"obsolete line folding in the {what}"
+    return f"an invalid field line in the {what}: {line[:60]!r}"
 
 
 def _read_head(block: bytes) -> tuple[int, list[tuple[bytes, bytes]], str, int, bool]:
     """(status, fields, framing, length, keep_alive) of one response head."""
-    lines = _check_block(block, "response head")
+    lines = _lines(block, "response head")
     line = lines[0]
     if (
         len(line) < 12
@@ -119,12 +133,11 @@ def _read_head(block: bytes) -> tuple[int, list[tuple[bytes, bytes]], str, int, 
         raise _Invalid(f"not an HTTP/1.1 status line: {line[:60]!r}")
     status = int(line[9:12])
     keep_alive = line[7] == 0x31  # HTTP/1.1 keeps the connection unless told otherwise; 1.0 never here
-    fields: list[tuple[bytes, bytes]] = []
+    del lines[0]
+    fields = _fields(lines, "response head")
     length_text: bytes | None = None
     chunked = False
-    for raw in lines[1:]:
-        name, value = _field(raw, "response head")
-        fields.append((name, value))
+    for name, value in fields:
         if len(name) not in _FRAMING_NAME_LENGTHS:
             continue
         if name == b"content-length":
@@ -222,9 +235,12 @@ class ResponseParser:
         elif state == _UNTIL_CLOSE:
             self._on_body(data)
         elif state == _HEAD:
-            self.buf += data
             self._started = True
-            self._parse_head()
+            if self.buf:  # the head came in pieces
+                self.buf += data
+                data = bytes(self.buf)
+                self.buf.clear()
+            self._parse_head(data)
         elif state == _DONE:
             self.keep_alive = False
             self._on_extra()
@@ -266,22 +282,25 @@ class ResponseParser:
             self.buf.clear()
         self._on_end()
 
-    def _parse_head(self) -> None:
-        buf = self.buf
+    def _parse_head(self, data: bytes) -> None:
+        """``data``: what arrived of the response so far (the head first)."""
+        start = 0
         try:
             while True:
-                end = buf.find(b"\r\n\r\n", self._scan)
+                end = data.find(b"\r\n\r\n", start + self._scan)
                 if end < 0:
-                    if len(buf) > MAX_HEAD:
+                    rest = data[start:]
+                    if len(rest) > MAX_HEAD:
                         raise _Invalid("a response head larger than 64 KiB")
-                    if buf.count(b"\n") != buf.count(b"\r\n"):
+                    if rest.count(b"\n") != rest.count(b"\r\n"):
                         raise _Invalid("a bare LF in the response head")
-                    self._scan = max(0, len(buf) - 3)
+                    self.buf += rest
+                    self._scan = max(0, len(rest) - 3)
                     return
-                if end + 4 > MAX_HEAD:
+                if end + 4 - start > MAX_HEAD:
                     raise _Invalid("a response head larger than 64 KiB")
-                block = bytes(buf[:end])
-                del buf[: end + 4]
+                block = data[start:end]
+                start = end + 4
                 self._scan = 0
                 status, fields, framing, length, keep_alive = _read_head(block)
                 if status >= 200:
@@ -299,24 +318,24 @@ class ResponseParser:
         self._on_head(status, fields, framing)
         if self.state != _HEAD:
             return  # the hook gave up on the response
+        rest = data[start:] if start < len(data) else b""
         if framing == CHUNKED:
             self.state = _CHUNK_SIZE
-            if buf:
+            if rest:
+                self.buf += rest
                 self._parse_chunked()
         elif framing == LENGTH:
             self.state = _LENGTH
             self.remaining = length
             if length == 0:
+                if rest:
+                    self.keep_alive = False  # bytes past the response
                 self._end()
-            elif buf:
-                rest = bytes(buf)
-                buf.clear()
+            elif rest:
                 self._body_length(rest)
         else:
             self.state = _UNTIL_CLOSE
-            if buf:
-                rest = bytes(buf)
-                buf.clear()
+            if rest:
                 self._on_body(rest)
 
     def _body_length(self, data: bytes) -> None:
@@ -383,8 +402,7 @@ class ResponseParser:
                             if buf.count(b"\n") != buf.count(b"\r\n"):
                                 raise _Invalid("a bare LF in the trailer section")
                             break
-                        for line in _check_block(bytes(buf[:end]), "trailer section"):
-                            _field(line, "trailer section")
+                        _fields(_lines(bytes(buf[:end]), "trailer section"), "trailer section")
                         del buf[: end + 4]
                     if out:
                         self._on_body(out[0] if len(out) == 1 else b"".join(out))
