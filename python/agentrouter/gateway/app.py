@@ -618,7 +618,7 @@ class Gateway:
                         send, dialect, provider, exc, rid, decision, " while reading the answer"
                     )
                 tokens = _NO_TOKENS
-                if 200 <= status < 300:
+                if 200 <= status < 300 and status != 204:  # a 204 has no body to check
                     try:
                         tokens = tokens_from_json(data)
                     except NotJSONObject as exc:

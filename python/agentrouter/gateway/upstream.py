@@ -139,10 +139,6 @@ class UpstreamResponse:
         closes the connection: its end is not proof that it is complete)."""
         self._conn = conn
 
-    @property
-    def raw_headers(self) -> list[tuple[bytes, bytes]]:
-        return self.headers
-
 
 class _Connection(ResponseParser, asyncio.Protocol):
     """One upstream connection; one request at a time."""
