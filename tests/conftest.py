@@ -33,6 +33,8 @@ BOTH_LOOPS = frozenset(
     {
         "tests.test_gateway_upstream",
         "tests.test_gateway_upstream_timer",
+        "tests.test_gateway_upstream_strict",
+        "tests.test_gateway_upstream_resend",
         "tests.test_gateway_tls",
         "tests.test_gateway_client",
         "tests.test_usage_writer",

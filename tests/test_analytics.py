@@ -53,11 +53,12 @@ def rec(
         output_tokens=tout,
         client_ip=ip,
         user_agent=ua,
+        caller_request_id="caller-7",
     )
 
 
 async def test_migration_adds_the_tables(store: Store) -> None:
-    assert await store.schema_version() == 2
+    assert await store.schema_version() >= 3  # 2: the request log and its rollups; 3: caller_request_id
 
 
 async def test_a_batch_is_one_row_per_request_and_never_a_key(store: Store, analytics: Analytics) -> None:
@@ -79,8 +80,10 @@ async def test_a_batch_is_one_row_per_request_and_never_a_key(store: Store, anal
         "output_tokens",
         "client_ip",
         "user_agent",
+        "caller_request_id",
     ]
     assert row is not None and len(row[9]) == 512  # long user agents are cut, not refused
+    assert row[10] == "caller-7"
 
 
 async def test_usage_totals_series_and_percentiles(analytics: Analytics) -> None:

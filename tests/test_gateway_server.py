@@ -189,8 +189,12 @@ async def test_shutdown_timeout_cuts_long_streams_and_still_writes_usage(
     assert code == 0, server.log.read_text()
     assert 0.8 < took < 8, took
     await asyncio.wait_for(stream, 5)
+    # The cut stream ends with the dialect's error event, and counts as a failure.
+    body = b"".join(c for _, c in got)
+    assert b"[DONE]" not in body and body.endswith(b"\n\n")
+    assert body.rsplit(b"\n\n", 2)[-2].startswith(b'data: {"error":{"message":"The gateway is shutting down')
     totals = await server.usage(key_id)
-    assert totals.requests == 1
+    assert (totals.requests, totals.failures_5xx) == (1, 1)
     # The gateway hung up on the upstream too.
     await until(lambda: upstream.seen[-1].cancelled, "the upstream request cancelled")
 

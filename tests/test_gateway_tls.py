@@ -100,7 +100,7 @@ async def test_json_answer_over_tls(ca: trustme.CA, ca_file: str, clients: list[
         client = await started(clients, UpstreamClient(settings(server.port), ca_file=ca_file))
         resp = await client.post(b"/v1/chat/completions", b'{"model":"m"}', [(b"Content-Type", b"application/json")])
         assert resp.status == 200
-        assert (b"Content-Type", b"application/json") in resp.headers
+        assert (b"content-type", b"application/json") in resp.headers
         assert await client.read(resp) == ANSWER
         client.release(resp)
         request = server.requests[0]

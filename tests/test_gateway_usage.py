@@ -11,7 +11,15 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from agentrouter.gateway.usage import StreamUsage, UsageRecorder, tokens_from_json, tokens_from_sse
+from agentrouter.gateway.usage import (
+    MAX_TOKENS,
+    NotJSONObject,
+    StreamUsage,
+    Tokens,
+    UsageRecorder,
+    tokens_from_json,
+    tokens_from_sse,
+)
 from agentrouter.store.models import RequestRecord, UsageDelta
 from tests.waiting import until
 
@@ -101,19 +109,66 @@ def sse(obj: object, event: str | None = None) -> bytes:
     ],
 )
 def test_tokens_from_json(answer: object, expected: tuple[int, int]) -> None:
-    assert tokens_from_json(enc(answer)) == expected
+    assert tokens_from_json(enc(answer)) == Tokens(*expected)
 
 
-def test_tokens_from_json_spacing_and_garbage() -> None:
-    assert tokens_from_json(b'{"usage" :  {"prompt_tokens" : 3 , "completion_tokens": 4}\n}') == (3, 4)
-    assert tokens_from_json(b"not json at all") == (0, 0)
-    assert tokens_from_json(b'{"usage": {"prompt_tokens": "x"}}') == (0, 0)
-    assert tokens_from_json(b"") == (0, 0)
+def test_tokens_from_json_spacing() -> None:
+    assert tokens_from_json(b'{"usage" :  {"prompt_tokens" : 3 , "completion_tokens": 4}\n}') == Tokens(3, 4)
+    assert tokens_from_json(b'{"usage": 7}') == Tokens(0, 0, ignored=True)  # there, but not an object
 
 
-def test_tokens_from_large_json_only_reads_the_end() -> None:
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json at all",
+        b"",
+        b'{"usage": {"prompt_tokens": 3}',
+        b'{"a": 1} {"b": 2}',
+        b"[1]",
+        b'"x"',
+        b"null",
+        b'{"a": "caf\xe9"}',
+        b'{"a": "\xff"}',
+        b'{"a": NaN}',
+        b'{"a": "\\ud800"}',
+    ],
+)
+def test_tokens_from_json_refuses_what_is_no_json_object(body: bytes) -> None:
+    """A 2xx JSON answer an SDK could not parse (syntax, UTF-8, not an object) is
+    refused in the same pass that finds the usage."""
+    with pytest.raises(NotJSONObject):
+        tokens_from_json(body)
+
+
+def test_tokens_from_json_accepts_utf8_and_any_nesting() -> None:
+    deep = {"a": [[[[{"b": "é 漢字 🙂"}]]]], "usage": {"prompt_tokens": 2, "completion_tokens": 1}}
+    assert tokens_from_json(enc(deep)) == Tokens(2, 1)
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        ({"prompt_tokens": -1, "completion_tokens": 4}, Tokens(0, 4, True)),
+        ({"prompt_tokens": 3, "completion_tokens": 1.0}, Tokens(3, 0, True)),
+        ({"prompt_tokens": True, "completion_tokens": False}, Tokens(0, 0, True)),
+        ({"prompt_tokens": "3", "completion_tokens": [1]}, Tokens(0, 0, True)),
+        ({"prompt_tokens": MAX_TOKENS, "completion_tokens": MAX_TOKENS + 1}, Tokens(MAX_TOKENS, 0, True)),
+        ({"prompt_tokens": 10**30, "completion_tokens": 2}, Tokens(0, 2, True)),
+        (
+            {"input_tokens": 5, "cache_creation_input_tokens": -5, "cache_read_input_tokens": 2, "output_tokens": 1},
+            Tokens(7, 1, True),
+        ),
+        ({"prompt_tokens": 0, "completion_tokens": 0}, Tokens(0, 0)),
+    ],
+)
+def test_usage_numbers_that_are_no_counts_count_zero(usage: dict[str, object], expected: Tokens) -> None:
+    assert tokens_from_json(enc({"id": "x", "usage": usage})) == expected
+    assert tokens_from_sse(sse({"choices": [], "usage": usage})) == expected
+
+
+def test_tokens_from_large_json() -> None:
     big = {"data": [{"embedding": [0.123456789] * 50_000}], "usage": {"prompt_tokens": 77, "total_tokens": 77}}
-    assert tokens_from_json(enc(big)) == (77, 0)
+    assert tokens_from_json(enc(big)) == Tokens(77, 0)
 
 
 # ------------------------------------------------------------------ streams
@@ -186,7 +241,9 @@ def meter(chunks: Sequence[bytes], split: int | None = None) -> tuple[int, int]:
     pieces = [data[i : i + split] for i in range(0, len(data), split)] if split else list(chunks)
     for p in pieces:
         m.feed(p)
-    return m.tokens()
+    inp, out, ignored = m.tokens()
+    assert not ignored
+    return inp, out
 
 
 @pytest.mark.parametrize("n", [3, 2000])  # short, and longer than the kept head and tail
@@ -207,7 +264,7 @@ def test_stream_usage_keeps_bounded_memory() -> None:
 
 
 def test_tokens_from_sse_ignores_cut_objects() -> None:
-    assert tokens_from_sse(b'data: {"usage": {"prompt_tokens": 3, "comple') == (0, 0)
+    assert tokens_from_sse(b'data: {"usage": {"prompt_tokens": 3, "comple') == Tokens(0, 0)
 
 
 # ------------------------------------------------------------------ aggregation

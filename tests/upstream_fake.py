@@ -28,6 +28,13 @@ A stream the gateway closes early is recorded as such (``closed_early``), so a t
 can prove a client disconnect cancelled the upstream request. A "down" upstream is
 :func:`refused_port`: a bound socket that never listens, so connecting is refused.
 
+A misbehaving upstream is the second listener, ``raw_base_url``: a plain TCP server
+that reads each request (recorded like the others, with ``raw=True``) and writes the
+bytes :meth:`FakeUpstream.raw` set for its model, exactly as given (invalid heads,
+redirects, streams cut short, nothing at all), then keeps the connection for the
+next request or closes it. Pieces are written one at a time, a number between them
+meaning "sleep this long".
+
 The server runs on its own asyncio loop in a daemon thread (aiohttp.web); start it
 with :meth:`FakeUpstream.start` and stop it with :meth:`FakeUpstream.stop`, or use it
 as a context manager. ``python tests/upstream_fake.py --port N`` runs it alone.
@@ -72,6 +79,16 @@ class Rule:
     """(input tokens, output tokens); by default derived from the body length."""
 
 
+@dataclass(frozen=True)
+class RawAnswer:
+    """What the raw listener writes for one model."""
+
+    pieces: tuple[bytes | float, ...]
+    """Bytes written in turn; a number sleeps that many seconds."""
+    close: bool = True
+    """Close the connection afterwards (else read the next request on it)."""
+
+
 @dataclass
 class Recorded:
     """One request as the fake received it, and what became of it."""
@@ -96,6 +113,8 @@ class Recorded:
     """The gateway closed the connection before the answer was complete."""
     events_sent: int = 0
     closed_at: float | None = None
+    raw: bool = False
+    """Received by the raw listener (``FakeUpstream.raw``)."""
 
     def header(self, name: str) -> str | None:
         """The first header of that name (case-insensitive), or None."""
@@ -142,6 +161,9 @@ class FakeUpstream:
         self.port = 0
         self.requests: list[Recorded] = []
         self._rules: dict[str, Rule] = {}
+        self._raw: dict[str, RawAnswer] = {}
+        self.raw_port = 0
+        self._raw_server: asyncio.Server | None = None
         self._lock = threading.Lock()
         self._counter = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -155,6 +177,10 @@ class FakeUpstream:
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def raw_base_url(self) -> str:
+        return f"http://{self.host}:{self.raw_port}"
 
     def start(self) -> FakeUpstream:
         self._thread = threading.Thread(target=self._run, name="fake-upstream", daemon=True)
@@ -225,8 +251,13 @@ class FakeUpstream:
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
         await web.SockSite(self._runner, sock).start()
+        self._raw_server = await asyncio.start_server(self._raw_connection, self.host, 0)
+        self.raw_port = self._raw_server.sockets[0].getsockname()[1]
 
     async def _shutdown(self) -> None:
+        if self._raw_server is not None:
+            self._raw_server.close()
+            self._raw_server = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -241,6 +272,12 @@ class FakeUpstream:
     def clear_rules(self) -> None:
         with self._lock:
             self._rules.clear()
+            self._raw.clear()
+
+    def raw(self, model: str, *pieces: bytes | float, close: bool = True) -> None:
+        """What the raw listener (``raw_base_url``) writes for requests naming ``model``."""
+        with self._lock:
+            self._raw[model] = RawAnswer(tuple(pieces), close)
 
     def mark(self) -> int:
         """A position in the record; pass it to :meth:`since`."""
@@ -711,6 +748,50 @@ class FakeUpstream:
             return early
         count = rule.usage[0] if rule.usage else len(rec.body) // 8 + 3
         return self._done(rec, {"input_tokens": count})
+
+    async def _raw_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head[:-4].decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ", 2)
+                headers = [tuple(x.strip() for x in line.split(":", 1)) for line in lines[1:]]
+                length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
+                body = await reader.readexactly(length)
+                path, _, query = target.partition("?")
+                peer = writer.get_extra_info("peername")
+                rec = Recorded(
+                    method=method,
+                    path=path,
+                    query=query,
+                    headers=headers,  # type: ignore[arg-type]
+                    body=body,
+                    peer=tuple(peer[:2]) if peer else None,
+                    received_at=time.monotonic(),
+                    raw=True,
+                )
+                try:
+                    rec.json = json.loads(body)
+                    rec.model = rec.json.get("model")
+                    rec.stream = rec.json.get("stream") is True
+                except (ValueError, AttributeError):
+                    pass
+                with self._lock:
+                    self.requests.append(rec)
+                    answer = self._raw.get(rec.model or "", RawAnswer((b"HTTP/1.1 404 Not Found\r\n\r\n",)))
+                for piece in answer.pieces:
+                    if isinstance(piece, bytes):
+                        writer.write(piece)
+                        await writer.drain()
+                    else:
+                        await self._sleep(piece)
+                rec.finished = True
+                if answer.close:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            return
+        finally:
+            writer.close()
 
     async def _unknown(self, request: web.Request) -> web.Response:
         rec = await self._record(request)

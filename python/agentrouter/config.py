@@ -23,6 +23,12 @@ The file::
     base_url = "https://api.openai.com/v1"
     api_key_env = "OPENAI_API_KEY"   # or api_key = "sk-..."
     models = ["gpt-4o", "gpt-4o-*", "text-embedding-3-*"]
+    organization = "org-..."     # openai only: sent as OpenAI-Organization (default: none)
+    project = "proj_..."         # openai only: sent as OpenAI-Project (default: none)
+
+A caller's own ``OpenAI-Organization`` and ``OpenAI-Project`` headers are never
+forwarded (they would choose whom the provider's key bills): only these settings
+send them.
 
 Every ``[server]`` setting is also read from ``AGENTROUTER_<NAME>`` (``AGENTROUTER_PORT``,
 ``AGENTROUTER_WORKERS``, ``AGENTROUTER_DATA_DIR``, ``AGENTROUTER_MAX_BODY_BYTES``, …),
@@ -107,6 +113,10 @@ class ProviderSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     keepalive_timeout: _Seconds = 30.0
     anthropic_version: str = "2023-06-01"
     """Sent to an ``anthropic`` provider when the caller sent no ``anthropic-version``."""
+    organization: str | None = None
+    """``openai`` only: sent as ``OpenAI-Organization`` (the caller's is never forwarded)."""
+    project: str | None = None
+    """``openai`` only: sent as ``OpenAI-Project`` (the caller's is never forwarded)."""
 
 
 class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -403,6 +413,15 @@ def _check_provider(p: ProviderSettings, label: str, env: Mapping[str, str]) -> 
     for j, m in enumerate(p.models):
         if not m or m != m.strip():
             raise ConfigError(f"{label}.models[{j}]: empty or padded model name {m!r}")
+    for field in ("organization", "project"):
+        value = getattr(p, field)
+        if value is None:
+            continue
+        if p.type != "openai":
+            raise ConfigError(f"{label}.{field}: only a provider of type 'openai' takes it (OpenAI-{field.title()})")
+        # A header value, sent as given: visible ASCII, no spaces (OpenAI's ids are org-…, proj_…).
+        if not value or not all("!" <= c <= "~" for c in value):
+            raise ConfigError(f"{label}.{field}: expected an id of visible ASCII characters, got {value!r}")
     return msgspec.structs.replace(p, **changes) if changes else p
 
 

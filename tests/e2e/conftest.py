@@ -21,7 +21,12 @@ models                             provider                    upstream
 ``gpt-4o``, ``gpt-*``,             openai                      the fake
 ``text-embedding-*``
 ``claude-*``                       anthropic                   the fake
+``raw-gpt*``                       openai                      the fake's raw listener
+``raw-claude*``                    anthropic                   the fake's raw listener
 =================================  ==========================  =========================
+
+(The raw listener writes the bytes a test sets with ``FakeUpstream.raw``: the
+misbehaving upstreams of ``test_e2e_upstream_misbehaving.py``.)
 """
 
 from __future__ import annotations
@@ -92,7 +97,9 @@ def clean_env(data_dir: Path) -> dict[str, str]:
     return env
 
 
-def write_config(path: Path, fake_url: str, down_url: str, *, slow_timeout: float = SLOW_TIMEOUT) -> Path:
+def write_config(
+    path: Path, fake_url: str, down_url: str, *, slow_timeout: float = SLOW_TIMEOUT, raw_url: str | None = None
+) -> Path:
     """The gateway config used by the e2e tests (field names: ``agentrouter/config.py``)."""
 
     def provider(name: str, kind: str, base_url: str, key: str, models: list[str], timeout: float | None) -> str:
@@ -111,6 +118,7 @@ def write_config(path: Path, fake_url: str, down_url: str, *, slow_timeout: floa
     # base_url names the API root with its version, for both types (agentrouter/config.py).
     base = fake_url + "/v1"
     down = down_url + "/v1"
+    raw = (raw_url or down_url) + "/v1"
     text = "\n".join(
         [
             "[server]",
@@ -120,6 +128,8 @@ def write_config(path: Path, fake_url: str, down_url: str, *, slow_timeout: floa
             provider("slow-anthropic", "anthropic", base, UPSTREAM_ANTHROPIC_KEY, ["slow-claude*"], slow_timeout),
             provider("down-openai", "openai", down, UPSTREAM_OPENAI_KEY, ["down-gpt*"], None),
             provider("down-anthropic", "anthropic", down, UPSTREAM_ANTHROPIC_KEY, ["down-claude*"], None),
+            provider("raw-openai", "openai", raw, UPSTREAM_OPENAI_KEY, ["raw-gpt*"], slow_timeout),
+            provider("raw-anthropic", "anthropic", raw, UPSTREAM_ANTHROPIC_KEY, ["raw-claude*"], slow_timeout),
             provider("fake-openai", "openai", base, UPSTREAM_OPENAI_KEY, ["gpt-4o", "gpt-*", "text-embedding-*"], None),
             provider("fake-anthropic", "anthropic", base, UPSTREAM_ANTHROPIC_KEY, ["claude-*"], None),
         ]
@@ -289,7 +299,7 @@ class Gateway:
 def start_gateway(tmp: Path, fake: FakeUpstream, down_url: str, *, workers: int = 2) -> Gateway:
     data_dir = tmp / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    config = write_config(tmp / "agentrouter.toml", fake.base_url, down_url)
+    config = write_config(tmp / "agentrouter.toml", fake.base_url, down_url, raw_url=fake.raw_base_url)
     return Gateway(data_dir, config, workers=workers).start()
 
 

@@ -33,6 +33,7 @@ import gc
 import itertools
 import logging
 import math
+import re
 import secrets
 import signal
 import time
@@ -45,11 +46,19 @@ from agentrouter.asgi import ASGIApp, Receive, Scope, Send, run_lifespan
 from agentrouter.config import Settings
 from agentrouter.gateway import mock
 from agentrouter.gateway.auth import Authenticator
-from agentrouter.gateway.errors import Dialect, ErrorKind, Kinds, error_body
+from agentrouter.gateway.errors import Dialect, ErrorKind, Kinds, error_body, error_event
+from agentrouter.gateway.http1 import CLOSE
 from agentrouter.gateway.providers import Provider
 from agentrouter.gateway.routing import ROUTES, ModelRouter, Route, RouteKind
-from agentrouter.gateway.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
-from agentrouter.gateway.usage import StreamUsage, UsageRecorder, tokens_from_json
+from agentrouter.gateway.upstream import (
+    UpstreamClient,
+    UpstreamError,
+    UpstreamInvalid,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
+from agentrouter.gateway.usage import MAX_TOKENS, NotJSONObject, StreamUsage, Tokens, UsageRecorder, tokens_from_json
+from agentrouter.store.models import MAX_CALLER_REQUEST_ID
 from agentrouter.store.writer import UsageWriter
 
 __all__ = ["Gateway", "create_app"]
@@ -59,13 +68,19 @@ log = logging.getLogger("agentrouter.gateway")
 CoreOpener = Callable[[Settings], Awaitable[Any]]
 
 # Request headers never forwarded: the caller's credentials, hop-by-hop headers
-# (RFC 9110 §7.6.1), what the client library sets itself, and cookies (an upstream
-# has no business with the caller's cookies).
+# (RFC 9110 §7.6.1), what the client library sets itself, cookies (an upstream has
+# no business with the caller's cookies), the caller's x-request-id (the gateway's
+# own goes upstream; the caller's is kept in the request log), and the OpenAI
+# organization and project (they choose whom the provider's key bills: only the
+# provider's configuration sets them).
 _DROP_REQUEST = frozenset(
     {
         b"host",
         b"authorization",
         b"x-api-key",
+        b"x-request-id",
+        b"openai-organization",
+        b"openai-project",
         b"content-length",
         b"connection",
         b"keep-alive",
@@ -83,7 +98,8 @@ _DROP_REQUEST = frozenset(
     }
 )
 # Upstream response headers not relayed: hop-by-hop, the framing (recomputed), what
-# the gateway sets itself, cookies.
+# the gateway sets itself, cookies. (Retry-After and retry-after-ms are relayed: the
+# OpenAI SDK reads retry-after-ms first; a 3xx and its Location never reach _relay_headers.)
 _DROP_RESPONSE = frozenset(
     {
         b"connection",
@@ -101,12 +117,12 @@ _DROP_RESPONSE = frozenset(
         b"x-ratelimit-limit",
         b"x-ratelimit-remaining",
         b"x-ratelimit-reset",
-        b"retry-after-ms",
     }
 )
 _UPSTREAM_ID_HEADERS = frozenset({b"x-request-id", b"request-id"})
 
 _CT_JSON = (b"content-type", b"application/json")
+_NO_TOKENS = Tokens(0, 0)
 _SSE_PREFIX = b"text/event-stream"
 _CLIENT_CLOSED = 499  # recorded (nginx's convention) when the caller left before an answer
 WATCH_AFTER = 0.05
@@ -342,7 +358,7 @@ class Gateway:
         rid = self._request_id()
 
         # One pass over the headers.
-        authorization = x_api_key = content_length = connection = user_agent = None
+        authorization = x_api_key = content_length = connection = user_agent = caller_rid = None
         forward: list[tuple[bytes, bytes]] = []
         anthropic_caller = False
         for name, value in scope["headers"]:
@@ -354,6 +370,8 @@ class Gateway:
                 content_length = value
             elif name == b"connection":
                 connection = value
+            elif name == b"x-request-id":
+                caller_rid = value  # for the request log; the gateway's own id goes upstream
             elif name not in _DROP_REQUEST:
                 forward.append((name, value))
                 if name == b"anthropic-version":
@@ -371,7 +389,7 @@ class Gateway:
         if auth.error is not None:
             await _send_error(send, dialect, auth.error, auth.message, rid, auth.decision)
             if record is not None:
-                self._record(record.id, auth.error.status, 0, 0, started, scope, None, user_agent)
+                self._record(record.id, auth.error.status, 0, 0, started, scope, None, user_agent, caller_rid)
             return
 
         assert record is not None
@@ -385,7 +403,7 @@ class Gateway:
                 )
             if route.kind is RouteKind.MODELS:
                 status = await self._models(route, scope, dialect, rid, decision, send)
-                self._record(record.id, status, 0, 0, started, scope, None, user_agent)
+                self._record(record.id, status, 0, 0, started, scope, None, user_agent, caller_rid)
                 return
             body = await self._read_body(receive, content_length)
             model, _stream = _peek_body(body)
@@ -401,7 +419,7 @@ class Gateway:
         except _BadRequest as exc:
             extra = [route.allow_header] if exc.kind is Kinds.METHOD_NOT_ALLOWED else None
             await _send_error(send, dialect, exc.kind, str(exc), rid, decision, exc.param, extra)
-            self._record(record.id, exc.kind.status, 0, 0, started, scope, model, user_agent)
+            self._record(record.id, exc.kind.status, 0, 0, started, scope, model, user_agent, caller_rid)
             return
 
         if provider.is_mock:
@@ -413,7 +431,7 @@ class Gateway:
             status, inp, out = await self._proxy(
                 route, dialect, provider, body, forward, scope, receive, send, rid, decision
             )
-        self._record(record.id, status, inp, out, started, scope, model, user_agent)
+        self._record(record.id, status, inp, out, started, scope, model, user_agent, caller_rid)
 
     def _record(
         self,
@@ -425,6 +443,7 @@ class Gateway:
         scope: Scope,
         model: str | None,
         user_agent: bytes | None,
+        caller_rid: bytes | None = None,
     ) -> None:
         client = scope.get("client")
         assert self.usage is not None
@@ -437,6 +456,10 @@ class Gateway:
             client[0] if client else None,
             model,
             user_agent.decode("latin-1") if user_agent is not None else None,
+            # Longer than that: not kept, and no error (RFC 9110 sets no limit).
+            caller_rid.decode("latin-1")
+            if caller_rid is not None and len(caller_rid) <= MAX_CALLER_REQUEST_ID
+            else None,
         )
 
     async def _read_body(self, receive: Receive, content_length: bytes | None) -> bytes:
@@ -533,6 +556,12 @@ class Gateway:
         rid: str,
         decision: Any,
     ) -> tuple[int, int, int]:
+        """Forward the request and relay the answer; (status to count, input, output).
+
+        Never relayed as they came: an upstream redirect (never followed either), an
+        answer that breaks HTTP/1.1, a 2xx JSON answer that is not a JSON object (502s
+        in the dialect); a stream cut or stalled ends with the dialect's error event
+        and counts as a 502/504."""
         client = self._clients[provider.name]
         path = provider.paths[route.kind]
         query = scope.get("query_string")
@@ -542,6 +571,7 @@ class Gateway:
             present = {n for n, _ in forward}
             forward += [(n, v) for n, v in provider.default_headers if n not in present]
         forward += provider.auth_headers
+        forward.append((b"x-request-id", rid.encode()))  # the caller's own is never forwarded
 
         # The caller may leave at any point from here on. A request still running after
         # WATCH_AFTER seconds (a stream, a slow answer) gets a watcher that turns the
@@ -552,7 +582,7 @@ class Gateway:
         left = _Left()
         loop = asyncio.get_running_loop()
         watch = loop.call_later(WATCH_AFTER, self._start_watcher, receive, task, left)
-        started_response = False
+        started_response = streaming = False
         status = 502
         upstream = None
         meter: StreamUsage | None = None
@@ -560,67 +590,83 @@ class Gateway:
             try:
                 upstream = await client.post(path, body, forward)
             except UpstreamError as exc:
-                kind = Kinds.UPSTREAM_TIMEOUT if isinstance(exc, UpstreamTimeout) else Kinds.UPSTREAM_UNAVAILABLE
-                log.warning("provider %s: %s (%s)", provider.name, exc, rid)
+                return await _upstream_failed(send, dialect, provider, exc, rid, decision, "")
+            status = upstream.status
+            if 300 <= status < 400:
+                location = next((v for n, v in upstream.headers if n == b"location"), b"")
+                log.warning(
+                    "provider %s: answered %d with a redirect to %r, refused (not followed, not relayed) (%s)",
+                    provider.name,
+                    status,
+                    location[:200].decode("latin-1"),
+                    rid,
+                )
+                kind = Kinds.UPSTREAM_REDIRECT
                 message = (
-                    f"The upstream provider '{provider.name}' did not answer in time."
-                    if kind is Kinds.UPSTREAM_TIMEOUT
-                    else f"The upstream provider '{provider.name}' cannot be reached."
+                    f"The upstream provider '{provider.name}' answered with a redirect ({status}); the gateway "
+                    "neither follows nor relays redirects."
                 )
                 await _send_error(send, dialect, kind, message, rid, decision)
                 return kind.status, 0, 0
-            status = upstream.status
-            out_headers, is_sse = _relay_headers(upstream.raw_headers)
+            out_headers, is_sse = _relay_headers(upstream.headers)
             common = _common_headers(rid, dialect, decision)
             if not is_sse:
                 try:
                     data = await client.read(upstream)
                 except UpstreamError as exc:
-                    kind = Kinds.UPSTREAM_TIMEOUT if isinstance(exc, UpstreamTimeout) else Kinds.UPSTREAM_UNAVAILABLE
-                    log.warning("provider %s: %s while reading the answer (%s)", provider.name, exc, rid)
-                    await _send_error(
-                        send,
-                        dialect,
-                        kind,
-                        f"The upstream provider '{provider.name}' broke off its answer.",
-                        rid,
-                        decision,
+                    return await _upstream_failed(
+                        send, dialect, provider, exc, rid, decision, " while reading the answer"
                     )
-                    return kind.status, 0, 0
-                out_headers.append((b"content-length", str(len(data)).encode()))
+                tokens = _NO_TOKENS
+                if 200 <= status < 300 and status != 204:  # a 204 has no body to check
+                    try:
+                        tokens = tokens_from_json(data)
+                    except NotJSONObject as exc:
+                        log.warning(
+                            "provider %s: a %d answer that is not a JSON object (%s; %d bytes), refused (%s)",
+                            provider.name,
+                            status,
+                            exc,
+                            len(data),
+                            rid,
+                        )
+                        kind = Kinds.UPSTREAM_INVALID
+                        message = f"The upstream provider '{provider.name}' sent an answer that is not a JSON object."
+                        await _send_error(send, dialect, kind, message, rid, decision)
+                        return kind.status, 0, 0
+                    if tokens.ignored:
+                        self._bad_usage(provider)
+                out_headers.append((b"content-length", b"%d" % len(data)))
                 started_response = True
                 await send({"type": "http.response.start", "status": status, "headers": out_headers + common})
                 await send({"type": "http.response.body", "body": data, "more_body": False})
-                if 200 <= status < 300:
-                    return (status, *tokens_from_json(data))
-                return status, 0, 0
+                return status, tokens.input, tokens.output
 
-            started_response = True
+            started_response = streaming = True
             await send({"type": "http.response.start", "status": status, "headers": out_headers + common})
             meter = StreamUsage()
-            try:
-                async for chunk in client.iter_chunks(upstream):
-                    meter.feed(chunk)
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except UpstreamError as exc:
-                # Headers are gone already: end the stream; the client sees it cut short.
-                log.warning("provider %s: %s during a stream (%s)", provider.name, exc, rid)
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return (504 if isinstance(exc, UpstreamTimeout) else 502), *meter.tokens()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return (status, *meter.tokens())
+            status = await _relay_stream(upstream, meter, dialect, provider, rid, send)
+            tokens = meter.tokens()
+            if tokens.ignored:
+                self._bad_usage(provider)
+            return status, tokens.input, tokens.output
         except asyncio.CancelledError:
             if not (left.gone or self._draining) or task.uncancel() > 0:
                 raise
             # The caller left, or the shutdown timeout ran out: the upstream request is
             # closed in `finally`, and the request is counted with what it got.
-            tokens = meter.tokens() if meter is not None else (0, 0)
+            tokens = meter.tokens() if meter is not None else _NO_TOKENS
             if left.gone:
-                return (status if started_response else _CLIENT_CLOSED), *tokens
+                return (status if started_response else _CLIENT_CLOSED), tokens.input, tokens.output
+            kind = Kinds.SHUTTING_DOWN
+            if streaming:
+                event = error_event(dialect, kind, "The gateway is shutting down; the stream was cut.", rid)
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return kind.status, tokens.input, tokens.output
             if started_response:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return status, *tokens
-            kind = Kinds.SHUTTING_DOWN
+                return status, tokens.input, tokens.output
             await _send_error(send, dialect, kind, "The gateway is shutting down; retry the request.", rid, decision)
             return kind.status, 0, 0
         finally:
@@ -630,6 +676,139 @@ class Gateway:
             watcher = left.watcher
             if watcher is not None and not watcher.done():
                 watcher.cancel()  # awaited at shutdown, with every tracked task
+
+    def _bad_usage(self, provider: Provider) -> None:
+        """Log, once per provider (per worker), that its usage numbers were not counts."""
+        if not provider.bad_usage_logged:
+            provider.bad_usage_logged = True
+            log.warning(
+                "provider %s: a usage number that is not a token count (negative, not an integer, or over %d); "
+                "counted as 0 (logged once)",
+                provider.name,
+                MAX_TOKENS,
+            )
+
+
+async def _upstream_failed(
+    send: Send, dialect: Dialect, provider: Provider, exc: UpstreamError, rid: str, decision: Any, where: str
+) -> tuple[int, int, int]:
+    """The 502/504 in the dialect for a request the upstream did not answer usably."""
+    log.warning("provider %s: %s%s (%s)", provider.name, exc, where, rid)
+    name = provider.name
+    if isinstance(exc, UpstreamTimeout):
+        kind, message = Kinds.UPSTREAM_TIMEOUT, f"The upstream provider '{name}' did not answer in time."
+    elif isinstance(exc, UpstreamInvalid):
+        kind, message = Kinds.UPSTREAM_INVALID, f"The upstream provider '{name}' sent an invalid HTTP answer."
+    elif where:
+        kind, message = Kinds.UPSTREAM_UNAVAILABLE, f"The upstream provider '{name}' broke off its answer."
+    else:
+        kind, message = Kinds.UPSTREAM_UNAVAILABLE, f"The upstream provider '{name}' cannot be reached."
+    await _send_error(send, dialect, kind, message, rid, decision)
+    return kind.status, 0, 0
+
+
+_EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+_MAX_HELD = 1 << 20
+_STREAM_ENDS = rb"(?:message_stop|error|response\.(?:completed|failed|incomplete))"
+_TERMINAL = re.compile(
+    rb"^(?:data: ?\[DONE\]|data: ?\{\s*\"error\"|event: ?%s\s*$)|\"type\": ?\"%s\"" % (_STREAM_ENDS, _STREAM_ENDS),
+    re.MULTILINE,
+)
+
+
+def _event_end(data: bytes) -> int:
+    """The index after the last complete SSE event in ``data`` (0: none)."""
+    end = 0
+    for sep in _EVENT_ENDS:
+        at = data.rfind(sep)
+        if at >= 0:
+            end = max(end, at + len(sep))
+    return end
+
+
+def _ends_with_terminal_event(data: bytes) -> bool:
+    """Whether the last event in ``data`` ends a stream of either dialect: ``[DONE]``,
+    Anthropic's ``message_stop``, the Responses API's ``response.completed`` /
+    ``.failed`` / ``.incomplete``, or an error event."""
+    data = data.rstrip(b"\r\n")
+    start = max(data.rfind(b"\n\n"), data.rfind(b"\n\r\n"), data.rfind(b"\r\r"), 0)
+    return _TERMINAL.search(data, start) is not None
+
+
+async def _relay_stream(
+    upstream: UpstreamResponse, meter: StreamUsage, dialect: Dialect, provider: Provider, rid: str, send: Send
+) -> int:
+    """Relay an SSE body as it arrives, whole events at a time; the status to count.
+
+    A read of the upstream that ends inside an event keeps that event's start until
+    its end arrives (one ``endswith`` per read when the upstream writes whole events,
+    as the vendors do), so what a cut stream loses is only an unfinished event, never
+    half of one that an SDK would fail to parse before it sees the error event.
+
+    The stream is cut when the connection closes before its framing says the body
+    ended (``Content-Length``, the last chunk), when the upstream is silent for
+    ``read_timeout``, or, for a body delimited only by the close, when its last event
+    is not a terminal one (``_ends_with_terminal_event``): the caller then gets the
+    dialect's error event before the end, and the request counts as a 502 (504 for
+    the silence).
+    """
+    held: list[bytes] = []
+    held_size = 0
+    last = b""
+    try:
+        async for chunk in UpstreamClient.iter_chunks(upstream):
+            meter.feed(chunk)
+            if chunk.endswith(_EVENT_ENDS) or held_size + len(chunk) > _MAX_HELD:
+                # Whole events (or an event over 1 MiB: relayed as it comes).
+                if held:
+                    held.append(chunk)
+                    chunk = b"".join(held)
+                    held, held_size = [], 0
+            else:
+                # The read ends inside an event: relay what is complete, keep the rest.
+                # (An event end may straddle the previous read and this one.)
+                probe = held[-1][-3:] if held else b""
+                cut = _event_end(probe + chunk) - len(probe)
+                if cut <= 0:
+                    held.append(chunk)
+                    held_size += len(chunk)
+                    continue
+                held.append(chunk[:cut])
+                rest = chunk[cut:]
+                chunk = b"".join(held)
+                held, held_size = [rest], len(rest)
+            last = chunk
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except UpstreamError as exc:
+        log.warning("provider %s: %s during a stream (%s)", provider.name, exc, rid)
+        if isinstance(exc, UpstreamTimeout):
+            kind = Kinds.UPSTREAM_TIMEOUT
+            message = (
+                f"The upstream provider '{provider.name}' sent nothing for {provider.settings.read_timeout:g} s; "
+                "the stream was cut."
+            )
+        else:
+            kind = Kinds.UPSTREAM_INVALID if isinstance(exc, UpstreamInvalid) else Kinds.UPSTREAM_UNAVAILABLE
+            message = f"The upstream provider '{provider.name}' broke off the stream before its end."
+        return await _end_stream(send, error_event(dialect, kind, message, rid), kind.status)
+    rest = b"".join(held)
+    if upstream.framing == CLOSE and not _ends_with_terminal_event(last + rest):
+        log.warning(
+            "provider %s: the stream ended, by closing the connection, without its final event (%s)",
+            provider.name,
+            rid,
+        )
+        kind = Kinds.UPSTREAM_UNAVAILABLE
+        message = f"The upstream provider '{provider.name}' broke off the stream before its end."
+        return await _end_stream(send, error_event(dialect, kind, message, rid), kind.status)
+    return await _end_stream(send, rest, upstream.status)
+
+
+async def _end_stream(send: Send, last: bytes, status: int) -> int:
+    if last:
+        await send({"type": "http.response.body", "body": last, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return status
 
 
 async def _discard_body(receive: Receive) -> None:
@@ -720,19 +899,20 @@ def _too_large(limit: int) -> str:
     return f"The request body is larger than the limit of {limit} bytes."
 
 
-def _relay_headers(raw: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], bool]:
+def _relay_headers(received: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """The upstream's headers to relay (names lower-cased by the upstream client, values
+    checked by it: valid in an ASGI message), and whether the body is an SSE stream."""
     out = []
     sse = False
-    for name, value in raw:
-        lname = name.lower()
-        if lname in _DROP_RESPONSE:
+    for name, value in received:
+        if name in _DROP_RESPONSE:
             continue
-        if lname in _UPSTREAM_ID_HEADERS:
+        if name in _UPSTREAM_ID_HEADERS:
             out.append((b"x-upstream-request-id", value))
             continue
-        if lname == b"content-type" and value.startswith(_SSE_PREFIX):
+        if name == b"content-type" and value.startswith(_SSE_PREFIX):
             sse = True
-        out.append((lname, value))
+        out.append((name, value))
     return out, sse
 
 

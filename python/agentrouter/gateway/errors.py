@@ -9,6 +9,11 @@ exceptions: 400 ``BadRequestError``, 401 ``AuthenticationError``, 403
 
 Each ``ErrorKind`` precomputes the constant parts of both bodies, so building an
 error costs one string encode and two concatenations.
+
+A stream that already started cannot change its status: it ends with ``error_event``
+instead, the dialect's own error event (OpenAI: ``data: {"error": {...}}``, which the
+openai SDK raises as ``APIError``; Anthropic: ``event: error`` with ``{"type":
+"error", "error": {...}}``, which the anthropic SDK raises as ``APIStatusError``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import enum
 
 import msgspec
 
-__all__ = ["Dialect", "ErrorKind", "Kinds", "error_body"]
+__all__ = ["Dialect", "ErrorKind", "Kinds", "error_body", "error_event"]
 
 _encode = msgspec.json.Encoder().encode
 
@@ -69,6 +74,12 @@ class Kinds:
     )
     TOO_LARGE = ErrorKind("too_large", 413, "invalid_request_error", "request_too_large", "request_too_large")
     UPSTREAM_UNAVAILABLE = ErrorKind("upstream_unavailable", 502, "server_error", "upstream_unavailable", "api_error")
+    # The upstream answered, but with something no SDK can use: an answer that breaks
+    # HTTP/1.1 (gateway.http1), a 101, a 2xx whose body is not a JSON object.
+    UPSTREAM_INVALID = ErrorKind("upstream_invalid", 502, "server_error", "upstream_invalid_response", "api_error")
+    # A 3xx: never relayed (the SDKs would re-post the prompt, with the caller's key,
+    # to wherever it points) nor followed.
+    UPSTREAM_REDIRECT = ErrorKind("upstream_redirect", 502, "server_error", "upstream_redirect", "api_error")
     UPSTREAM_TIMEOUT = ErrorKind("upstream_timeout", 504, "server_error", "upstream_timeout", "timeout_error")
     INTERNAL = ErrorKind("internal", 500, "server_error", "internal_error", "api_error")
     SHUTTING_DOWN = ErrorKind("shutting_down", 503, "server_error", "shutting_down", "overloaded_error")
@@ -87,3 +98,11 @@ def error_body(dialect: Dialect, kind: ErrorKind, message: str, request_id: str,
         + kind._oa_code
         + b"}}"
     )
+
+
+def error_event(dialect: Dialect, kind: ErrorKind, message: str, request_id: str) -> bytes:
+    """The SSE event that ends a stream with ``kind`` in ``dialect``."""
+    body = error_body(dialect, kind, message, request_id)
+    if dialect is Dialect.ANTHROPIC:
+        return b"event: error\ndata: " + body + b"\n\n"
+    return b"data: " + body + b"\n\n"

@@ -1,7 +1,8 @@
 """A configured provider at run time: its dialects, its URLs and its credentials.
 
 Everything a request needs from its provider is computed here once: the full URL of
-each route, the credential header that replaces the caller's, the timeouts.
+each route, the credential headers that replace the caller's (with the configured
+OpenAI organization and project), the timeouts.
 """
 
 from __future__ import annotations
@@ -23,7 +24,17 @@ DIALECTS: dict[str, frozenset[Dialect]] = {
 
 
 class Provider:
-    __slots__ = ("auth_headers", "default_headers", "dialects", "is_mock", "name", "paths", "settings", "type")
+    __slots__ = (
+        "auth_headers",
+        "bad_usage_logged",
+        "default_headers",
+        "dialects",
+        "is_mock",
+        "name",
+        "paths",
+        "settings",
+        "type",
+    )
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.name = settings.name
@@ -41,10 +52,17 @@ class Provider:
         # The provider's credentials, which replace the caller's.
         if settings.type == "openai":
             self.auth_headers: tuple[tuple[bytes, bytes], ...] = ((b"Authorization", b"Bearer " + key),) if key else ()
+            # Whom the key bills: the configuration's choice only (the caller's headers are dropped).
+            if settings.organization:
+                self.auth_headers += ((b"OpenAI-Organization", settings.organization.encode()),)
+            if settings.project:
+                self.auth_headers += ((b"OpenAI-Project", settings.project.encode()),)
         elif settings.type == "anthropic":
             self.auth_headers = ((b"x-api-key", key),) if key else ()
         else:
             self.auth_headers = ()
+        self.bad_usage_logged = False
+        """Whether this worker logged that the provider sent usage numbers that are no counts."""
         # Headers sent when the caller did not send their own (lower-case names).
         self.default_headers: tuple[tuple[bytes, bytes], ...] = (
             ((b"anthropic-version", settings.anthropic_version.encode()),) if settings.type == "anthropic" else ()

@@ -21,16 +21,19 @@ fit with room to spare. httpx stays the client for calls off the hot path.
 What it does, and only that: HTTP/1.1 requests with a body over keep-alive
 connections (TCP with ``TCP_NODELAY``, or TLS verified against the system's trust
 store, or against the CA file / ``ssl.SSLContext`` given to the client, see
-``UpstreamClient``), responses framed by
-``Content-Length``, ``chunked`` or connection close, bytes handed over as they
-arrive (``iter_chunks``) or whole (``read``). It writes the caller's header bytes as
-given (the app has already filtered them) plus ``Host`` and ``Content-Length``; it
-never decompresses, follows no redirects and keeps no cookies.
+``UpstreamClient``), responses framed by ``Content-Length``, ``chunked`` or
+connection close and parsed as strictly as h11 and hyper (``gateway.http1``: an
+answer that breaks HTTP/1.1 is ``UpstreamInvalid`` and its connection is closed),
+bytes handed over as they arrive (``iter_chunks``) or whole (``read``). It writes
+the caller's header bytes as given (the app has already filtered them) plus ``Host``
+and ``Content-Length``; it never decompresses, follows no redirects and keeps no
+cookies.
 
 * Pool: at most ``max_connections`` per provider per worker; the most recently used
   idle connection first; an idle connection older than ``keepalive_timeout`` is
-  closed instead of reused. A request that finds a reused connection closed by the
-  server before any byte of the answer came back is sent once more on a new one.
+  closed instead of reused, and so is one that did not end its last exchange cleanly
+  (an error, bytes past the answer, ``Connection: close``, HTTP/1.0, a body not
+  entirely written).
 * Timeouts: ``connect_timeout`` for the TCP/TLS connection, ``read_timeout`` for the
   longest silence while waiting for the answer or the next bytes of a stream. One
   timer per connection, not per read nor per request: it stays armed across the
@@ -43,12 +46,38 @@ never decompresses, follows no redirects and keeps no cookies.
   task cancelled) closes its connection, which is how the upstream learns that the
   caller went away.
 
-Failures are two exceptions, mapped by the app to 502 and 504.
+Sending a request twice. A provider bills what it received, so a request goes out a
+second time only when no byte of it can have reached the upstream, which is when, on
+the connection chosen for it:
+
+1. the connection was seen closed before the write: ``connection_lost`` ran, the
+   transport is closing, or (a reused connection) the socket is readable, which on
+   an idle keep-alive connection means the upstream's EOF or reset has arrived (or
+   bytes nobody asked for, after which it is not used either); checked with one
+   ``poll`` of the socket, without waiting, just before the write; or
+2. the write failed at once: asyncio's transports try the socket before returning
+   from ``write`` and close on an error, so a transport closing right after the
+   first ``write`` means the kernel refused the bytes (where a loop buffers the
+   write instead, as uvloop may, this never applies: the request then counts as
+   sent).
+
+The second attempt is on a new connection, and is the last. Anything else after the
+first byte was handed to the kernel, including a connection closed or reset "before
+any byte of the answer", is not proof: the upstream may have read the request and
+be working on it, so it is not sent again; it is a 502 (``UpstreamUnavailable``),
+and retrying is the caller's choice (the SDKs retry 5xx by default). The window
+between the ``poll`` and the write is microseconds: an upstream that closes an idle
+connection just then costs a 502, never a double bill; keep ``keepalive_timeout``
+below the upstream's own idle timeout to make that rare.
+
+Failures are exceptions of the ``UpstreamError`` family, mapped by the app to 502
+and 504.
 """
 
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import ssl
 from collections import deque
@@ -56,66 +85,74 @@ from collections.abc import AsyncIterator, Sequence
 from urllib.parse import urlsplit
 
 from agentrouter.config import ProviderSettings
+from agentrouter.errors import AgentRouterError
+from agentrouter.gateway.http1 import ResponseParser
 
-__all__ = ["UpstreamClient", "UpstreamError", "UpstreamResponse", "UpstreamTimeout", "UpstreamUnavailable"]
+__all__ = [
+    "UpstreamClient",
+    "UpstreamError",
+    "UpstreamInvalid",
+    "UpstreamResponse",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+]
 
 
-class UpstreamError(Exception):
-    """The upstream could not be reached, broke off, or did not answer in time."""
+class UpstreamError(AgentRouterError):
+    """The upstream could not be reached, broke off, answered wrongly or not in time."""
 
 
 class UpstreamUnavailable(UpstreamError):
-    """Connection refused, reset or closed, DNS or TLS failure, malformed answer: 502."""
+    """Connection refused, reset or closed, DNS or TLS failure: 502."""
+
+
+class UpstreamInvalid(UpstreamUnavailable):
+    """The answer breaks HTTP/1.1 (``gateway.http1``: framing, field syntax, a 101, a
+    head over 64 KiB): 502. Its connection is closed."""
 
 
 class UpstreamTimeout(UpstreamError):
     """No connection within ``connect_timeout`` or silence for ``read_timeout``: 504."""
 
 
-class _Stale(Exception):
-    """A reused connection was closed before any byte of the answer: safe to resend."""
+class _NotSent(Exception):
+    """No byte of the request left this connection: it may go out on another one."""
 
 
 _HIGH_WATER = 1 << 20
 _LOW_WATER = 1 << 18
-_MAX_HEAD = 64 * 1024
-
-# Parser states
-_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_CLOSE, _DONE = range(8)
+_POLL = getattr(select, "poll", None)
 
 
 class UpstreamResponse:
     """Status and headers of an answer, and its body still arriving."""
 
-    __slots__ = ("_conn", "headers", "status")
+    __slots__ = ("_conn", "framing", "headers", "status")
 
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], conn: _Connection) -> None:
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], framing: str, conn: _Connection) -> None:
         self.status = status
         self.headers = headers
-        """As received: [(name, value)], names in their original case."""
+        """As received, in order: [(name, value)], names lower-cased, values without
+        surrounding whitespace."""
+        self.framing = framing
+        """``http1.LENGTH``, ``CHUNKED`` or ``CLOSE`` (the body ends when the upstream
+        closes the connection: its end is not proof that it is complete)."""
         self._conn = conn
 
-    @property
-    def raw_headers(self) -> list[tuple[bytes, bytes]]:
-        return self.headers
 
-
-class _Connection(asyncio.Protocol):
+class _Connection(ResponseParser, asyncio.Protocol):
     """One upstream connection; one request at a time."""
 
     def __init__(self, client: UpstreamClient) -> None:
+        ResponseParser.__init__(self)
         self.client = client
         self.loop = client._loop
         self.transport: asyncio.Transport | None = None
+        self._poll: select.poll | None = None
         self.closed = False
         self.reused = False
         self.idle_since = 0.0
         self.last_activity = 0.0
-        self.state = _DONE
-        self.buf = bytearray()
-        self.got_bytes = False
-        self.keep_alive = True
-        self.remaining = 0
         self.head: asyncio.Future[UpstreamResponse] | None = None
         self.chunks: list[bytes] = []
         self.buffered = 0
@@ -137,75 +174,95 @@ class _Connection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except (OSError, AttributeError):
                 pass  # not TCP (a Unix socket in a test), or a loop without the option
+            if _POLL is not None:
+                try:
+                    self._poll = _POLL()
+                    self._poll.register(sock.fileno(), select.POLLIN)
+                except (OSError, AttributeError, ValueError):
+                    self._poll = None
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
-        self.got_bytes = True
-        state = self.state
-        if state == _HEAD:
-            self.buf += data
-            self._parse_head()
-        elif state == _LENGTH:
-            self._body_length(data)
-        elif state == _UNTIL_CLOSE:
-            self._push(data)
-        elif state == _DONE:
-            # Bytes nobody asked for: this connection cannot be trusted with another request.
-            self.keep_alive = False
-            self.abort()
-        else:
-            self.buf += data
-            self._parse_chunked()
+        self.feed(data)
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._poll = None  # the descriptor may be reused from now on
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.state == _UNTIL_CLOSE:
-            self._finish()
-        elif self.state != _DONE:
-            if self.reused and not self.got_bytes and self.head is not None and not self.head.done():
-                self.head.set_exception(_Stale())
-                self.head.exception()  # retrieved by post()
-                self.state = _DONE
-            else:
-                self._fail(
-                    UpstreamUnavailable(
-                        "the upstream closed the connection" + (f": {exc}" if exc else " before the answer ended")
-                    )
-                )
+        why = self.feed_eof()
+        if why is not None:
+            self._fail(UpstreamUnavailable(f"the upstream {why}" + (f": {exc}" if exc else "")))
         self.client._forget(self)
+
+    # -------------------------------------------------------------- parser hooks
+
+    def _on_head(self, status: int, headers: list[tuple[bytes, bytes]], framing: str) -> None:
+        head = self.head
+        if head is not None and not head.done():
+            head.set_result(UpstreamResponse(status, headers, framing, self))
+
+    def _on_body(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.buffered += len(data)
+        if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def _on_end(self) -> None:
+        self._wake()  # the timer stays armed for the connection's next request
+
+    def _on_invalid(self, message: str) -> None:
+        self._fail(UpstreamInvalid(f"invalid answer from the upstream: {message}"))
+        self.abort()
+
+    def _on_extra(self) -> None:
+        self.abort()  # bytes nobody asked for: not to be trusted with another request
 
     # -------------------------------------------------------------- request
 
     def send(self, request: bytes, body: bytes, read_timeout: float) -> asyncio.Future[UpstreamResponse]:
-        assert self.transport is not None
-        self.state = _HEAD
-        self.got_bytes = False
-        self.keep_alive = True
+        """Write the request; raises ``_NotSent`` when provably no byte of it left
+        (see "Sending a request twice" in the module docstring)."""
+        transport = self.transport
+        assert transport is not None
+        if self.closed or transport.is_closing():
+            raise _NotSent
+        if self.reused and self._poll is not None and self._poll.poll(0):
+            # An idle connection with something to read has an EOF, a reset or bytes
+            # nobody asked for: the upstream is closing it.
+            raise _NotSent
+        self.expect_response()
         self.error = None
         self.chunks = []
         self.buffered = 0
-        self.buf.clear()
-        self.head = self.loop.create_future()
+        self.head = head = self.loop.create_future()
         self.last_activity = self.loop.time()
+        if body and len(body) < 65536:
+            transport.write(request + body)
+            body = b""
+        else:
+            transport.write(request)
+        if transport.is_closing():
+            # The write failed at once: asyncio's transports try the socket first and
+            # close on an error, which means the kernel took none of these bytes.
+            self.head = None
+            self.abandon()
+            raise _NotSent
+        if body:
+            transport.write(body)
         if self.timer is None:  # else the timer of an earlier request still runs: see _check_timeout
             self.timer = self.loop.call_later(read_timeout, self._check_timeout, read_timeout)
-        if body and len(body) < 65536:
-            self.transport.write(request + body)
-        else:
-            self.transport.write(request)
-            if body:
-                self.transport.write(body)
-        return self.head
+        return head
 
     def _check_timeout(self, read_timeout: float) -> None:
         self.timer = None
-        if self.state == _DONE:
+        if self.done:
             return  # between requests: the next one arms a new timer
         silent = self.loop.time() - self.last_activity
         if silent >= read_timeout * 0.999:
@@ -219,186 +276,21 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    # -------------------------------------------------------------- parsing
-
-    def _parse_head(self) -> None:
-        buf = self.buf
-        while True:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > _MAX_HEAD:
-                    self._fail(UpstreamUnavailable("the upstream's response head is too large"))
-                    self.abort()
-                return
-            lines = bytes(buf[:end]).split(b"\r\n")
-            del buf[: end + 4]
-            status_line = lines[0]
-            try:
-                if not status_line.startswith(b"HTTP/1."):
-                    raise ValueError
-                status = int(status_line[9:12])
-            except ValueError:
-                self._fail(UpstreamUnavailable(f"not an HTTP/1.x answer: {status_line[:40]!r}"))
-                self.abort()
-                return
-            if 100 <= status < 200 and status != 101:
-                continue  # 100 Continue, 103 Early Hints: the real answer follows
-            break
-        headers: list[tuple[bytes, bytes]] = []
-        length = -1
-        chunked = False
-        keep_alive = status_line[7:8] == b"1"  # HTTP/1.1 keeps the connection by default
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep:
-                continue
-            name = name.strip()
-            value = value.strip()
-            headers.append((name, value))
-            lname = name.lower()
-            if lname == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    self._fail(UpstreamUnavailable("invalid Content-Length from the upstream"))
-                    self.abort()
-                    return
-            elif lname == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif lname == b"connection":
-                tokens = value.lower()
-                if b"close" in tokens:
-                    keep_alive = False
-                elif b"keep-alive" in tokens:
-                    keep_alive = True
-        self.keep_alive = keep_alive
-        head = self.head
-        assert head is not None
-        if not head.done():
-            head.set_result(UpstreamResponse(status, headers, self))
-        if status in (204, 304):
-            self._finish()
-        elif chunked:
-            self.state = _CHUNK_SIZE
-            if buf:
-                self._parse_chunked()
-        elif length >= 0:
-            self.state = _LENGTH
-            self.remaining = length
-            rest = bytes(buf)
-            buf.clear()
-            if length == 0:
-                self._finish()
-            elif rest:
-                self._body_length(rest)
-        else:
-            self.state = _UNTIL_CLOSE
-            self.keep_alive = False
-            if buf:
-                self._push(bytes(buf))
-                buf.clear()
-
-    def _body_length(self, data: bytes) -> None:
-        remaining = self.remaining
-        if len(data) > remaining:
-            data = data[:remaining]  # bytes past the answer: the connection is not reused
-            self.keep_alive = False
-        self.remaining = remaining - len(data)
-        self._push(data)
-        if self.remaining == 0:
-            self._finish()
-
-    def _parse_chunked(self) -> None:
-        buf = self.buf
-        out: list[bytes] = []
-        while True:
-            state = self.state
-            if state == _CHUNK_DATA:
-                if not buf:
-                    break
-                take = min(self.remaining, len(buf))
-                out.append(bytes(buf[:take]))
-                del buf[:take]
-                self.remaining -= take
-                if self.remaining == 0:
-                    self.state = _CHUNK_CRLF
-            elif state == _CHUNK_SIZE:
-                eol = buf.find(b"\r\n")
-                if eol < 0:
-                    if len(buf) > 4096:
-                        return self._bad_chunk()
-                    break
-                size_field = bytes(buf[:eol]).split(b";", 1)[0].strip()
-                del buf[: eol + 2]
-                try:
-                    size = int(size_field, 16)
-                except ValueError:
-                    return self._bad_chunk()
-                if size == 0:
-                    self.state = _TRAILERS
-                else:
-                    self.remaining = size
-                    self.state = _CHUNK_DATA
-            elif state == _CHUNK_CRLF:
-                if len(buf) < 2:
-                    break
-                if buf[:2] != b"\r\n":
-                    return self._bad_chunk()
-                del buf[:2]
-                self.state = _CHUNK_SIZE
-            elif state == _TRAILERS:
-                if buf[:2] == b"\r\n":
-                    del buf[:2]
-                else:
-                    end = buf.find(b"\r\n\r\n")
-                    if end < 0:
-                        break
-                    del buf[: end + 4]
-                if out:
-                    self._push(b"".join(out))
-                    out = []
-                if buf:
-                    self.keep_alive = False
-                self._finish()
-                return
-            else:
-                break
-        if out:
-            self._push(out[0] if len(out) == 1 else b"".join(out))
-
-    def _bad_chunk(self) -> None:
-        self._fail(UpstreamUnavailable("malformed chunked encoding from the upstream"))
-        self.abort()
-
     # -------------------------------------------------------------- body delivery
 
-    def _push(self, data: bytes) -> None:
-        if not data:
-            return
-        self.chunks.append(data)
-        self.buffered += len(data)
-        if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
-        self._wake()
-
-    def _finish(self) -> None:
-        self.state = _DONE  # the timer stays armed for the connection's next request
-        self._wake()
-
     def _fail(self, error: UpstreamError) -> None:
-        if self.state == _DONE and self.error is None and self.head is not None and self.head.done():
-            return  # the answer was complete already
+        """The answer in progress will not complete."""
+        if self.error is not None:
+            return
         self.error = error
-        self.state = _DONE
-        self.keep_alive = False
+        self.abandon()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         head = self.head
         if head is not None and not head.done():
             head.set_exception(error)
-            head.exception()
+            head.exception()  # retrieved by post()
         self._wake()
 
     def _wake(self) -> None:
@@ -425,7 +317,7 @@ class _Connection(asyncio.Protocol):
 
     @property
     def complete(self) -> bool:
-        return self.state == _DONE and self.error is None and not self.chunks
+        return self.done and self.error is None and not self.chunks
 
 
 def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
@@ -492,13 +384,15 @@ class UpstreamClient:
 
     # -------------------------------------------------------------- pool
 
-    async def _acquire(self) -> _Connection:
+    async def _acquire(self, fresh: bool = False) -> _Connection:
+        """An idle connection (the most recently used), else a new one (``fresh``:
+        always a new one), waiting for a free place in the pool if need be."""
         while True:
             if self._closing:
                 raise UpstreamUnavailable("the upstream client is closed")
             now = self._loop.time()
             idle = self._idle
-            while idle:
+            while idle and not fresh:
                 conn = idle.pop()
                 if not conn.closed and now - conn.idle_since < self._keepalive:
                     conn.reused = True
@@ -559,7 +453,14 @@ class UpstreamClient:
     def _give_back(self, conn: _Connection) -> None:
         if conn.closed:
             return
-        if conn.keep_alive and conn.complete and not self._closing:
+        transport = conn.transport
+        if (
+            conn.keep_alive
+            and conn.complete
+            and not self._closing
+            and transport is not None
+            and not transport.get_write_buffer_size()  # the upstream answered before reading all the body
+        ):
             conn.idle_since = self._loop.time()
             conn.reused = False
             self._idle.append(conn)
@@ -588,17 +489,25 @@ class UpstreamClient:
                 b"\r\n\r\n",
             ]
         )
-        for attempt in (0, 1):
-            conn = await self._acquire()
-            try:
-                return await conn.send(head, body, self._read_timeout)
-            except _Stale:
-                if attempt:
-                    raise UpstreamUnavailable("the upstream closed the connection without answering") from None
-            except BaseException:
-                conn.abort()
-                raise
-        raise AssertionError("unreachable")
+        conn = await self._acquire()
+        try:
+            return await conn.send(head, body, self._read_timeout)
+        except _NotSent:
+            conn.abort()
+        except BaseException:
+            conn.abort()
+            raise
+        # Provably never sent on that connection (see the module docstring): once more,
+        # on a new one.
+        conn = await self._acquire(fresh=True)
+        try:
+            return await conn.send(head, body, self._read_timeout)
+        except _NotSent:
+            conn.abort()
+            raise UpstreamUnavailable("the upstream closed a new connection before the request was sent") from None
+        except BaseException:
+            conn.abort()
+            raise
 
     @staticmethod
     async def read(response: UpstreamResponse) -> bytes:
@@ -610,7 +519,7 @@ class UpstreamClient:
                 parts.append(conn.take())
             if conn.error is not None:
                 raise conn.error
-            if conn.state == _DONE:
+            if conn.done:
                 return parts[0] if len(parts) == 1 else b"".join(parts)
             await conn.wait()
 
@@ -624,7 +533,7 @@ class UpstreamClient:
                 continue
             if conn.error is not None:
                 raise conn.error
-            if conn.state == _DONE:
+            if conn.done:
                 return
             await conn.wait()
 

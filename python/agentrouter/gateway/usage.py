@@ -3,8 +3,8 @@ batches off it.
 
 ``UsageRecorder.record`` adds one request to the key's running totals (a dict lookup
 and a few integer additions) and appends one small ``RequestRecord`` for the request
-log (time, key id, model, status, latency, tokens, client IP, user agent; never the
-key). One tracked task hands everything gathered so far to its sink about once a
+log (time, key id, model, status, latency, tokens, client IP, user agent, the
+caller's own x-request-id; never the key). One tracked task hands everything gathered so far to its sink about once a
 second — the worker's usage writer process (``store.writer.UsageWriter``), or
 ``Store.add_usage`` itself with ``usage_writer = "inline"``; either way totals and
 log rows are written in one transaction, so the two never disagree — and ``close``
@@ -21,8 +21,10 @@ deleted or expired one) belong to no key: they are in neither the totals nor the
 
 Tokens are read cheaply:
 
-* JSON answers: only the ``usage`` object, found by searching backwards for its key
-  and decoded with msgspec; the rest of the answer is never parsed;
+* JSON answers: one msgspec pass over the whole answer, which checks that it is a
+  JSON object in UTF-8 (a 2xx that is not is refused by the app: ``NotJSONObject``)
+  and keeps only the raw bytes of its top-level ``usage`` object, then decoded
+  alone; nothing else of the answer is built;
 * streams: only the events that carry usage. ``StreamUsage`` keeps the first and the
   last few kilobytes of the stream and decodes, at the end, the usage objects in
   them: OpenAI's final chunk (``stream_options.include_usage``), the Responses API's
@@ -31,6 +33,12 @@ Tokens are read cheaply:
 
 Input tokens of Anthropic answers include the cache writes and reads
 (``cache_creation_input_tokens``, ``cache_read_input_tokens``): all were processed.
+
+A usage number counts only if it is an integer from 0 to ``MAX_TOKENS`` (10^9, far
+above any model's context): a negative, fractional, boolean, textual or absurd value
+counts 0 and the result says so (``Tokens.ignored``), so a broken or hostile
+upstream can never drive a key's totals negative or overflow them. The app logs
+that once per provider and worker.
 """
 
 from __future__ import annotations
@@ -40,12 +48,22 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NamedTuple
 
 import msgspec
 
+from agentrouter.errors import AgentRouterError
 from agentrouter.store.models import RequestRecord, UsageDelta
 
-__all__ = ["StreamUsage", "UsageRecorder", "tokens_from_json", "tokens_from_sse"]
+__all__ = [
+    "MAX_TOKENS",
+    "NotJSONObject",
+    "StreamUsage",
+    "Tokens",
+    "UsageRecorder",
+    "tokens_from_json",
+    "tokens_from_sse",
+]
 
 log = logging.getLogger("agentrouter.usage")
 
@@ -53,79 +71,127 @@ log = logging.getLogger("agentrouter.usage")
 # --------------------------------------------------------------------------- parsing
 
 
+MAX_TOKENS = 10**9
+"""The largest token count believed for one number of one request."""
+
+
+class NotJSONObject(AgentRouterError):
+    """An answer that should be a JSON object (a 2xx of the JSON routes) is not one."""
+
+
+class Tokens(NamedTuple):
+    input: int
+    output: int
+    ignored: bool = False
+    """A usage number was not a count (see the module docstring) and counted 0."""
+
+
+_NO_TOKENS = Tokens(0, 0)
+
+
 class _Usage(msgspec.Struct):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cache_creation_input_tokens: int | None = None
-    cache_read_input_tokens: int | None = None
+    # Any: every value is checked by _split, so that one bad number costs that number,
+    # not the whole object (and a typed decode would refuse the answer).
+    prompt_tokens: Any = None
+    completion_tokens: Any = None
+    input_tokens: Any = None
+    output_tokens: Any = None
+    cache_creation_input_tokens: Any = None
+    cache_read_input_tokens: Any = None
 
 
-_decode_usage = msgspec.json.Decoder(_Usage).decode
+class _Answer(msgspec.Struct):
+    usage: msgspec.Raw = msgspec.Raw(b"null")
 
-# A usage object: a JSON object nested at most three deep ("*_details", "cache_creation",
-# "server_tool_use"), with no braces inside its strings. Found after its key, never by
-# parsing the rest of the document. Inside JSON strings quotes are escaped, so the
-# literal '"usage"' followed by ':' only occurs as a key.
+
+_decode_answer = msgspec.json.Decoder(_Answer).decode
+_decode_usage = msgspec.json.Decoder(_Usage | None).decode
+
+# A usage object in a stream: a JSON object nested at most three deep ("*_details",
+# "cache_creation", "server_tool_use"), with no braces inside its strings. Found after
+# its key, never by parsing the rest of the stream. Inside JSON strings quotes are
+# escaped, so the literal '"usage"' followed by ':' only occurs as a key.
 _USAGE = re.compile(rb'"usage"\s*:\s*(\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\})')
-_USAGE_AT = re.compile(rb'"usage"\s*:\s*(?:(\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\})|null)')
 
 
-def _split(u: _Usage) -> tuple[int | None, int | None]:
-    """(input, output) in either dialect's names; None where the object has no number."""
-    if u.input_tokens is not None or u.cache_creation_input_tokens is not None or u.cache_read_input_tokens is not None:
-        inp: int | None = (
-            (u.input_tokens or 0) + (u.cache_creation_input_tokens or 0) + (u.cache_read_input_tokens or 0)
-        )
-    else:
-        inp = u.prompt_tokens
-    out = u.output_tokens if u.output_tokens is not None else u.completion_tokens
-    return inp, out
+def _split(u: _Usage) -> tuple[int | None, int | None, bool]:
+    """(input, output, ignored) in either dialect's names; None where the object has
+    no number of that kind; a value that is not a count is 0 and sets ``ignored``."""
+    ignored = False
+    inp: int | None = None
+    parts = (u.input_tokens, u.cache_creation_input_tokens, u.cache_read_input_tokens)
+    if parts == (None, None, None):
+        parts = (u.prompt_tokens, None, None)
+    for v in parts:
+        if v is None:
+            continue
+        if type(v) is int and 0 <= v <= MAX_TOKENS:
+            inp = (inp or 0) + v
+        else:
+            ignored = True
+            inp = inp or 0
+    out: int | None = None
+    v = u.output_tokens if u.output_tokens is not None else u.completion_tokens
+    if v is not None:
+        if type(v) is int and 0 <= v <= MAX_TOKENS:
+            out = v
+        else:
+            ignored = True
+            out = 0
+    return inp, out, ignored
 
 
-def tokens_from_json(body: bytes) -> tuple[int, int]:
-    """(input, output) tokens of a JSON answer of either dialect; (0, 0) if it has none.
+def tokens_from_json(body: bytes) -> Tokens:
+    """The tokens of a JSON answer of either dialect ((0, 0) if it has no usage).
 
-    Searches backwards for the last ``"usage"`` key (it comes last or nearly so in
-    both dialects' answers) and decodes only its object.
+    Raises ``NotJSONObject`` when ``body`` is not a JSON object in UTF-8: the one
+    msgspec pass that finds ``usage`` checks the syntax of the whole document.
     """
-    end = len(body)
-    while True:
-        at = body.rfind(b'"usage"', 0, end)
-        if at < 0:
-            return 0, 0
-        m = _USAGE_AT.match(body, at)
-        if m is not None:
-            if m.group(1) is None:
-                return 0, 0  # "usage": null
-            try:
-                inp, out = _split(_decode_usage(m.group(1)))
-            except msgspec.DecodeError:
-                return 0, 0
-            return inp or 0, out or 0
-        end = at  # the string "usage" as a value; look further back
+    try:
+        answer = _decode_answer(body)
+    except msgspec.ValidationError:
+        raise NotJSONObject("a JSON value that is not an object") from None
+    except msgspec.DecodeError as exc:
+        raise NotJSONObject(str(exc)) from None
+    if not body.isascii():
+        try:
+            body.decode()  # msgspec does not check the strings it skips
+        except UnicodeDecodeError as exc:
+            raise NotJSONObject(f"not UTF-8 at byte {exc.start}") from None
+    try:
+        usage = _decode_usage(answer.usage)
+    except msgspec.ValidationError:
+        return Tokens(0, 0, True)  # "usage" is there, but not an object
+    if usage is None:
+        return _NO_TOKENS
+    inp, out, ignored = _split(usage)
+    return Tokens(inp or 0, out or 0, ignored)
 
 
-def tokens_from_sse(*parts: bytes) -> tuple[int, int]:
-    """(input, output) tokens from pieces of an SSE stream, in stream order.
+def tokens_from_sse(*parts: bytes) -> Tokens:
+    """The tokens in pieces of an SSE stream, in stream order.
 
     Every usage object found counts, the last number of each kind winning:
     Anthropic's ``message_delta`` (cumulative output tokens) after its ``message_start``
     (input tokens); OpenAI's final chunk; the Responses API's ``response.completed``.
     """
     inp = out = None
+    ignored = False
     for part in parts:
         for m in _USAGE.finditer(part):
             try:
-                i, o = _split(_decode_usage(m.group(1)))
+                usage = _decode_usage(m.group(1))
             except msgspec.DecodeError:
                 continue
+            if usage is None:
+                continue
+            i, o, bad = _split(usage)
+            ignored = ignored or bad
             if i is not None:
                 inp = i
             if o is not None:
                 out = o
-    return inp or 0, out or 0
+    return Tokens(inp or 0, out or 0, ignored)
 
 
 class StreamUsage:
@@ -147,7 +213,7 @@ class StreamUsage:
         tail = self.tail + chunk
         self.tail = tail[-self.TAIL :] if len(tail) > self.TAIL else tail
 
-    def tokens(self) -> tuple[int, int]:
+    def tokens(self) -> Tokens:
         return tokens_from_sse(self.head, self.tail)
 
 
@@ -250,9 +316,11 @@ class UsageRecorder:
         client_ip: str | None,
         model: str | None = None,
         user_agent: str | None = None,
+        caller_request_id: str | None = None,
     ) -> None:
         """Count one answered request of ``key_id`` (``model``: None when the request
-        was refused before its body was read)."""
+        was refused before its body was read; ``caller_request_id``: the caller's own
+        ``x-request-id``, if any)."""
         now = self._clock()
         if len(self._requests) < self._max_requests:
             self._requests.append(
@@ -266,6 +334,7 @@ class UsageRecorder:
                     output_tokens=output_tokens,
                     client_ip=client_ip,
                     user_agent=user_agent,
+                    caller_request_id=caller_request_id,
                 )
             )
         else:

@@ -4,12 +4,12 @@ Works on the store's own connection (one SQLite file, WAL), beside the key table
 of ``store/sqlite.py``. Four kinds of rows:
 
 * ``request_log``: one row per proxied request (time, key id, model, status,
-  latency, tokens, client IP, user agent; never the key), written in batches off
-  the hot path by the gateway's usage recorder — ``Store.add_usage`` calls
-  ``write_requests`` in the transaction that adds the key totals, so the two never
-  disagree — and pruned after the retention period. A request refused before its
-  key was known (401: no key, a malformed one, an unknown one) has no key and no
-  row. Usage time series with
+  latency, tokens, client IP, user agent, the caller's own x-request-id; never the
+  key), written in batches off the hot path by the gateway's usage recorder —
+  ``Store.add_usage`` calls ``write_requests`` in the transaction that adds the key
+  totals, so the two never disagree — and pruned after the retention period. A
+  request refused before its key was known (401: no key, a malformed one, an
+  unknown one) has no key and no row. Usage time series with
   latency percentiles, distinct IPs and the per-model breakdown are computed from it.
 * ``usage_hourly`` and ``key_ips``: rollups kept in the same transaction as the log
   rows, so the monitor's baselines (days and weeks of a key's history) and a key's
@@ -464,7 +464,7 @@ async def write_requests(
             pause()
         await db.executemany(
             "INSERT INTO request_log (time, key_id, model, status, latency_ms, input_tokens, output_tokens,"
-            " client_ip, user_agent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " client_ip, user_agent, caller_request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     r.time,
@@ -476,6 +476,7 @@ async def write_requests(
                     r.output_tokens,
                     r.client_ip,
                     _cut(r.user_agent, MAX_USER_AGENT),
+                    r.caller_request_id,
                 )
                 for r in records[start : start + WRITE_CHUNK]
             ],

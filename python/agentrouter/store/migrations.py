@@ -99,4 +99,9 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at REAL NOT NULL
     );
     """,
+    # 3: the caller's own x-request-id of each request (the gateway sends its own id
+    #    upstream; this one lets a caller find its request in the log)
+    """
+    ALTER TABLE request_log ADD COLUMN caller_request_id TEXT;
+    """,
 )

@@ -91,6 +91,13 @@ class RequestRecord(msgspec.Struct, kw_only=True, frozen=True, gc=False, array_l
     output_tokens: int = 0
     client_ip: str | None = None
     user_agent: str | None = None
+    caller_request_id: str | None = None
+    """The ``x-request-id`` the caller sent (at most ``MAX_CALLER_REQUEST_ID`` bytes; a
+    longer one is not kept), never forwarded: the gateway's own id goes upstream."""
+
+
+MAX_CALLER_REQUEST_ID = 1024
+"""Bytes of a caller's ``x-request-id`` kept in the request log (a longer one: none)."""
 
 
 class AlertRow(msgspec.Struct, kw_only=True):
