@@ -5,14 +5,19 @@
 //! return `CoreResult` and `?` converts core errors into it.
 
 use agentrouter_core::Error;
-use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyIndexError, PyValueError};
+use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::{create_exception, import_exception};
+
+// The root of the project's own errors is a Python class; the native errors
+// derive from it so that each edge maps the whole family in one place. Its type
+// object is imported from `agentrouter.errors` the first time one is raised.
+import_exception!(agentrouter.errors, AgentRouterError);
 
 create_exception!(
     agentrouter._core,
     LimiterError,
-    PyException,
+    AgentRouterError,
     "The shared region cannot be created, opened or used (bad file, full table)."
 );
 
@@ -55,6 +60,13 @@ mod tests {
     fn each_variant_maps_to_its_exception() {
         Python::initialize();
         Python::attach(|py| {
+            // LimiterError's base class lives in the Python package.
+            let python_source = concat!(env!("CARGO_MANIFEST_DIR"), "/../../python");
+            let path = py
+                .import("sys")
+                .and_then(|sys| sys.getattr("path"))
+                .unwrap();
+            path.call_method1("insert", (0, python_source)).unwrap();
             let cases = [
                 (Error::invalid("x"), py.get_type::<PyValueError>()),
                 (
@@ -77,6 +89,8 @@ mod tests {
                 let err = PyErr::from(CoreError(e));
                 assert!(err.get_type(py).is(&expected));
             }
+            let root = py.get_type::<AgentRouterError>();
+            assert!(py.get_type::<LimiterError>().is_subclass(&root).unwrap());
         });
     }
 }
