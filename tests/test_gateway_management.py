@@ -30,7 +30,7 @@ def joined(settings: Settings, opened: list[Core] | None = None) -> tuple[Gatewa
 
     async def open_core(s: Settings) -> Core:
         assert s.data_dir is not None
-        core = await Core.open(Path(s.data_dir), env={"AGENTROUTER_SECRET": SECRET})
+        core = await Core.from_settings(s)
         if opened is not None:
             opened.append(core)
         return core

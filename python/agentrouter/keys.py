@@ -18,6 +18,7 @@ from typing import Any, Final
 import msgspec
 
 from agentrouter._core import Digester, RateLimiter, display_prefix, generate_key
+from agentrouter.errors import AgentRouterError
 from agentrouter.store import KeyRow, Store
 from agentrouter.store.models import SCOPES
 
@@ -27,15 +28,15 @@ DEFAULT_INTERVAL: Final = 60.0
 MAX_NAME: Final = 200
 
 
-class KeyInputError(ValueError):
+class KeyInputError(AgentRouterError, ValueError):
     """Bad input for a key operation; nothing was written."""
 
 
-class KeyNotFound(LookupError):
+class KeyNotFound(AgentRouterError, LookupError):
     """No active key has that id."""
 
 
-class KeyConflict(Exception):
+class KeyConflict(AgentRouterError):
     """The key's state does not allow the operation (already rotated, expired)."""
 
 
@@ -173,9 +174,10 @@ class KeyService:
         return row
 
     async def delete(self, key_id: str) -> KeyRow:
-        row = await self._store.delete_key(
-            key_id, now=self._clock(), revoke=lambda slot, tag: self._limiter.revoke_slot(slot, tag)
-        )
+        def revoke(slot: int, tag: int) -> None:
+            self._limiter.revoke_slot(slot, tag)
+
+        row = await self._store.delete_key(key_id, now=self._clock(), revoke=revoke)
         if row is None:
             raise KeyNotFound(f"no active key with id {key_id!r}")
         self._limiter.bump_generation()

@@ -30,7 +30,6 @@ import logging
 import math
 import signal
 import socket
-from pathlib import Path
 from typing import Any
 
 from agentrouter.config import Settings
@@ -104,7 +103,7 @@ def _signal_workers_once() -> None:
 async def _prepare(settings: Settings) -> None:
     from agentrouter.core import Core
 
-    core = await Core.open(Path(settings.data_dir) if settings.data_dir else None)
+    core = await Core.from_settings(settings)
     await core.close()
 
 

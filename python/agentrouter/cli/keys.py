@@ -128,7 +128,7 @@ def _list(args: argparse.Namespace) -> int:
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
@@ -213,9 +213,10 @@ def _parse_limit(args: argparse.Namespace) -> tuple[int | None, float | None]:
 def _parse_metadata(text: str) -> dict[str, Any]:
     try:
         value = msgspec.json.decode(text)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise UsageError(
-            f'--metadata is not valid JSON ({exc}); give an object like \'{{"environment": "production"}}\''
+            f'--metadata is not valid JSON ({why}); give an object like \'{{"environment": "production"}}\''
         ) from None
     if not isinstance(value, dict):
         raise UsageError('--metadata must be a JSON object, like \'{"environment": "production"}\'')
