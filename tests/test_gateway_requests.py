@@ -322,7 +322,7 @@ async def test_readyz_names_what_is_broken(app: Gateway) -> None:
     finally:
         os.replace(moved, db)
     assert (await call(app, "GET", "/readyz")).status == 200
-    region = Path(app.core.limiter.path)
-    region.rename(region.with_name("old.shm"))
+    region = app.core.limiter.path
+    os.replace(region, region + ".old")
     r = await call(app, "GET", "/readyz")
     assert r.status == 503 and "limiter: its file was removed or replaced" in r.json()["reason"]
