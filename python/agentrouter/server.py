@@ -156,8 +156,8 @@ def serve(settings: Settings) -> None:
     from granian.log import LogLevels
     from granian.server import Server
 
+    prepare(settings)  # first: a data directory that cannot be used is the message to give
     check_address(settings.host, settings.port)
-    prepare(settings)
     server = Server(
         "agentrouter.gateway.app:create_app",  # shown in the process title; loading uses load_app
         address=settings.host,
