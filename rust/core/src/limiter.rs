@@ -7,13 +7,15 @@
 //! through the vDSO).
 //!
 //! A bucket also stores the fingerprint of the quota its TAT is expressed in. A
-//! caller acquiring with a different quota resets the bucket to full under its
-//! own quota (CAS the fingerprint, then store `tat = 0`). Small race, accepted:
-//! an acquire under the old quota that is between its fingerprint check and its
-//! CAS may land one TAT in the old units, and a concurrent acquire under the new
-//! quota may be overwritten by the reset. `gcra::decide` clamps any TAT to at
-//! most `now + tau`, so the worst outcome of the race is one bucket starting full
-//! or empty — never a bucket stuck for longer than one interval.
+//! caller acquiring with a different quota (or the first one on a fresh bucket)
+//! resets the bucket to full under its own quota: CAS the fingerprint, then CAS
+//! the TAT from the value read before to 0, so an admission made under the new
+//! quota in between is never erased. Small race, accepted: an acquire under the
+//! old quota that is between its fingerprint check and its CAS may land one TAT
+//! in the old units (then the reset is skipped or that TAT stays). `gcra::decide`
+//! clamps any TAT to at most `now + tau`, so the worst outcome of the race is one
+//! bucket starting empty — never a bucket stuck for longer than one interval —
+//! and no admission made under the new quota is ever lost.
 //!
 //! The acquire path is a few tens of nanoseconds, so its shape matters (measured
 //! from Python with `benches/bench_core.py`): it is `#[inline(always)]` down to
@@ -178,16 +180,42 @@ impl RateLimiter {
     /// Resets the bucket to full under `q` if its state is in another quota.
     #[inline(always)]
     fn adopt_quota(entry: &Entry, q: &Quota) {
+        Self::adopt_quota_with(entry, q, || {});
+    }
+
+    /// `adopt_quota`, running `between` after the fingerprint is published and
+    /// before the reset (the tests put another caller there).
+    ///
+    /// The TAT to reset is read before the fingerprint is published, and reset by
+    /// compare-and-swap from that value: once the fingerprint is out, another
+    /// caller may admit under the new quota before the reset lands, and a blind
+    /// store would erase that admission (the bucket would admit one more than R,
+    /// and two callers would report the same `remaining`). If the TAT moved, the
+    /// reset is skipped: whoever moved it wrote under the new quota, or under the
+    /// old one a moment before (the accepted race of the module docs, clamped by
+    /// `gcra::decide`).
+    #[inline(always)]
+    fn adopt_quota_with(entry: &Entry, q: &Quota, between: impl FnOnce()) {
         let mut current = entry.fingerprint.load(Acquire);
-        while current != q.fingerprint() {
+        if current == q.fingerprint() {
+            return;
+        }
+        let mut between = Some(between);
+        loop {
+            let stale = entry.tat.load(Acquire);
             match entry
                 .fingerprint
                 .compare_exchange(current, q.fingerprint(), AcqRel, Acquire)
             {
                 Ok(_) => {
-                    entry.tat.store(0, Release);
+                    if let Some(between) = between.take() {
+                        between();
+                    }
+                    // Failing means someone wrote since `stale` was read: keep theirs.
+                    let _ = entry.tat.compare_exchange(stale, 0, AcqRel, Acquire);
                     return;
                 }
+                Err(fresh) if fresh == q.fingerprint() => return,
                 Err(fresh) => current = fresh,
             }
         }
@@ -544,6 +572,34 @@ mod tests {
             }
         }
         assert!(cases >= 2, "{cases}");
+    }
+
+    /// A caller that sees the new quota's fingerprint admits under it at once; the
+    /// caller that published the fingerprint must not then reset the bucket over
+    /// that admission (a fresh bucket of 3 would admit 4, and two callers would
+    /// both see `remaining` 2).
+    #[test]
+    fn adopting_a_quota_never_erases_an_admission_made_under_it() {
+        let (_clock, l) = fake();
+        l.claim_slot(0, 7).unwrap(); // a fresh key: no quota in its bucket yet
+        let q = Quota::new(3, 1e6).unwrap();
+        let entry = l.region.entry(0).unwrap();
+        let mut inside = None;
+        RateLimiter::adopt_quota_with(entry, &q, || {
+            inside = Some(l.acquire_slot(0, Some(3), 1e6, 1).unwrap());
+        });
+        let (first, _) = l.acquire_entry(entry, &q, 1).unwrap();
+        assert_eq!(inside.unwrap().remaining, Some(2));
+        assert_eq!((first.allowed, first.remaining), (true, Some(1)));
+        let third = l.acquire_slot(0, Some(3), 1e6, 1).unwrap();
+        assert_eq!((third.allowed, third.remaining), (true, Some(0)));
+        assert!(
+            !l.acquire_slot(0, Some(3), 1e6, 1).unwrap().allowed,
+            "3 per interval, not 4"
+        );
+        // A quota change still starts the bucket full under the new quota.
+        let d = l.acquire_slot(0, Some(5), 1e6, 1).unwrap();
+        assert_eq!((d.allowed, d.remaining), (true, Some(4)));
     }
 
     /// An exact token bucket in rationals: tokens are kept multiplied by `I_ns`.
