@@ -62,6 +62,7 @@ __all__ = [
     "KeyAuthenticator",
     "Refusal",
     "TableLoader",
+    "add_rate_limit_headers",
     "key_headers",
     "rate_limit_headers",
 ]
@@ -250,20 +251,22 @@ def rate_limit_headers(decision: Decision | None) -> list[tuple[bytes, bytes]]:
     """``X-RateLimit-Limit``, ``-Remaining``, ``-Reset`` for a limited key, and on a
     refusal ``Retry-After`` (whole seconds, rounded up) and ``retry-after-ms`` (which
     the OpenAI SDK reads first); nothing for an unlimited key."""
-    if decision is None or decision.limit is None:
-        return []
-    headers = [
-        (b"x-ratelimit-limit", b"%d" % decision.limit),
-        (b"x-ratelimit-remaining", b"%d" % (decision.remaining or 0)),
-        (b"x-ratelimit-reset", b"%d" % (decision.reset or 0)),
-    ]
+    headers: list[tuple[bytes, bytes]] = []
+    if decision is not None and decision.limit is not None:
+        add_rate_limit_headers(headers, decision)
+    return headers
+
+
+def add_rate_limit_headers(headers: list[tuple[bytes, bytes]], decision: Decision) -> None:
+    """``rate_limit_headers`` appended to ``headers``, for a decision with a limit
+    (the hot path's form: no list of its own)."""
+    headers.append((b"x-ratelimit-limit", b"%d" % decision.limit))  # type: ignore[str-format]
+    headers.append((b"x-ratelimit-remaining", b"%d" % (decision.remaining or 0)))
+    headers.append((b"x-ratelimit-reset", b"%d" % (decision.reset or 0)))
     if not decision.allowed and decision.retry_after is not None:
         wait = decision.retry_after
-        headers += [
-            (b"retry-after", b"%d" % max(1, math.ceil(wait))),
-            (b"retry-after-ms", b"%d" % max(1, math.ceil(wait * 1000.0))),
-        ]
-    return headers
+        headers.append((b"retry-after", b"%d" % max(1, math.ceil(wait))))
+        headers.append((b"retry-after-ms", b"%d" % max(1, math.ceil(wait * 1000.0))))
 
 
 def _limit_message(decision: Decision) -> str:

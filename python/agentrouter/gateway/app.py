@@ -47,7 +47,7 @@ from typing import Any
 import msgspec
 
 from agentrouter.asgi import ASGIApp, Receive, Scope, Send, run_lifespan
-from agentrouter.auth import INFERENCE_SCOPE, KeyAuthenticator, Refusal, rate_limit_headers
+from agentrouter.auth import INFERENCE_SCOPE, KeyAuthenticator, Refusal, add_rate_limit_headers
 from agentrouter.config import Settings
 from agentrouter.cors import cors_policy
 from agentrouter.errors import AgentRouterError
@@ -358,7 +358,7 @@ class Gateway:
         assert task is not None
         self._inflight.add(task)
         try:
-            await self._handle(route, scope, receive, send)
+            await self._handle(route, scope, receive, send, task)
         except Exception as exc:  # noqa: BLE001 - answered by the one mapping, _failure
             # Before a key was found (the store failing during a key-table reload), or a
             # bug: answered here, and counted for no key (there is none yet).
@@ -383,7 +383,7 @@ class Gateway:
             pass
         return kind.status
 
-    async def _handle(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _handle(self, route: Route, scope: Scope, receive: Receive, send: Send, task: asyncio.Task[Any]) -> None:
         started = time.perf_counter()
         rid = self._request_id()
 
@@ -394,10 +394,12 @@ class Gateway:
         anthropic_caller = False
         for name, value in scope["headers"]:
             if name == b"authorization":
-                repeated = repeated or authorization is not None
+                if authorization is not None:
+                    repeated = True
                 authorization = value
             elif name == b"x-api-key":
-                repeated = repeated or x_api_key is not None
+                if x_api_key is not None:
+                    repeated = True
                 x_api_key = value
             elif name == b"content-length":
                 content_length = value
@@ -452,7 +454,7 @@ class Gateway:
                     status = await self._models(route, scope, dialect, rid, decision, send)
                     return
                 try:
-                    body = await self._body.read(receive, content_length)
+                    body = await self._body.read(receive, content_length, task)
                 except BodyError as exc:
                     raise _BadRequest(_BODY_KINDS[exc.status], str(exc), close=exc.close) from None
                 model, _stream = _peek_body(body)
@@ -561,7 +563,10 @@ class Gateway:
             body = _encode(_model_entry(name, provider, dialect))
         else:
             body = self._models_anthropic if dialect is Dialect.ANTHROPIC else self._models_openai
-        await _send_response(send, 200, [_CT_JSON], body, rid, dialect, decision, head=scope["method"] == "HEAD")
+        if scope["method"] == "HEAD":
+            await _send_response(send, 200, [_CT_JSON], body, rid, dialect, decision, head=True)
+        else:
+            await _send_response(send, 200, [_CT_JSON], body, rid, dialect, decision)
         return 200
 
     def _model_lists(self) -> tuple[bytes, bytes]:
@@ -818,7 +823,7 @@ def _common_headers(rid: str, dialect: Dialect, decision: Any) -> list[tuple[byt
     if dialect is Dialect.ANTHROPIC:
         headers.append((b"request-id", rid_b))
     if decision is not None and decision.limit is not None:
-        headers += rate_limit_headers(decision)
+        add_rate_limit_headers(headers, decision)
     return headers
 
 
