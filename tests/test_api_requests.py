@@ -164,3 +164,16 @@ async def test_one_mapping_of_failures(app: Gateway, monkeypatch: pytest.MonkeyP
     r = await call(app, "GET", "/api/v1/keys", headers=auth)
     assert r.status == 500 and r.json()["error"]["type"] == "api_error"
     assert msgspec.json.decode(r.body)["error"]["message"] == "Internal error in the management API."
+
+
+async def test_metadata_nested_past_the_limit_is_422_naming_the_field(app: Gateway) -> None:
+    auth = await admin(app)
+    for depth in (33, 900, 990):  # near 1000 the decoder itself gives up (400)
+        metadata = b'{"x": ' + b"[" * depth + b"]" * depth + b"}"
+        r = await call(app, "POST", "/api/v1/keys", headers=auth, body=b'{"metadata": ' + metadata + b"}")
+        assert r.status in ((422,) if depth < 900 else (400, 422)), (depth, r.body[:200])
+        assert "nested" in r.json()["error"]["message"]
+        if r.status == 422:
+            assert r.json()["error"]["field"] == "metadata"
+    ok = b'{"metadata": {"x": ' + b"[" * 31 + b"]" * 31 + b"}}"
+    assert (await call(app, "POST", "/api/v1/keys", headers=auth, body=ok)).status == 201

@@ -110,3 +110,11 @@ def test_serve_says_what_is_wrong_with_its_data_dir(tmp_path: Path) -> None:
 def test_what_each_state_failure_is_told(error: Exception, needle: str) -> None:
     message = str(state_error(error, Path("/srv/data")))
     assert needle in message, message
+
+
+def test_metadata_too_deep_for_the_cli(cli: Cli) -> None:
+    for metadata in ('{"x": ' + "[" * 2000 + "]" * 2000 + "}", '{"x": ' + "[" * 40 + "]" * 40 + "}"):
+        proc = cli.run("keys", "create", "--metadata", metadata)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert "metadata" in proc.stderr and "nested" in proc.stderr
+    assert cli.json("keys", "list") == []

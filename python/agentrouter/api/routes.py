@@ -37,7 +37,7 @@ from agentrouter.api.schemas import (
     UsageReport,
 )
 from agentrouter.core import Core
-from agentrouter.keys import KeyInputError, KeyNotFound
+from agentrouter.keys import KeyInputError, KeyNotFound, check_metadata_depth
 from agentrouter.store import KeyRow
 from agentrouter.store.analytics import Analytics, UsageQueryError
 from agentrouter.store.models import AlertRow
@@ -256,7 +256,13 @@ async def _key_row(ctx: Context, key_id: str, *, include_deleted: bool = False) 
 
 
 def _check_metadata(metadata: dict[str, Any] | None) -> None:
-    if metadata is not None and len(msgspec.json.encode(metadata)) > MAX_METADATA_BYTES:
+    if metadata is None:
+        return
+    try:
+        check_metadata_depth(metadata)  # before encoding it: no recursion limit to reach
+    except KeyInputError as exc:
+        raise _input_error(exc) from None
+    if len(msgspec.json.encode(metadata)) > MAX_METADATA_BYTES:
         raise ApiError(422, f"metadata: at most {MAX_METADATA_BYTES} bytes of JSON", field="metadata")
 
 
