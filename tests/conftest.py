@@ -14,6 +14,7 @@ import msgspec
 import pytest
 
 from agentrouter._core import FakeClock
+from agentrouter.config import Settings, load_settings
 from agentrouter.core import Core
 
 # The fixtures of the gateway tests (``gw``, ``gw_clock``, ``upstream``) and of the
@@ -52,6 +53,20 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     return factories
 
 
+def settings_on(data_dir: Path, *, secret: str | None = SECRET, **env: str) -> Settings:
+    """The settings of a server on ``data_dir`` with ``secret`` (None: the data
+    directory's secret file) and ``AGENTROUTER_*`` values, as ``load_settings`` reads them."""
+    values = {"AGENTROUTER_DATA_DIR": str(data_dir), **env}
+    if secret is not None:
+        values["AGENTROUTER_SECRET"] = secret
+    return load_settings(env=values)
+
+
+async def open_core(data_dir: Path, *, secret: str | None = SECRET, clock: FakeClock | None = None) -> Core:
+    """``Core.from_settings`` on ``data_dir`` (the one way every process opens it)."""
+    return await Core.from_settings(settings_on(data_dir, secret=secret), clock=clock)
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "data"
@@ -66,7 +81,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def core(data_dir: Path, clock: FakeClock) -> AsyncIterator[Core]:
-    c = await Core.open(data_dir, env={"AGENTROUTER_SECRET": SECRET}, clock=clock)
+    c = await open_core(data_dir, clock=clock)
     try:
         yield c
     finally:

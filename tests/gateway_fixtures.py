@@ -34,20 +34,21 @@ SECRET = "gateway-test-secret-0123456789abcdef0123456789"
 
 
 def settings_for(data_dir: Path, toml: str | None = None, **env: str) -> Settings:
-    """Settings from an optional TOML text and ``AGENTROUTER_*`` values, on ``data_dir``."""
+    """Settings from an optional TOML text and ``AGENTROUTER_*`` values, on ``data_dir``,
+    with the test secret."""
     path = None
     if toml is not None:
         path = data_dir.parent / "agentrouter.toml"
         path.write_text(toml)
-    return load_settings(path, env={"AGENTROUTER_DATA_DIR": str(data_dir), **env})
+    return load_settings(path, env={"AGENTROUTER_DATA_DIR": str(data_dir), "AGENTROUTER_SECRET": SECRET, **env})
 
 
 async def start_gateway(settings: Settings, clock: FakeClock | None = None) -> Gateway:
-    """The app with its lifespan startup done, on a core opened with the test secret."""
+    """The app with its lifespan startup done, on a core opened from ``settings`` (the
+    test secret) on ``clock``."""
 
     async def open_core(s: Settings) -> Core:
-        assert s.data_dir is not None
-        return await Core.open(Path(s.data_dir), env={"AGENTROUTER_SECRET": SECRET}, clock=clock)
+        return await Core.from_settings(s, clock=clock)
 
     app = create_app(settings, open_core=open_core)
     await app.startup()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 import time
 from pathlib import Path
@@ -10,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from agentrouter._core import AUTH_OK, AUTH_REVOKED, KeyTable
-from agentrouter.core import Core
-from tests.conftest import Cli
+from tests.conftest import Cli, open_core
 from tests.test_keys_lifecycle import gateway_auth
 
 
@@ -156,7 +154,7 @@ async def test_changes_reach_a_running_process_on_its_next_request(cli: Cli, dat
     """Another process (the CLI) creates and deletes keys; this process, holding a
     table loaded earlier, sees both on its very next authentication."""
     first = cli.json("keys", "create")
-    core = await Core.open(data_dir, env={k: v for k, v in os.environ.items() if k != "AGENTROUTER_SECRET"})
+    core = await open_core(data_dir, secret=None)  # the data directory's secret, as the CLI's
     try:
         table: KeyTable = core.new_table()
         await core.load_table(table)

@@ -333,3 +333,96 @@ def test_a_provider_ca_file_must_exist(tmp_path: Path) -> None:
     (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
     cfg.write_text(body.format(tmp_path / "ca.pem"))
     assert load_settings(cfg, env={}).providers[0].ca_file == str(tmp_path / "ca.pem")
+
+
+# -- every setting in Settings ----------------------------------------------------
+
+
+def test_the_limiter_slots_and_the_secret_are_settings(tmp_path: Path) -> None:
+    s = load_settings(env={"AGENTROUTER_LIMITER_SLOTS": "128", "AGENTROUTER_SECRET": "z" * 40})
+    assert (s.limiter_slots, s.secret_bytes) == (128, b"z" * 40)
+    assert load_settings(env={}).limiter_slots == 65536
+    with pytest.raises(
+        ConfigError, match=r"server\.limiter_slots: Expected `int` >= 1 \(from AGENTROUTER_LIMITER_SLOTS\)"
+    ):
+        load_settings(env={"AGENTROUTER_LIMITER_SLOTS": "0"})
+    with pytest.raises(ConfigError, match=r"server\.limiter_slots"):
+        load_settings(env={"AGENTROUTER_LIMITER_SLOTS": "many"})
+
+
+async def test_the_core_is_built_from_the_settings_alone(tmp_path: Path) -> None:
+    from agentrouter.core import Core
+
+    settings = load_settings(
+        env={
+            "AGENTROUTER_DATA_DIR": str(tmp_path / "d"),
+            "AGENTROUTER_LIMITER_SLOTS": "16",
+            "AGENTROUTER_SECRET": "q" * 32,
+        }
+    )
+    core = await Core.from_settings(settings)
+    try:
+        assert core.limiter.capacity == 16
+        assert core.data_dir == tmp_path / "d"
+        assert not (tmp_path / "d" / "secret").exists()  # the given secret, no file
+    finally:
+        await core.close()
+
+
+def test_the_data_dir_is_expanded_and_defaulted_once() -> None:
+    s = load_settings(env={"AGENTROUTER_DATA_DIR": "~/ar-data"})
+    assert s.data_dir == str(Path.home() / "ar-data") and s.data_path == Path.home() / "ar-data"
+    s = load_settings(env={}, overrides={"data_dir": "~/from-flag"})
+    assert s.data_dir == str(Path.home() / "from-flag")
+    assert load_settings(env={"XDG_DATA_HOME": "/srv/xdg"}).data_dir == "/srv/xdg/agentrouter"
+    assert load_settings(env={}).data_dir == str(Path.home() / ".local" / "share" / "agentrouter")
+
+
+def test_cors_origins_and_body_timeouts(tmp_path: Path) -> None:
+    s = load_settings(env={"AGENTROUTER_CORS_ALLOW_ORIGINS": "https://App.example.com, http://localhost:5173"})
+    assert s.cors_allow_origins == ("https://app.example.com", "http://localhost:5173")
+    assert load_settings(write(tmp_path, '[server]\ncors_allow_origins = ["*"]\n'), env={}).cors_allow_origins == ("*",)
+    assert load_settings(env={}).cors_allow_origins == ()
+    for bad in ("https://app.example.com/", "app.example.com", "https://app.example.com/path", "ftp://x"):
+        with pytest.raises(ConfigError, match=r"server\.cors_allow_origins: .* is not an origin"):
+            load_settings(env={"AGENTROUTER_CORS_ALLOW_ORIGINS": bad})
+    s = load_settings(env={})
+    assert (s.body_idle_timeout, s.body_timeout) == (30.0, 300.0)
+    with pytest.raises(ConfigError, match=r"server\.body_idle_timeout: must not exceed body_timeout"):
+        load_settings(env={"AGENTROUTER_BODY_IDLE_TIMEOUT": "60", "AGENTROUTER_BODY_TIMEOUT": "10"})
+    with pytest.raises(ConfigError, match=r"server\.body_timeout"):
+        load_settings(env={"AGENTROUTER_BODY_TIMEOUT": "0"})
+
+
+def test_a_config_file_that_is_not_utf8_or_too_deep(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[server]\nhost = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_settings(path, env={})
+    path.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_settings(path, env={})
+
+
+def test_serve_honours_the_global_config_and_data_dir(tmp_path: Path) -> None:
+    """``agentrouter --config X serve`` reads X, ``agentrouter --data-dir D serve`` uses D.
+    The environment's port is busy, so a serve that ignored them fails fast instead."""
+    import socket
+
+    bad = write(tmp_path, "[[providers]]\nname = 'p'\ntype = 'openai'\nmodels = ['gpt-4o']\n")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTROUTER_")}
+        env.update(AGENTROUTER_DATA_DIR=str(tmp_path / "data"), AGENTROUTER_PORT=str(busy.getsockname()[1]))
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            cmd = [sys.executable, "-m", "agentrouter.cli", *args]
+            return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+
+        proc = run("--config", str(bad), "serve")
+        assert proc.returncode == 2 and "providers[0] ('p').base_url: required" in proc.stderr, proc.stderr
+        proc = run("--data-dir", str(blocker), "serve")
+        assert proc.returncode == 1 and f"cannot use the data directory {blocker}" in proc.stderr, proc.stderr

@@ -265,14 +265,9 @@ async def test_fallback_gets_other_paths_and_the_lifespan(tmp_path) -> None:  # 
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"console"})
 
-    from agentrouter.core import Core
     from agentrouter.gateway.app import create_app
-    from tests.gateway_fixtures import SECRET
 
-    async def open_core(s):  # type: ignore[no-untyped-def]
-        return await Core.open(tmp_path / "data", env={"AGENTROUTER_SECRET": SECRET})
-
-    app = create_app(settings_for(tmp_path / "data"), open_core=open_core, fallback=Console())
+    app = create_app(settings_for(tmp_path / "data"), fallback=Console())
     await app.startup()
     try:
         assert (await call(app, "GET", "/api/v1/keys")).body == b"console"

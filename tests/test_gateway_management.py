@@ -17,7 +17,7 @@ from agentrouter.config import Settings
 from agentrouter.core import Core
 from agentrouter.gateway.app import Gateway, create_app
 from agentrouter.store.analytics import Analytics
-from tests.gateway_fixtures import SECRET, call, new_key, settings_for
+from tests.gateway_fixtures import call, new_key, settings_for
 from tests.waiting import until
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
@@ -30,7 +30,7 @@ def joined(settings: Settings, opened: list[Core] | None = None) -> tuple[Gatewa
 
     async def open_core(s: Settings) -> Core:
         assert s.data_dir is not None
-        core = await Core.open(Path(s.data_dir), env={"AGENTROUTER_SECRET": SECRET})
+        core = await Core.from_settings(s)
         if opened is not None:
             opened.append(core)
         return core

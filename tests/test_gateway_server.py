@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from agentrouter.config import load_settings
 from agentrouter.core import Core
 from tests.gateway_fixtures import FakeUpstream, sse_handler
 from tests.test_gateway_upstream import chat_chunks
@@ -56,8 +57,12 @@ class Server:
         await server.start()
         return server, key, key_id
 
+    async def open_core(self) -> Core:
+        """The core as the server opens it: the same environment."""
+        return await Core.from_settings(load_settings(env=self.env))
+
     async def create_key(self) -> tuple[str, str]:
-        core = await Core.open(self.data_dir, env=self.env)
+        core = await self.open_core()
         try:
             created = await core.keys.create(name="server-test")
             return created.key, created.row.id
@@ -65,7 +70,7 @@ class Server:
             await core.close()
 
     async def usage(self, key_id: str) -> Any:
-        core = await Core.open(self.data_dir, env=self.env)
+        core = await self.open_core()
         try:
             return (await core.keys.get(key_id)).usage
         finally:

@@ -425,10 +425,10 @@ async def test_pending_records_are_capped_while_the_store_is_down(caplog: pytest
 async def test_a_flush_writes_totals_and_log_in_one_store_transaction(tmp_path: Path) -> None:
     """Through the real store: a batch whose totals cannot be written leaves no log
     rows either; a recorder's flush writes both, and the log's view equals the totals."""
-    from agentrouter.core import Core
     from agentrouter.store.analytics import Analytics
+    from tests.conftest import open_core
 
-    core = await Core.open(tmp_path / "data", env={"AGENTROUTER_SECRET": "usage-test-secret-0123456789abcdef"})
+    core = await open_core(tmp_path / "data", secret="usage-test-secret-0123456789abcdef")
     try:
         key = (await core.keys.create(name="logged")).row.id
         analytics = Analytics(core.store)

@@ -27,7 +27,7 @@ from agentrouter._core import (
 )
 from agentrouter.core import Core
 from agentrouter.keys import KeyConflict, KeyNotFound
-from tests.conftest import SECRET
+from tests.conftest import SECRET, open_core
 
 
 @dataclass
@@ -74,9 +74,7 @@ class KeyLifecycle(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.dir = Path(tempfile.mkdtemp(prefix="agentrouter-sm-"))
         self.clock = FakeClock()
-        self.core = self.loop.run_until_complete(
-            Core.open(self.dir, env={"AGENTROUTER_SECRET": SECRET}, clock=self.clock)
-        )
+        self.core = self.loop.run_until_complete(open_core(self.dir, secret=SECRET, clock=self.clock))
         # A table loaded once and kept, like a long-running worker's.
         self.table = self.core.new_table()
         self.loop.run_until_complete(self.core.load_table(self.table))
@@ -154,8 +152,8 @@ class KeyLifecycle(RuleBasedStateMachine):
             "ok": {AUTH_OK},
             "expired": {AUTH_EXPIRED},
             # A worker that still holds the record sees the revoked flag; after a
-            # reload the key is simply gone.
-            "deleted": {AUTH_REVOKED, AUTH_UNKNOWN},
+            # reload, the deleted key's tombstone: deleted either way, never unknown.
+            "deleted": {AUTH_REVOKED},
             "unknown": {AUTH_UNKNOWN},
         }[expected]
         assert code in allowed, (raw[:12], expected, code)
@@ -169,7 +167,7 @@ class KeyLifecycle(RuleBasedStateMachine):
         for raw in self.model.keys:
             code, record = table.authenticate(raw)
             expected = self.model.expected(raw)
-            want = {"ok": AUTH_OK, "expired": AUTH_EXPIRED, "deleted": AUTH_UNKNOWN}[expected]
+            want = {"ok": AUTH_OK, "expired": AUTH_EXPIRED, "deleted": AUTH_REVOKED}[expected]
             assert code == want, (raw[:12], expected, code)
             if code == AUTH_OK:
                 assert record is not None and record.requests == self.model.keys[raw].requests

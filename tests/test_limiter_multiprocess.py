@@ -105,3 +105,51 @@ def test_a_killed_process_leaves_the_region_usable_and_exact(tmp_path: Path) -> 
     counts = drain_in_processes(path, "shared", requests)
     assert sum(counts) == remaining, (counts, remaining)
     assert RateLimiter(path, capacity=CAPACITY).acquire("other", requests=1).allowed
+
+
+# argv: region path, barrier region path, processes, rounds. In each round every
+# process waits at a barrier (the barrier region's generation counter: each arrival
+# bumps it, all leave when it reaches processes * (round + 1)), then takes one cell
+# from that round's fresh bucket of `processes` cells; it prints each round's remaining.
+CONCURRENT = """
+import os, sys
+from agentrouter.limiter import RateLimiter
+path, barrier_path, processes, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+limiter = RateLimiter(path, capacity=%d)
+barrier = RateLimiter(barrier_path, capacity=1)
+seen = []
+for r in range(rounds):
+    barrier.bump_generation()
+    while barrier.generation() < processes * (r + 1):
+        os.sched_yield()
+    d = limiter.acquire("round-%%d" %% r, requests=processes, interval=%r)
+    seen.append(d.remaining if d.allowed else -1)
+print(" ".join(map(str, seen)), flush=True)
+"""
+
+
+def test_concurrent_admissions_each_see_their_own_place(tmp_path: Path) -> None:
+    """C processes admitted together to a fresh bucket of C see remaining C-1 ... 0, each
+    once, round after round (the limiter reads its clock after the bucket's state: a
+    process overtaken in between would otherwise count one cell too few)."""
+    processes, rounds = 3, 1500
+    path, barrier = tmp_path / "limiter.shm", tmp_path / "barrier.shm"
+    script = CONCURRENT % (rounds + 64, TEN_YEARS)
+    RateLimiter(path, capacity=rounds + 64)
+    RateLimiter(barrier, capacity=1)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(path), str(barrier), str(processes), str(rounds)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
+    outputs = []
+    for w in workers:
+        out, err = w.communicate(timeout=120)
+        assert w.returncode == 0, err
+        outputs.append([int(v) for v in out.split()])
+    wrong = [(r, seen) for r, seen in enumerate(zip(*outputs, strict=True)) if sorted(seen) != list(range(processes))]
+    assert not wrong, f"{len(wrong)} of {rounds} rounds, e.g. {wrong[:5]}"

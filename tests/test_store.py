@@ -11,6 +11,7 @@ import pytest
 from agentrouter.core import Core
 from agentrouter.store import Store, UsageDelta
 from agentrouter.store.migrations import MIGRATIONS
+from tests.conftest import open_core
 
 
 async def test_schema_is_versioned_and_wal(tmp_path: Path) -> None:
@@ -108,12 +109,11 @@ async def test_only_updatable_fields_change(core: Core) -> None:
 
 
 async def test_a_lost_region_is_rebuilt_from_the_store(data_dir: Path) -> None:
-    env = {"AGENTROUTER_SECRET": "s" * 32}
-    core = await Core.open(data_dir, env=env)
+    core = await open_core(data_dir, secret="s" * 32)
     k = (await core.keys.create()).row
     await core.close()
     (data_dir / "limiter.shm").unlink()
-    core = await Core.open(data_dir, env=env)
+    core = await open_core(data_dir, secret="s" * 32)
     try:
         assert k.slot is not None and core.limiter.slot_is_live(k.slot, k.tag)
     finally:

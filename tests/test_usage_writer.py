@@ -27,7 +27,7 @@ from agentrouter.store.models import RequestRecord, UsageDelta
 from agentrouter.store.writer import NICE, UsageWriter, UsageWriterError
 from tests.waiting import until
 
-from .conftest import SECRET
+from .conftest import SECRET, open_core
 
 
 @pytest.fixture
@@ -195,7 +195,7 @@ def test_the_writer_exits_when_its_parent_is_killed(core_path: Path) -> None:
 
 @pytest.fixture
 async def core_path(data_dir: Path) -> Path:
-    c = await Core.open(data_dir, env={"AGENTROUTER_SECRET": SECRET})
+    c = await open_core(data_dir, secret=SECRET)
     path = c.store.path
     await c.close()
     return Path(path)

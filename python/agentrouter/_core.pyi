@@ -6,6 +6,8 @@ Checked against the built module by ``tests/test_core_stub.py`` (mypy.stubtest).
 from os import PathLike
 from typing import Self, final
 
+from agentrouter.errors import AgentRouterError
+
 __all__ = [
     "AUTH_EXPIRED",
     "AUTH_MALFORMED",
@@ -40,13 +42,14 @@ AUTH_MALFORMED: int
 """Wrong prefix, length, alphabet or checksum: refused without any table lookup."""
 AUTH_UNKNOWN: int
 AUTH_REVOKED: int
-"""Deleted: the shared revoked flag is set, or the slot now belongs to another key."""
+"""Deleted: the shared revoked flag is set, the slot now belongs to another key, or
+the digest is one of the deleted keys' given to ``replace_all``."""
 AUTH_EXPIRED: int
 AUTH_STALE: int
 """Unknown to this table, but the shared key-set generation moved since the table
 was loaded: reload the table from the store and ask again."""
 
-class LimiterError(Exception):
+class LimiterError(AgentRouterError):
     """The shared region cannot be created, opened or used (bad file, full table)."""
 
 def generate_key() -> str:
@@ -193,14 +196,29 @@ class KeyTable:
     """digest → KeyRecord for this process; lock-free reads, atomic swaps.
 
     A cache of the store, rebuilt by ``replace_all`` when the shared generation moves.
+    Deleted keys' digests are kept too, so a deleted key is ``AUTH_REVOKED`` after a
+    reload, never ``AUTH_UNKNOWN``.
     """
 
     def __new__(cls, digester: Digester, limiter: RateLimiter) -> Self: ...
-    def __len__(self) -> int: ...
+    def __len__(self) -> int:
+        """Live keys."""
     @property
     def generation(self) -> int:
         """The shared generation the current contents were loaded at."""
-    def replace_all(self, entries: list[tuple[bytes, KeyRecord]], generation: int) -> None: ...
+    @property
+    def tombstones(self) -> int:
+        """Deleted keys' digests held (they answer ``AUTH_REVOKED``)."""
+    def replace_all(
+        self,
+        entries: list[tuple[bytes, KeyRecord]],
+        generation: int,
+        deleted: list[bytes] = ...,
+    ) -> None:
+        """Swap in the live keys and the deleted keys' digests (32 bytes each);
+        ``ValueError`` for a digest of another size, a repeated digest or one that is
+        both live and deleted, ``IndexError`` for a slot outside the region. On error
+        the table is unchanged."""
     def authenticate(self, raw: str) -> tuple[int, KeyRecord | None]:
         """(AUTH_*, record): format, digest, constant-time lookup, revoked flag, expiry.
         The record is the ``KeyRecord`` object given to ``replace_all``."""

@@ -6,8 +6,12 @@ The file::
     host = "127.0.0.1"
     port = 8080
     workers = 4                  # default: the CPU count
-    data_dir = "/var/lib/agentrouter"
+    data_dir = "/var/lib/agentrouter"   # "~" is expanded; default: $XDG_DATA_HOME/agentrouter
     max_body_bytes = 33554432    # 32 MiB
+    body_idle_timeout = 30       # seconds a request body may pause between two chunks (408)
+    body_timeout = 300           # seconds a request body may take in all (408)
+    cors_allow_origins = []      # browser origins allowed by CORS ("https://app.example.com", "*")
+    limiter_slots = 65536        # buckets in the shared limiter region (at most this many live keys)
     shutdown_timeout = 30        # seconds to drain in-flight requests on SIGTERM
     request_log_retention_days = 30
     alert_webhook_url = "https://hooks.example.com/agentrouter"   # default: none
@@ -31,7 +35,10 @@ forwarded (they would choose whom the provider's key bills): only these settings
 send them.
 
 Every ``[server]`` setting is also read from ``AGENTROUTER_<NAME>`` (``AGENTROUTER_PORT``,
-``AGENTROUTER_WORKERS``, ``AGENTROUTER_DATA_DIR``, ``AGENTROUTER_MAX_BODY_BYTES``, …),
+``AGENTROUTER_WORKERS``, ``AGENTROUTER_DATA_DIR``, ``AGENTROUTER_MAX_BODY_BYTES``,
+``AGENTROUTER_LIMITER_SLOTS``, ``AGENTROUTER_CORS_ALLOW_ORIGINS`` (comma-separated), …),
+the server secret from ``AGENTROUTER_SECRET`` (``secret``; at least 32 bytes; without it
+the secret is the data directory's ``secret`` file, created on first run),
 every provider setting from ``AGENTROUTER_PROVIDERS__<PROVIDER>__<NAME>`` (for instance
 ``AGENTROUTER_PROVIDERS__OPENAI__BASE_URL``; lists are comma-separated; a provider named
 only in the environment needs its ``TYPE``), every ``[monitor]`` threshold from
@@ -44,22 +51,27 @@ clients (see the product document), not to the server.
 A model maps to the first provider that lists it (an exact name or an ``fnmatch``
 glob). With no provider configured, the built-in ``mock`` provider serves its models.
 
-Nothing here writes to ``os.environ``; the loaded ``Settings`` is passed to whoever
-needs it (the gateway, the management API and its monitor). A bad setting raises
-``ConfigError`` whose message names the field (and the variable, when the value came
-from the environment).
+Nothing here writes to ``os.environ``, and nothing else reads it for a setting: the
+loaded ``Settings`` is passed to whoever needs it (``Core.from_settings``, the gateway,
+the management API and its monitor, the CLI). A bad setting raises ``ConfigError``
+whose message names the field (and the variable, when the value came from the
+environment).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
+
+from agentrouter.datadir import default_data_dir
+from agentrouter.errors import AgentRouterError
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -74,6 +86,9 @@ ENV_PREFIX = "AGENTROUTER_"
 PROVIDERS_ENV_PREFIX = "AGENTROUTER_PROVIDERS__"
 MONITOR_ENV_PREFIX = "AGENTROUTER_MONITOR_"
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+DEFAULT_LIMITER_SLOTS = 65536
+MAX_LIMITER_SLOTS = 1 << 24  # 16 Mi buckets: a 1 GiB region file
+MIN_SECRET_BYTES = 32
 HOUR = 3600.0
 
 ProviderType = Literal["openai", "anthropic", "mock"]
@@ -84,7 +99,7 @@ _Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
 _Count = Annotated[int, msgspec.Meta(ge=1)]
 
 
-class ConfigError(Exception):
+class ConfigError(AgentRouterError):
     """A setting is missing or wrong; the message names it."""
 
 
@@ -173,8 +188,32 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     workers: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
     """None: the CPU count (``effective_workers``)."""
     data_dir: str | None = None
-    """None: ``agentrouter.datadir.default_data_dir()``."""
+    """Where the database, the limiter region and the secret live. ``load_settings``
+    expands ``~`` and fills in the default (``$XDG_DATA_HOME/agentrouter``, else
+    ``~/.local/share/agentrouter``), so every process reading the same settings
+    (``serve``, its workers, the CLI) agrees; read it as ``data_path``."""
+    secret: str | None = None
+    """The server secret under which keys are digested (``AGENTROUTER_SECRET``; at
+    least 32 bytes). None: the data directory's ``secret`` file, created on first run.
+    Never shown by ``repr``."""
+    limiter_slots: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMITER_SLOTS)] = DEFAULT_LIMITER_SLOTS
+    """Buckets in the shared limiter region: one per live key. Every process sharing a
+    data directory must use the same number (the region file records it)."""
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = DEFAULT_MAX_BODY_BYTES
+    """A larger request body gets 413 (a larger ``Content-Length`` before any is read)."""
+    body_idle_timeout: _Seconds = 30.0
+    """Longest pause between two chunks of a request body (and before the first)
+    before the gateway answers 408 and closes the connection. Clients send a body as
+    fast as their link allows; 30 s outlasts TCP's retransmission backoff on a lossy
+    link, while a caller that declared a length and went silent no longer holds a
+    connection and a request slot forever."""
+    body_timeout: _Seconds = 300.0
+    """Longest time a whole request body may take: 300 s lets the largest default
+    body (32 MiB) arrive at about 110 KB/s, and bounds a trickle that sends a byte
+    just often enough to beat ``body_idle_timeout``."""
+    cors_allow_origins: tuple[str, ...] = ()
+    """Browser origins allowed by CORS (``https://app.example.com``, exact; ``*`` for
+    any, then never with credentials). None by default: no CORS headers at all."""
     shutdown_timeout: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     usage_flush_interval: _Seconds = 1.0
     usage_writer: Literal["process", "inline"] = "process"
@@ -212,6 +251,28 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def effective_workers(self) -> int:
         return self.workers or os.cpu_count() or 1
 
+    @property
+    def data_path(self) -> Path:
+        """``data_dir`` as a path (the default one when unset)."""
+        return Path(self.data_dir) if self.data_dir else default_data_dir()
+
+    @property
+    def secret_bytes(self) -> bytes | None:
+        """``secret`` as the bytes the digester takes (None: use the data directory's file)."""
+        return None if self.secret is None else _secret_bytes(self.secret)
+
+    def __repr__(self) -> str:
+        # The secret (and providers' keys) must not reach a log through a repr.
+        shown = {f: getattr(self, f) for f in self.__struct_fields__ if f not in ("secret", "providers")}
+        shown["secret"] = None if self.secret is None else "***"
+        shown["providers"] = tuple(p.name for p in self.providers)
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+
+def _secret_bytes(secret: str) -> bytes:
+    # Environment values carry undecodable bytes as surrogates: give them back as bytes.
+    return secret.encode("utf-8", "surrogateescape")
+
 
 # Server settings: file key == Settings field == AGENTROUTER_<FIELD upper>.
 _TABLES = ("providers", "monitor")
@@ -222,6 +283,7 @@ _MONITOR_FIELDS = DetectorConfig.__struct_fields__
 # [monitor] one: the two sets of names must never meet.
 assert not {f"monitor_{f}" for f in _MONITOR_FIELDS} & set(_SERVER_FIELDS)
 _LIST_FIELDS = {"models"}
+_SERVER_LIST_FIELDS = {"cors_allow_origins"}
 
 
 def load_settings(
@@ -253,15 +315,19 @@ def load_settings(
 
 
 def _read_file(path: Path, named_by: str | None) -> dict[str, Any]:
+    by = f" (named by {named_by})" if named_by else ""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        by = f" (named by {named_by})" if named_by else ""
         raise ConfigError(f"cannot read configuration file {str(path)!r}{by}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}{by}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
 
 
 def _flatten_file(raw: dict[str, Any], where: str) -> dict[str, Any]:
@@ -298,7 +364,10 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str], origin: dict[str, s
     for field in _SERVER_FIELDS:
         var = ENV_PREFIX + field.upper()
         if var in env:
-            data[field] = env[var]
+            value: Any = env[var]
+            if field in _SERVER_LIST_FIELDS:
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            data[field] = value
             origin[f"server.{field}"] = var
     if data.get("alert_webhook_url") == "":
         data["alert_webhook_url"] = None  # an empty variable switches the webhook off
@@ -333,7 +402,7 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str], origin: dict[str, s
             provider = {"name": pkey.lower()}
             providers.append(provider)
             by_key[pkey] = provider
-        value: Any = env[var]
+        value = env[var]
         if field in _LIST_FIELDS:
             value = [v.strip() for v in value.split(",") if v.strip()]
         provider[field] = value
@@ -348,6 +417,7 @@ def _validate(data: dict[str, Any], env: Mapping[str, str], origin: dict[str, st
     except msgspec.ValidationError as exc:
         raise ConfigError(_explain(str(exc), providers, origin) + where) from None
     _check_finite(settings, origin, where)
+    settings = _check_server(settings, env, origin, where)
     url = settings.alert_webhook_url
     if url is not None and not url.startswith(("http://", "https://")):
         var = origin.get("server.alert_webhook_url")
@@ -368,6 +438,39 @@ def _validate(data: dict[str, Any], env: Mapping[str, str], origin: dict[str, st
     if not resolved:
         resolved.append(_check_provider(ProviderSettings(name="mock", type="mock"), "providers[0]", env))
     return msgspec.structs.replace(settings, providers=tuple(resolved))
+
+
+def _check_server(settings: Settings, env: Mapping[str, str], origin: dict[str, str], where: str) -> Settings:
+    """The data directory (``~`` expanded, the default filled in), the secret's length,
+    the CORS origins."""
+
+    def fail(field: str, message: str) -> ConfigError:
+        var = origin.get(f"server.{field}")
+        return ConfigError(f"server.{field}: {message}" + (f" (from {var})" if var else "") + where)
+
+    changes: dict[str, Any] = {}
+    if settings.data_dir:
+        changes["data_dir"] = str(Path(settings.data_dir).expanduser())
+    else:
+        changes["data_dir"] = str(default_data_dir(env))
+    if settings.secret is not None and len(_secret_bytes(settings.secret)) < MIN_SECRET_BYTES:
+        raise fail("secret", f"must be at least {MIN_SECRET_BYTES} bytes long")
+    if settings.body_idle_timeout > settings.body_timeout:
+        raise fail("body_idle_timeout", f"must not exceed body_timeout ({settings.body_timeout:g} s)")
+    origins = []
+    for value in settings.cors_allow_origins:
+        origin_ = value.strip().lower()
+        if origin_ != "*" and _ORIGIN.fullmatch(origin_) is None:
+            raise fail(
+                "cors_allow_origins",
+                f"{value!r} is not an origin; give scheme://host[:port] without a path (https://app.example.com) or *",
+            )
+        origins.append(origin_)
+    changes["cors_allow_origins"] = tuple(dict.fromkeys(origins))
+    return msgspec.structs.replace(settings, **changes)
+
+
+_ORIGIN = re.compile(r"https?://(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)(:[0-9]{1,5})?")
 
 
 def _check_finite(settings: Settings, origin: dict[str, str], where: str) -> None:

@@ -12,12 +12,11 @@ SECRET_FILE = "secret"
 
 
 def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
-    """``AGENTROUTER_DATA_DIR``, else ``$XDG_DATA_HOME/agentrouter`` (``~/.local/share/agentrouter``)."""
-    explicit = env.get("AGENTROUTER_DATA_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
+    """``$XDG_DATA_HOME/agentrouter``, else ``~/.local/share/agentrouter``: the data
+    directory when the settings name none (``Settings.data_dir``, which
+    ``AGENTROUTER_DATA_DIR`` and ``--data-dir`` set)."""
     base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "agentrouter"
+    return Path(base).expanduser() / "agentrouter"
 
 
 def ensure_data_dir(path: Path) -> Path:

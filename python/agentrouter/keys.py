@@ -18,6 +18,7 @@ from typing import Any, Final
 import msgspec
 
 from agentrouter._core import Digester, RateLimiter, display_prefix, generate_key
+from agentrouter.errors import AgentRouterError
 from agentrouter.store import KeyRow, Store
 from agentrouter.store.models import SCOPES
 
@@ -25,17 +26,18 @@ MAX_REQUESTS: Final = 2**32 - 1
 MAX_INTERVAL: Final = 10 * 365 * 86400.0  # ten years, the limiter's bound
 DEFAULT_INTERVAL: Final = 60.0
 MAX_NAME: Final = 200
+MAX_METADATA_DEPTH: Final = 32
 
 
-class KeyInputError(ValueError):
+class KeyInputError(AgentRouterError, ValueError):
     """Bad input for a key operation; nothing was written."""
 
 
-class KeyNotFound(LookupError):
+class KeyNotFound(AgentRouterError, LookupError):
     """No active key has that id."""
 
 
-class KeyConflict(Exception):
+class KeyConflict(AgentRouterError):
     """The key's state does not allow the operation (already rotated, expired)."""
 
 
@@ -251,12 +253,40 @@ def validate_metadata(metadata: object) -> dict[str, Any]:
         raise KeyInputError('metadata must be a JSON object, e.g. {"environment": "production"}')
     if not all(isinstance(k, str) for k in metadata):
         raise KeyInputError("metadata keys must be strings")
+    check_metadata_depth(metadata)
     try:
         # Round-trip: refuses values JSON cannot hold and detaches from the caller's object.
         result: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(dict(metadata)))
     except (TypeError, msgspec.EncodeError) as exc:
         raise KeyInputError(f"metadata must be JSON: {exc}") from None
     return result
+
+
+def check_metadata_depth(metadata: object) -> None:
+    """Refuse metadata nested deeper than ``MAX_METADATA_DEPTH``: labels are flat, and
+    deep values would only reach the JSON encoders' recursion limits further on."""
+    if _nesting(metadata) > MAX_METADATA_DEPTH:
+        raise KeyInputError(f"metadata must not be nested more than {MAX_METADATA_DEPTH} levels deep")
+
+
+def _nesting(value: object) -> int:
+    """How many arrays and objects deep ``value`` goes (iteratively: no recursion);
+    stops counting past ``MAX_METADATA_DEPTH``."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_METADATA_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def validate_name(name: str | None) -> str | None:

@@ -1,8 +1,9 @@
 """The server secret: the HMAC key under which API keys are digested.
 
-Given by ``AGENTROUTER_SECRET`` (at least 32 bytes of text) or created on first run
-as 32 random bytes in ``<data dir>/secret`` with mode 0600. Losing it invalidates
-every key, so it is never rewritten once it exists.
+Given by the settings (``Settings.secret``, from ``AGENTROUTER_SECRET``; checked to be
+at least 32 bytes there) or created on first run as 32 random bytes in
+``<data dir>/secret`` with mode 0600. Losing it invalidates every key, so it is never
+rewritten once it exists.
 """
 
 from __future__ import annotations
@@ -10,25 +11,25 @@ from __future__ import annotations
 import os
 import secrets
 import stat
-from collections.abc import Mapping
 from pathlib import Path
 
+from agentrouter.config import MIN_SECRET_BYTES
 from agentrouter.datadir import SECRET_FILE
+from agentrouter.errors import AgentRouterError
 
-MIN_SECRET_BYTES = 32
+__all__ = ["MIN_SECRET_BYTES", "SecretError", "load_secret"]
 
 
-class SecretError(Exception):
+class SecretError(AgentRouterError):
     """The secret is missing, too short or readable by others."""
 
 
-def load_secret(data_dir: Path, env: Mapping[str, str] = os.environ) -> bytes:
-    given = env.get("AGENTROUTER_SECRET")
+def load_secret(data_dir: Path, given: bytes | None = None) -> bytes:
+    """``given`` (the settings' secret), else the data directory's file, created if missing."""
     if given is not None:
-        raw = given.encode()
-        if len(raw) < MIN_SECRET_BYTES:
-            raise SecretError(f"AGENTROUTER_SECRET must be at least {MIN_SECRET_BYTES} bytes long")
-        return raw
+        if len(given) < MIN_SECRET_BYTES:
+            raise SecretError(f"the server secret must be at least {MIN_SECRET_BYTES} bytes long")
+        return given
     path = data_dir / SECRET_FILE
     if not path.exists():
         _create(path)

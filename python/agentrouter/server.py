@@ -33,7 +33,6 @@ import math
 import signal
 import socket
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -146,7 +145,7 @@ def _parameters(function: Callable[..., Any]) -> list[str] | None:
 async def _prepare(settings: Settings) -> None:
     from agentrouter.core import Core
 
-    core = await Core.open(Path(settings.data_dir) if settings.data_dir else None)
+    core = await Core.from_settings(settings)
     await core.close()
 
 
@@ -199,8 +198,8 @@ def serve(settings: Settings) -> None:
     from granian.log import LogLevels
     from granian.server import Server
 
+    prepare(settings)  # first: a data directory that cannot be used is the message to give
     check_address(settings.host, settings.port)
-    prepare(settings)
     server = Server(
         "agentrouter.gateway.app:create_app",  # shown in the process title; loading uses load_app
         address=settings.host,

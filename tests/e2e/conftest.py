@@ -56,6 +56,11 @@ SLOW_TIMEOUT = 1.0
 """Seconds the slow providers wait for the upstream before answering 504."""
 MAX_BODY_BYTES = 1024 * 1024
 """The request body limit in the test config (the default, 32 MiB, is costly to exceed)."""
+BODY_IDLE_TIMEOUT = 1.5
+BODY_TIMEOUT = 4.0
+"""The body timeouts in the test config (the defaults, 30 s and 300 s, are long to wait for)."""
+CORS_ORIGIN = "https://app.example.com"
+"""The one browser origin the test config allows."""
 START_TIMEOUT = 45.0
 STOP_TIMEOUT = 30.0
 CLI_TIMEOUT = 60.0
@@ -123,6 +128,9 @@ def write_config(
         [
             "[server]",
             f"max_body_bytes = {MAX_BODY_BYTES}",
+            f"body_idle_timeout = {BODY_IDLE_TIMEOUT}",
+            f"body_timeout = {BODY_TIMEOUT}",
+            f'cors_allow_origins = ["{CORS_ORIGIN}"]',
             "",
             provider("slow-openai", "openai", base, UPSTREAM_OPENAI_KEY, ["slow-gpt*"], slow_timeout),
             provider("slow-anthropic", "anthropic", base, UPSTREAM_ANTHROPIC_KEY, ["slow-claude*"], slow_timeout),

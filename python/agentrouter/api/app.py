@@ -18,32 +18,43 @@ them once with ``load_settings()`` (``AGENTROUTER_CONFIG`` and ``AGENTROUTER_*``
 makes only one process do the work): it prunes the request log past its retention
 and runs the unusual-usage detectors. ``shutdown`` stops and awaits it.
 
-Public (no key): ``GET /api/openapi.json`` (the OpenAPI 3.1 document of v1) and
-``GET /api/docs`` (a readable reference page built from it). Everything under
-``/api/v1`` needs a management key.
+Public (no key): ``GET /api/openapi.json`` (the OpenAPI 3.1 document of v1),
+``GET /api/docs`` (a readable reference page built from it), and ``OPTIONS`` on any
+operation's path (204 with ``Allow``, or a CORS preflight's answer for an allowed
+origin). Everything else under ``/api/v1`` needs a management key, checked by the
+process's one key authenticator (``agentrouter.auth``, the same as ``/v1``: the same
+header rules, refusals, messages and rate-limit headers). ``HEAD`` on a ``GET``
+operation answers like ``GET`` without the body.
+
+Every failure becomes the one error body in one place (``api_error``): the project's
+own errors by their kind (bad input 422, unknown id 404, conflict 409, the body's
+limits 400/408/413, the store or limiter failing 503), anything else 500.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 import msgspec
 
-from agentrouter.api.auth import ManageAuth, rate_limit_headers
 from agentrouter.api.docs import docs_html
 from agentrouter.api.errors import ApiError
 from agentrouter.api.openapi import openapi_json
 from agentrouter.api.routes import Context, Request, match
 from agentrouter.asgi import Receive, Scope, Send, run_lifespan
+from agentrouter.auth import MANAGE_SCOPE, AuthResult, key_headers, rate_limit_headers
 from agentrouter.config import Settings, load_settings
 from agentrouter.core import Core
-from agentrouter.keys import KeyConflict, KeyInputError
+from agentrouter.cors import cors_policy
+from agentrouter.errors import AgentRouterError
+from agentrouter.keys import KeyConflict, KeyInputError, KeyNotFound
 from agentrouter.monitor.runner import Monitor
+from agentrouter.request_body import BodyError, BodyReader
 from agentrouter.store import StoreError
+from agentrouter.store.analytics import UsageQueryError
 
 __all__ = ["MAX_BODY", "ManagementApi", "build_api"]
 
@@ -55,6 +66,8 @@ MAX_BODY = 1024 * 1024
 PREFIX = "/api"
 _JSON = (b"content-type", b"application/json")
 _NO_STORE = (b"cache-control", b"no-store")
+_CLOSE = (b"connection", b"close")
+_WWW_AUTH = (b"www-authenticate", b'Bearer realm="agentrouter-api"')
 _encode = msgspec.json.Encoder().encode
 
 
@@ -76,14 +89,16 @@ class ManagementApi:
         self._run_monitor = run_monitor
         self.monitor: Monitor | None = None
         self._ctx: Context | None = None
-        self._auth: ManageAuth | None = None
+        self._body = BodyReader(
+            MAX_BODY, idle_timeout=self.settings.body_idle_timeout, total_timeout=self.settings.body_timeout
+        )
+        self._cors = cors_policy(self.settings.cors_allow_origins)
         if core is not None:
             self._bind(core)
 
     def _bind(self, core: Core) -> None:
         self.core = core
         self._ctx = Context(core)
-        self._auth = ManageAuth(core)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -105,6 +120,7 @@ class ManagementApi:
         monitor, self.monitor = self.monitor, None
         if monitor is not None:
             await monitor.stop()
+        self._body.close()
         if self._owns_core and self.core is not None:
             await self.core.close()
             self.core = None
@@ -122,11 +138,12 @@ class ManagementApi:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
+        head = method == "HEAD"
         if path in ("/api/openapi.json", "/api/v1/openapi.json"):
             if method not in ("GET", "HEAD"):
                 await _send_error(send, _method_not_allowed(["GET"]))
                 return
-            await _send(send, 200, openapi_json(), [_JSON], head=method == "HEAD")
+            await _send(send, 200, openapi_json(), [_JSON], head=head)
             return
         if path in ("/api/docs", "/api/docs/", "/api", "/api/"):
             if method not in ("GET", "HEAD"):
@@ -135,7 +152,7 @@ class ManagementApi:
             if path in ("/api", "/api/"):
                 await _send(send, 307, b"", [(b"location", b"/api/docs")])
                 return
-            await _send(send, 200, docs_html(), [(b"content-type", b"text/html; charset=utf-8")], head=method == "HEAD")
+            await _send(send, 200, docs_html(), [(b"content-type", b"text/html; charset=utf-8")], head=head)
             return
 
         if not path.startswith(PREFIX + "/"):
@@ -148,43 +165,94 @@ class ManagementApi:
                 ),
             )
             return
+        if self._cors is not None:
+            origin = _header(scope, b"origin")
+            if origin is not None:
+                send = self._cors.wrap(send, origin)
+        if method == "OPTIONS":
+            await self._options(scope, path, send)
+            return
+
         decision: Any = None
         try:
-            if self._auth is None or self._ctx is None:
+            if self._ctx is None:
                 raise ApiError(503, "The management API is starting; try again in a moment.")
-            headers = _headers(scope)
-            caller, decision = await self._auth.authenticate(headers.get(b"authorization"), headers.get(b"x-api-key"))
-            op, params, allowed = match(method, path)
+            auth = await self._authenticate(scope)
+            decision = auth.decision
+            if auth.refusal is not None:
+                headers = [_WWW_AUTH] if auth.refusal.status == 401 else []
+                raise ApiError(auth.refusal.status, auth.message, headers=headers)
+            op, params, allowed = match("GET" if head else method, path)
             if op is None:
                 if allowed:
                     raise _method_not_allowed(allowed)
-                raise ApiError(404, f"Unknown path {path!r}; see /api/docs for the operations of this API.")
+                raise _unknown_operation(path)
             query = op.parse_query(_query(scope))
             body = b""
             if op.body is not None:
-                body = await _read_body(receive, headers)
+                body = await self._body.read(receive, _header(scope, b"content-length"))
                 if body:
-                    _check_content_type(headers.get(b"content-type"))
-            req = Request(method, path, params, query, op.parse_body(body), caller.id)
+                    _check_content_type(_header(scope, b"content-type"))
+            req = Request(method, path, params, query, op.parse_body(body), auth.caller_id)
             reply = await op.handler(self._ctx, req)
-        except ApiError as exc:
-            await _send_error(send, exc, rate_limit_headers(decision) if exc.status != 429 else [])
-            return
-        except KeyInputError as exc:
-            await _send_error(send, ApiError(422, str(exc)), rate_limit_headers(decision))
-            return
-        except (KeyConflict, StoreError) as exc:
-            await _send_error(send, ApiError(409, str(exc)), rate_limit_headers(decision))
-            return
-        except Exception:
-            log.exception("%s %s failed", method, path)
-            await _send_error(
-                send, ApiError(500, "Internal error in the management API."), rate_limit_headers(decision)
-            )
+        except Exception as exc:  # noqa: BLE001 - every failure gets the one error body (api_error)
+            await _send_error(send, api_error(exc, f"{method} {path}"), rate_limit_headers(decision))
             return
         await _send(
-            send, reply.status, _encode(reply.body), [_JSON, _NO_STORE, *reply.headers, *rate_limit_headers(decision)]
+            send,
+            reply.status,
+            _encode(reply.body),
+            [_JSON, _NO_STORE, *reply.headers, *rate_limit_headers(decision)],
+            head=head,
         )
+
+    async def _authenticate(self, scope: Scope) -> AuthResult:
+        """The caller of a ``/api/v1`` request: a management key, through the process's
+        one key authenticator. (A session cookie for the console is to be tried here
+        first, giving the same ``AuthResult``.)"""
+        assert self.core is not None
+        authorization, x_api_key, repeated = key_headers(scope["headers"])
+        return await self.core.auth.authenticate(authorization, x_api_key, MANAGE_SCOPE, repeated)
+
+    async def _options(self, scope: Scope, path: str, send: Send) -> None:
+        """``OPTIONS`` without a key: 204 with the path's methods, and for an allowed
+        origin's preflight the CORS headers; 404 for a path that is no operation."""
+        methods = sorted(set(match("OPTIONS", path)[2]))
+        if not methods:
+            await _send_error(send, _unknown_operation(path))
+            return
+        if "GET" in methods:
+            methods.append("HEAD")
+        allow = ", ".join([*methods, "OPTIONS"]).encode()
+        headers = [(b"allow", allow)]
+        origin = _header(scope, b"origin")
+        if self._cors is not None and origin is not None and _header(scope, b"access-control-request-method"):
+            cors = self._cors.preflight(origin, _header(scope, b"access-control-request-headers"), allow)
+            if cors is not None:  # the origin's own headers are added by the wrapped send
+                headers += [h for h in cors if h[0] != b"access-control-allow-origin"]
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def api_error(exc: Exception, what: str = "request") -> ApiError:
+    """The one mapping of a failure to the API's error body and status."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, BodyError):
+        return ApiError(exc.status, str(exc), headers=[_CLOSE] if exc.close else [])
+    if isinstance(exc, KeyInputError):
+        return ApiError(422, str(exc))
+    if isinstance(exc, KeyNotFound):
+        return ApiError(404, str(exc))
+    if isinstance(exc, (KeyConflict, StoreError)):
+        return ApiError(409, str(exc))
+    if isinstance(exc, UsageQueryError):
+        return ApiError(422, f"{exc.field}: {exc}", field=exc.field)
+    if isinstance(exc, AgentRouterError):  # the store or the limiter region failing
+        log.error("%s failed: %s", what, exc)
+        return ApiError(503, "The management API cannot serve requests right now; retry shortly.")
+    log.error("%s failed", what, exc_info=exc)
+    return ApiError(500, "Internal error in the management API.")
 
 
 def build_api(
@@ -198,7 +266,7 @@ def build_api(
 
     ``core``: an opened ``Core`` to use; None to bind it later with
     ``await api.startup(core)`` or to open one at lifespan startup (``open_core(settings)``,
-    by default ``Core.open`` on ``settings.data_dir``). ``settings``: the server
+    by default ``Core.from_settings(settings)``). ``settings``: the server
     ``Settings`` (None: ``load_settings()``). ``run_monitor``: start the monitor task
     in startup.
     """
@@ -206,17 +274,22 @@ def build_api(
 
 
 async def _open_core(settings: Settings) -> Core:
-    return await Core.open(Path(settings.data_dir) if settings.data_dir else None)
+    return await Core.from_settings(settings)
 
 
 # -- HTTP helpers ------------------------------------------------------------------
 
 
-def _headers(scope: Scope) -> dict[bytes, bytes]:
-    out: dict[bytes, bytes] = {}
-    for name, value in scope["headers"]:
-        out.setdefault(name.lower(), value)
-    return out
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of a header (ASGI names are lowercase)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _unknown_operation(path: str) -> ApiError:
+    return ApiError(404, f"Unknown path {path!r}; see /api/docs for the operations of this API.")
 
 
 def _query(scope: Scope) -> dict[str, list[str]]:
@@ -237,29 +310,6 @@ def _check_content_type(value: bytes | None) -> None:
     if media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json")):
         return
     raise ApiError(415, "Send the body as JSON with 'Content-Type: application/json'.")
-
-
-async def _read_body(receive: Receive, headers: dict[bytes, bytes]) -> bytes:
-    declared = headers.get(b"content-length")
-    if declared is not None:
-        try:
-            if int(declared) > MAX_BODY:
-                raise ApiError(413, f"The body is larger than {MAX_BODY} bytes.")
-        except ValueError:
-            raise ApiError(400, "Invalid Content-Length.") from None
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ApiError(400, "The client went away.")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise ApiError(413, f"The body is larger than {MAX_BODY} bytes.")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def _method_not_allowed(allowed: list[str]) -> ApiError:

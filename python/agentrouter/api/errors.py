@@ -13,6 +13,8 @@ from typing import Final, Literal
 
 import msgspec
 
+from agentrouter.errors import AgentRouterError
+
 ErrorType = Literal[
     "invalid_request",
     "authentication_error",
@@ -31,11 +33,13 @@ STATUS_TYPES: Final[dict[int, ErrorType]] = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    408: "invalid_request",
     413: "invalid_request",
     415: "invalid_request",
     422: "invalid_request",
     429: "rate_limit_error",
     500: "api_error",
+    503: "api_error",
 }
 
 
@@ -50,7 +54,7 @@ class ErrorBody(msgspec.Struct, kw_only=True):
     error: ErrorDetail
 
 
-class ApiError(Exception):
+class ApiError(AgentRouterError):
     """Raised by handlers; turned into the error body with ``status``."""
 
     def __init__(

@@ -27,10 +27,11 @@ a readable reference at `/api/docs`.
 
 **Authentication.** A management key: an `sk-ar-` key with scope `manage`
 (`agentrouter keys create --scope manage`), sent as `Authorization: Bearer sk-ar-…`
-or `x-api-key: sk-ar-…`. A missing, malformed, unknown, deleted or expired key gets
-401; an inference key gets 403. The management key's own rate limit applies, with
-`X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset` (Unix seconds)
-on every answer and `Retry-After` on a 429.
+or `x-api-key: sk-ar-…` (both only with the same key: a header given twice, or two
+different keys, is refused as ambiguous). A missing, malformed, unknown, deleted or
+expired key gets 401; an inference key gets 403. The management key's own rate limit
+applies, with `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`
+(Unix seconds) on every answer and `Retry-After` and `retry-after-ms` on a 429.
 
 **Errors.** One shape: `{"error": {"type", "message", "field"}}`; `type` is
 `invalid_request`, `authentication_error`, `permission_error`, `not_found`,

@@ -37,8 +37,8 @@ from agentrouter.api.schemas import (
     UsageReport,
 )
 from agentrouter.core import Core
-from agentrouter.keys import KeyInputError, KeyNotFound
-from agentrouter.store import KeyRow, StoreError
+from agentrouter.keys import KeyInputError, KeyNotFound, check_metadata_depth
+from agentrouter.store import KeyRow
 from agentrouter.store.analytics import Analytics, UsageQueryError
 from agentrouter.store.models import AlertRow
 
@@ -137,10 +137,14 @@ class Operation:
             data = msgspec.json.decode(raw)
         except msgspec.DecodeError as exc:
             raise ApiError(400, f"The body is not valid JSON: {exc}") from None
+        except RecursionError:  # msgspec's answer to arrays or objects nested ~1000 deep
+            raise ApiError(400, "The body is not valid JSON: nested too deeply") from None
         try:
             return msgspec.convert(_integral(data, msgspec.inspect.type_info(self.body)), self.body)
         except msgspec.ValidationError as exc:
             raise validation_error(exc) from None
+        except RecursionError:
+            raise ApiError(422, "The body is nested too deeply") from None
 
 
 def _integral(value: Any, info: msgspec.inspect.Type) -> Any:
@@ -252,7 +256,13 @@ async def _key_row(ctx: Context, key_id: str, *, include_deleted: bool = False) 
 
 
 def _check_metadata(metadata: dict[str, Any] | None) -> None:
-    if metadata is not None and len(msgspec.json.encode(metadata)) > MAX_METADATA_BYTES:
+    if metadata is None:
+        return
+    try:
+        check_metadata_depth(metadata)  # before encoding it: no recursion limit to reach
+    except KeyInputError as exc:
+        raise _input_error(exc) from None
+    if len(msgspec.json.encode(metadata)) > MAX_METADATA_BYTES:
         raise ApiError(422, f"metadata: at most {MAX_METADATA_BYTES} bytes of JSON", field="metadata")
 
 
@@ -577,6 +587,3 @@ def match(method: str, path: str) -> tuple[Operation | None, dict[str, str], lis
             return op, m.groupdict(), []
         allowed.append(op.method)
     return None, {}, allowed
-
-
-_ = StoreError  # mapped to 409 by the app

@@ -2,7 +2,12 @@
 
 Each sub-command lives in its own module with a ``register(subparsers)`` function
 that adds its parser and sets ``func``; ``func(args)`` returns the exit status.
-Exit status: 0 on success, 2 on usage errors (argparse and ``UsageError``), 1 otherwise.
+
+Exit status: 0 on success; 2 on bad input (argparse, ``UsageError``, ``KeyInputError``,
+``ConfigError``: the message says what to fix, nothing was written); 1 otherwise. Every
+error of the project (``AgentRouterError``: an unknown id, a locked or damaged
+database, an unusable data directory or limiter region, …) is turned into a one-line
+message here, in ``main``, and never into a traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ import sys
 from collections.abc import Sequence
 
 from agentrouter.cli.context import add_global_options
-from agentrouter.cli.output import CommandError, UsageError, fail
+from agentrouter.cli.output import UsageError, fail
+from agentrouter.config import ConfigError
+from agentrouter.errors import AgentRouterError
+from agentrouter.keys import KeyInputError
 
 # Sub-command modules, in the order `--help` lists them.
 _COMMANDS = ("serve", "keys", "usage", "alerts")
@@ -39,12 +47,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except UsageError as exc:
-        return fail(args, str(exc), status=2)
-    except CommandError as exc:
-        return fail(args, str(exc), status=1)
+    except AgentRouterError as exc:
+        return fail(args, _message(exc), status=2 if isinstance(exc, _BAD_INPUT) else 1)
     except KeyboardInterrupt:
         return 130
+
+
+_BAD_INPUT = (UsageError, KeyInputError, ConfigError)
+
+
+def _message(exc: AgentRouterError) -> str:
+    if isinstance(exc, ConfigError):
+        return f"bad configuration: {exc}"
+    return str(exc)
 
 
 if __name__ == "__main__":  # python -m agentrouter.cli

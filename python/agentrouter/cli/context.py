@@ -1,21 +1,15 @@
-"""Opening the core the way the server would: the same data directory."""
+"""Opening the core the way the server would: the same settings, the same data directory."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import sqlite3
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TypeVar
 
-from agentrouter.cli.output import CommandError, UsageError
-from agentrouter.config import ConfigError, load_settings
-from agentrouter.core import Core
-from agentrouter.datadir import default_data_dir
-from agentrouter.keys import KeyConflict, KeyInputError, KeyNotFound
-from agentrouter.secret import SecretError
-from agentrouter.store import StoreError
+from agentrouter.config import Settings, load_settings
+from agentrouter.core import Core, state_error
 
 T = TypeVar("T")
 
@@ -36,34 +30,29 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def data_dir_for(args: argparse.Namespace) -> Path:
-    """--data-dir, else the configuration's data_dir, else the environment's default."""
-    if getattr(args, "global_data_dir", None):
-        return Path(args.global_data_dir).expanduser()
-    config = getattr(args, "global_config", None) or os.environ.get("AGENTROUTER_CONFIG")
-    if config:
-        try:
-            settings = load_settings(config)
-        except ConfigError as exc:
-            raise UsageError(f"configuration: {exc}") from None
-        if settings.data_dir:
-            return Path(settings.data_dir).expanduser()
-    return default_data_dir()
+def settings_for(args: argparse.Namespace, *, config: str | None = None, **overrides: object) -> Settings:
+    """The settings the server would use: ``config`` or the global ``--config`` (else
+    ``AGENTROUTER_CONFIG``), the ``AGENTROUTER_*`` variables, then the global
+    ``--data-dir`` and ``overrides`` (flags by field name). A bad setting raises
+    ``ConfigError`` (exit status 2)."""
+    return load_settings(
+        config or getattr(args, "global_config", None),
+        overrides={"data_dir": getattr(args, "global_data_dir", None), **overrides},
+    )
 
 
 def run_with_core(args: argparse.Namespace, op: Callable[[Core], Awaitable[T]]) -> T:
-    """Open the core, run ``op``, close it; map domain errors to exit statuses."""
+    """Open the core on the server's settings, run ``op``, close it. A database failure
+    during ``op`` (locked, read-only, damaged) becomes a ``StateError`` saying what to do;
+    ``agentrouter.cli.main`` turns every project error into a message and an exit status."""
 
     async def main() -> T:
-        core = await Core.open(data_dir_for(args))
+        core = await Core.from_settings(settings_for(args))
         try:
             return await op(core)
+        except sqlite3.Error as exc:
+            raise state_error(exc, core.data_dir) from exc
         finally:
             await core.close()
 
-    try:
-        return asyncio.run(main())
-    except KeyInputError as exc:
-        raise UsageError(str(exc)) from None
-    except (KeyNotFound, KeyConflict, StoreError, SecretError) as exc:
-        raise CommandError(str(exc.args[0] if exc.args else exc)) from None
+    return asyncio.run(main())

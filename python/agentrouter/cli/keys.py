@@ -213,9 +213,10 @@ def _parse_limit(args: argparse.Namespace) -> tuple[int | None, float | None]:
 def _parse_metadata(text: str) -> dict[str, Any]:
     try:
         value = msgspec.json.decode(text)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise UsageError(
-            f'--metadata is not valid JSON ({exc}); give an object like \'{{"environment": "production"}}\''
+            f'--metadata is not valid JSON ({why}); give an object like \'{{"environment": "production"}}\''
         ) from None
     if not isinstance(value, dict):
         raise UsageError('--metadata must be a JSON object, like \'{"environment": "production"}\'')

@@ -8,12 +8,14 @@ from typing import Any
 
 import msgspec
 
+from agentrouter.errors import AgentRouterError
 
-class UsageError(Exception):
+
+class UsageError(AgentRouterError):
     """Bad input from the caller: exit status 2, nothing written."""
 
 
-class CommandError(Exception):
+class CommandError(AgentRouterError):
     """The command could not do its job (unknown id, …): exit status 1."""
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from agentrouter.cli.output import CommandError, UsageError
+from agentrouter.cli.output import CommandError
+from agentrouter.errors import AgentRouterError
 
 
 def register(sub: Any) -> None:
@@ -30,15 +30,11 @@ def register(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from agentrouter.config import ConfigError, load_settings
+    from agentrouter.cli.context import settings_for
 
-    try:
-        settings = load_settings(
-            args.config,
-            overrides={"host": args.host, "port": args.port, "workers": args.workers},
-        )
-    except ConfigError as exc:
-        raise UsageError(f"bad configuration: {exc}") from None
+    # `agentrouter --config X --data-dir D serve` and `agentrouter serve --config X` alike;
+    # a bad setting is a ConfigError (exit status 2, the message names the field).
+    settings = settings_for(args, config=args.config, host=args.host, port=args.port, workers=args.workers)
 
     from agentrouter.server import serve
 
@@ -49,8 +45,6 @@ def _serve(args: argparse.Namespace) -> int:
             raise CommandError("the server stopped because a worker failed (see the log above)") from None
     except OSError as exc:
         raise CommandError(f"cannot start: {exc.strerror or exc}") from None
-    except Exception as exc:  # noqa: BLE001 - the CLI's edge: a start-up failure is a message, not a traceback
-        # Core.open failures (data directory, secret, database) are explained by their message.
-        print(f"agentrouter: error: cannot start: {exc}", file=sys.stderr)
-        return 1
+    except AgentRouterError as exc:  # the data directory, its secret, database or limiter region
+        raise CommandError(f"cannot start: {exc}") from None
     return 0

@@ -2,10 +2,11 @@
 
 One request, in order::
 
-    path → route            (dict)
-    headers, one pass       (key headers, Content-Length, what is forwarded)
-    authenticate + limit    (auth.Authenticator: native key table and shared buckets)
-    method, body, peek      (405 / 413 / 400; msgspec reads only "model" and "stream")
+    path → route            (dict; /healthz and /readyz beside it, never under /v1)
+    headers, one pass       (key headers, Content-Length, Origin, what is forwarded)
+    OPTIONS                 (answered without a key: CORS preflight, else 204 + Allow)
+    authenticate + limit    (agentrouter.auth: native key table and shared buckets)
+    method, body, peek      (405 / 413 / 408 / 400; msgspec reads only "model" and "stream")
     model → provider        (routing.ModelRouter; 404 unknown, 400 other dialect)
     forward original bytes  (upstream.UpstreamClient, or the in-process mock)
     relay                   (JSON in one piece; SSE chunk by chunk as it arrives)
@@ -14,9 +15,14 @@ One request, in order::
                              writer process, store.writer)
 
 Every answer to a request whose key was valid carries ``X-RateLimit-Limit``,
-``-Remaining`` and ``-Reset`` (when the key has a limit at all) and counts for the
-key; every answer carries ``x-request-id`` (and ``request-id`` on the Anthropic
-routes, where the SDK reads it).
+``-Remaining`` and ``-Reset`` (when the key has a limit at all) and is counted for the
+key in one place, whatever produced it (the gateway's own 500 included):
+``Gateway._record``, called once per request from the ``finally`` of ``_handle``.
+Every answer carries ``x-request-id`` (and ``request-id`` on the Anthropic routes,
+where the SDK reads it); answers to an allowed browser origin carry the CORS headers
+(``agentrouter.cors``). ``HEAD`` on a ``GET`` route answers like ``GET`` without the
+body. Failures map to the dialect's error in one place (``_failure``): the project's
+own errors (the store or the limiter region failing) → 503, anything else → 500.
 
 Lifespan startup opens the core (store, shared limiter, digester), loads the key
 table, starts the upstream pools, the usage writer process and the usage flusher.
@@ -32,7 +38,6 @@ import functools
 import gc
 import itertools
 import logging
-import math
 import re
 import secrets
 import signal
@@ -43,9 +48,11 @@ from typing import Any
 import msgspec
 
 from agentrouter.asgi import ASGIApp, Receive, Scope, Send, run_lifespan
+from agentrouter.auth import INFERENCE_SCOPE, KeyAuthenticator, Refusal, add_rate_limit_headers
 from agentrouter.config import Settings
-from agentrouter.gateway import mock
-from agentrouter.gateway.auth import Authenticator
+from agentrouter.cors import cors_policy
+from agentrouter.errors import AgentRouterError
+from agentrouter.gateway import health, mock
 from agentrouter.gateway.errors import Dialect, ErrorKind, Kinds, error_body, error_event
 from agentrouter.gateway.http1 import CLOSE
 from agentrouter.gateway.providers import Provider
@@ -58,6 +65,7 @@ from agentrouter.gateway.upstream import (
     UpstreamTimeout,
 )
 from agentrouter.gateway.usage import MAX_TOKENS, NotJSONObject, StreamUsage, Tokens, UsageRecorder, tokens_from_json
+from agentrouter.request_body import BodyError, BodyReader
 from agentrouter.store.models import MAX_CALLER_REQUEST_ID
 from agentrouter.store.writer import UsageWriter
 
@@ -141,18 +149,32 @@ _encode = msgspec.json.Encoder().encode
 
 
 class _BadRequest(Exception):
-    def __init__(self, kind: ErrorKind, message: str, param: str | None = None) -> None:
+    def __init__(self, kind: ErrorKind, message: str, param: str | None = None, *, close: bool = False) -> None:
         super().__init__(message)
         self.kind = kind
         self.param = param
+        self.close = close  # the body was left unread: close the connection after the answer
+
+
+_REFUSALS: dict[Refusal, ErrorKind] = {
+    Refusal.MISSING: Kinds.MISSING_KEY,
+    Refusal.NOT_BEARER: Kinds.INVALID_KEY,
+    Refusal.AMBIGUOUS: Kinds.INVALID_KEY,
+    Refusal.MALFORMED: Kinds.INVALID_KEY,
+    Refusal.UNKNOWN: Kinds.INVALID_KEY,
+    Refusal.DELETED: Kinds.INVALID_KEY,
+    Refusal.EXPIRED: Kinds.INVALID_KEY,
+    Refusal.WRONG_SCOPE: Kinds.WRONG_SCOPE,
+    Refusal.RATE_LIMITED: Kinds.RATE_LIMITED,
+}
+_BODY_KINDS = {413: Kinds.TOO_LARGE, 408: Kinds.REQUEST_TIMEOUT, 400: Kinds.BAD_REQUEST}
+_CLOSE = (b"connection", b"close")
 
 
 async def _open_core(settings: Settings) -> Any:
-    from pathlib import Path
-
     from agentrouter.core import Core
 
-    return await Core.open(Path(settings.data_dir) if settings.data_dir else None)
+    return await Core.from_settings(settings)
 
 
 class Gateway:
@@ -162,17 +184,26 @@ class Gateway:
         self.settings = settings
         self._open_core = open_core or _open_core
         self._fallback = fallback
-        self._max_body = settings.max_body_bytes
+        self._body = BodyReader(
+            settings.max_body_bytes, idle_timeout=settings.body_idle_timeout, total_timeout=settings.body_timeout
+        )
+        self._cors = cors_policy(settings.cors_allow_origins)
         self._providers = [Provider(p) for p in settings.providers]
         self._router: ModelRouter[Provider] = ModelRouter([(p, p.settings.models) for p in self._providers])
         self._clients = {p.name: UpstreamClient(p.settings) for p in self._providers if not p.is_mock}
         self._models_openai, self._models_anthropic = self._model_lists()
         self.core: Any = None
-        self.auth: Authenticator | None = None
+        self.auth: KeyAuthenticator | None = None
         self.usage: UsageRecorder | None = None
         self.usage_writer: UsageWriter | None = None
         self._rid_prefix = "req_"
         self._rid_counter = itertools.count(1)
+        # Operator endpoints served before the fallback app, never under /v1. The
+        # metrics endpoint (/metrics) is to be added to this table.
+        self._operator_routes: dict[str, Callable[[Scope, Send], Awaitable[None]]] = {
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+        }
         self._inflight: set[asyncio.Task[Any]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()  # watchers and the drain timer
         self._draining = False
@@ -199,9 +230,9 @@ class Gateway:
         self._rid_prefix = "req_" + secrets.token_hex(6)  # per worker: ids unique across workers
         core = await self._open_core(self.settings)
         writer = UsageWriter(core.store.path) if self.settings.usage_writer == "process" else None
+        auth: KeyAuthenticator = core.auth
         try:
-            table = core.new_table()
-            await core.load_table(table)
+            await auth.reload()
             for client in self._clients.values():
                 await client.start()
             if writer is not None:
@@ -216,7 +247,7 @@ class Gateway:
             await core.close()
             raise
         self.core = core
-        self.auth = Authenticator(table, core, core.limiter.generation)
+        self.auth = auth
         self.usage_writer = writer
         self.usage = UsageRecorder(writer or core.store.add_usage, self.settings.usage_flush_interval)
         self.usage.start()
@@ -224,7 +255,7 @@ class Gateway:
         # What start-up allocated lives as long as the worker: keep it out of the
         # collector's full passes (shorter pauses on the hot path).
         gc.freeze()
-        log.info("gateway ready: %d keys, providers %s", len(table), ", ".join(p.name for p in self._providers))
+        log.info("gateway ready: %d keys, providers %s", len(auth.table), ", ".join(p.name for p in self._providers))
 
     async def shutdown(self) -> None:
         """Drain (up to the deadline), then write usage and close everything."""
@@ -239,6 +270,7 @@ class Gateway:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._body.close()
         if self.usage is not None:
             await self.usage.close()
         if self.usage_writer is not None:
@@ -327,44 +359,63 @@ class Gateway:
         if route is None:
             if path.startswith("/v1/models/"):
                 route = _MODEL_DETAIL
-            elif self._fallback is not None and _for_fallback(path):
-                await self._fallback(scope, receive, send)
-                return
             else:
-                dialect, message = _unknown_path(path)
-                await _send_error(send, dialect, Kinds.ROUTE_NOT_FOUND, message, self._request_id(), None)
+                operator = self._operator_routes.get(path)
+                if operator is not None:
+                    await operator(scope, send)
+                elif self._fallback is not None and _for_fallback(path):
+                    await self._fallback(scope, receive, send)
+                else:
+                    dialect, message = _unknown_path(path)
+                    await _send_error(send, dialect, Kinds.ROUTE_NOT_FOUND, message, self._request_id(), None)
                 return
 
         task = asyncio.current_task()
         assert task is not None
         self._inflight.add(task)
         try:
-            await self._handle(route, scope, receive, send)
-        except Exception:
-            # A bug, or the store failing during a key-table reload: answer 500 in the
-            # dialect if nothing was sent yet (if something was, this send fails too).
-            log.exception("request to %s failed", path)
-            try:
-                await _send_error(
-                    send, route.dialect, Kinds.INTERNAL, "Internal error in the gateway.", self._request_id(), None
-                )
-            except Exception:  # noqa: BLE001, S110 - the error is logged above; this send fails when the answer had begun
-                pass
+            await self._handle(route, scope, receive, send, task)
+        except Exception as exc:  # noqa: BLE001 - answered by the one mapping, _failure
+            # Before a key was found (the store failing during a key-table reload), or a
+            # bug: answered here, and counted for no key (there is none yet).
+            await self._failure(exc, send, route.dialect, self._request_id(), None)
         finally:
             self._inflight.discard(task)
 
-    async def _handle(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _failure(self, exc: Exception, send: Send, dialect: Dialect, rid: str, decision: Any) -> int:
+        """The one mapping of an unexpected failure to an answer in the dialect: the
+        project's own errors (the store, the limiter region) → 503, anything else (a
+        bug) → 500. Returns the status, as counted. If the answer had started, the send
+        fails too, and the caller sees the stream cut."""
+        if isinstance(exc, AgentRouterError):
+            log.error("request %s: %s", rid, exc)
+            kind, message = Kinds.UNAVAILABLE, "The gateway cannot serve requests right now; retry shortly."
+        else:
+            log.error("request %s failed", rid, exc_info=exc)
+            kind, message = Kinds.INTERNAL, "Internal error in the gateway."
+        try:
+            await _send_error(send, dialect, kind, message, rid, decision)
+        except Exception:  # noqa: BLE001, S110 - the answer had started; the cut stream is the answer
+            pass
+        return kind.status
+
+    async def _handle(self, route: Route, scope: Scope, receive: Receive, send: Send, task: asyncio.Task[Any]) -> None:
         started = time.perf_counter()
         rid = self._request_id()
 
         # One pass over the headers.
-        authorization = x_api_key = content_length = connection = user_agent = caller_rid = None
+        authorization = x_api_key = content_length = connection = user_agent = origin = caller_rid = None
+        repeated = False  # a second Authorization or x-api-key header: ambiguous credentials
         forward: list[tuple[bytes, bytes]] = []
         anthropic_caller = False
         for name, value in scope["headers"]:
             if name == b"authorization":
+                if authorization is not None:
+                    repeated = True
                 authorization = value
             elif name == b"x-api-key":
+                if x_api_key is not None:
+                    repeated = True
                 x_api_key = value
             elif name == b"content-length":
                 content_length = value
@@ -378,60 +429,86 @@ class Gateway:
                     anthropic_caller = True
                 elif name == b"user-agent":
                     user_agent = value
+                elif name == b"origin":
+                    origin = value
 
         dialect = route.dialect
         if route.kind is RouteKind.MODELS and anthropic_caller:
             dialect = Dialect.ANTHROPIC
+        if origin is not None and self._cors is not None:
+            send = self._cors.wrap(send, origin)
+        method: str = scope["method"]
+        if method == "OPTIONS":
+            await self._options(route, scope, rid, dialect, origin, send)
+            return
 
         assert self.auth is not None and self.usage is not None, "lifespan startup has not run"
-        auth = await self.auth.authenticate(authorization, x_api_key)
+        auth = await self.auth.authenticate(authorization, x_api_key, INFERENCE_SCOPE, repeated)
         record = auth.record
-        if auth.error is not None:
-            await _send_error(send, dialect, auth.error, auth.message, rid, auth.decision)
-            if record is not None:
-                self._record(record.id, auth.error.status, 0, 0, started, scope, None, user_agent, caller_rid)
+        if record is None:  # no valid key: answered, counted for no key
+            assert auth.refusal is not None
+            await _send_error(send, dialect, _REFUSALS[auth.refusal], auth.message, rid, auth.decision)
             return
 
-        assert record is not None
+        # From here on the request is counted for the key, once, in `finally`,
+        # whatever path answers it.
         decision = auth.decision
+        status = 500
+        inp = out = 0
         model: str | None = None
         try:
-            if scope["method"] != route.method:
-                raise _BadRequest(
-                    Kinds.METHOD_NOT_ALLOWED,
-                    f"Method {scope['method']} is not allowed on {route.path}; use {route.method}.",
-                )
-            if route.kind is RouteKind.MODELS:
-                status = await self._models(route, scope, dialect, rid, decision, send)
-                self._record(record.id, status, 0, 0, started, scope, None, user_agent, caller_rid)
+            if auth.refusal is not None:
+                kind = _REFUSALS[auth.refusal]
+                await _send_error(send, dialect, kind, auth.message, rid, decision)
+                status = kind.status
                 return
-            body = await self._read_body(receive, content_length)
-            model, _stream = _peek_body(body)
-            provider = self._router.resolve(model)
-            if provider is None:
-                raise _BadRequest(
-                    Kinds.MODEL_NOT_FOUND,
-                    f"The model '{model}' does not exist or is not served by this gateway.",
-                    "model",
-                )
-            if not provider.speaks(dialect):
-                raise _BadRequest(Kinds.DIALECT_MISMATCH, _mismatch_message(model, provider, route), "model")
-        except _BadRequest as exc:
-            extra = [route.allow_header] if exc.kind is Kinds.METHOD_NOT_ALLOWED else None
-            await _send_error(send, dialect, exc.kind, str(exc), rid, decision, exc.param, extra)
-            self._record(record.id, exc.kind.status, 0, 0, started, scope, model, user_agent, caller_rid)
-            return
+            try:
+                if method != route.method and not (method == "HEAD" and route.method == "GET"):
+                    raise _BadRequest(
+                        Kinds.METHOD_NOT_ALLOWED,
+                        f"Method {method} is not allowed on {route.path}; use {route.method}.",
+                    )
+                if route.kind is RouteKind.MODELS:
+                    status = await self._models(route, scope, dialect, rid, decision, send)
+                    return
+                try:
+                    body = await self._body.read(receive, content_length, task)
+                except BodyError as exc:
+                    raise _BadRequest(_BODY_KINDS[exc.status], str(exc), close=exc.close) from None
+                model, _stream = _peek_body(body)
+                provider = self._router.resolve(model)
+                if provider is None:
+                    raise _BadRequest(
+                        Kinds.MODEL_NOT_FOUND,
+                        f"The model '{model}' does not exist or is not served by this gateway.",
+                        "model",
+                    )
+                if not provider.speaks(dialect):
+                    raise _BadRequest(Kinds.DIALECT_MISMATCH, _mismatch_message(model, provider, route), "model")
+            except _BadRequest as exc:
+                extra = [route.allow_header] if exc.kind is Kinds.METHOD_NOT_ALLOWED else None
+                if exc.close:
+                    extra = [_CLOSE]
+                await _send_error(send, dialect, exc.kind, str(exc), rid, decision, exc.param, extra)
+                status = exc.kind.status
+                return
 
-        if provider.is_mock:
-            status, inp, out = await self._serve_mock(route, dialect, model, body, rid, decision, send)
-        else:
-            if connection is not None:
-                nominated = {t.strip().lower() for t in connection.split(b",")}
-                forward = [(n, v) for n, v in forward if n not in nominated]
-            status, inp, out = await self._proxy(
-                route, dialect, provider, body, forward, scope, receive, send, rid, decision
-            )
-        self._record(record.id, status, inp, out, started, scope, model, user_agent, caller_rid)
+            if provider.is_mock:
+                status, inp, out = await self._serve_mock(route, dialect, model, body, rid, decision, send)
+            else:
+                if connection is not None:
+                    nominated = {t.strip().lower() for t in connection.split(b",")}
+                    forward = [(n, v) for n, v in forward if n not in nominated]
+                status, inp, out = await self._proxy(
+                    route, dialect, provider, body, forward, scope, receive, send, rid, decision
+                )
+        except asyncio.CancelledError:
+            status = _CLIENT_CLOSED
+            raise
+        except Exception as exc:  # noqa: BLE001 - answered by the one mapping, _failure
+            status = await self._failure(exc, send, dialect, rid, decision)
+        finally:
+            self._record(record.id, status, inp, out, started, scope, model, user_agent, caller_rid)
 
     def _record(
         self,
@@ -445,6 +522,8 @@ class Gateway:
         user_agent: bytes | None,
         caller_rid: bytes | None = None,
     ) -> None:
+        """Count one answer for a key: the one place every request with a valid key
+        goes through (status, tokens, latency, model)."""
         client = scope.get("client")
         assert self.usage is not None
         self.usage.record(
@@ -462,38 +541,39 @@ class Gateway:
             else None,
         )
 
-    async def _read_body(self, receive: Receive, content_length: bytes | None) -> bytes:
-        limit = self._max_body
-        if content_length is not None:
-            try:
-                declared = int(content_length)
-            except ValueError:
-                raise _BadRequest(Kinds.BAD_REQUEST, "Invalid Content-Length header.") from None
-            if declared > limit:
-                await _discard_body(receive)
-                raise _BadRequest(Kinds.TOO_LARGE, _too_large(limit))
-        message = await receive()
-        body: bytes = message.get("body", b"")
-        more = message.get("more_body", False)
-        if not more and len(body) <= limit:
-            return body
-        parts = [body]
-        size = len(body)
-        while more:
-            if size > limit:
-                break
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _BadRequest(Kinds.BAD_REQUEST, "The client closed the connection while sending the body.")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            parts.append(chunk)
-            more = message.get("more_body", False)
-        if size > limit:
-            if more:
-                await _discard_body(receive)
-            raise _BadRequest(Kinds.TOO_LARGE, _too_large(limit))
-        return b"".join(parts)
+    async def _options(
+        self, route: Route, scope: Scope, rid: str, dialect: Dialect, origin: bytes | None, send: Send
+    ) -> None:
+        """``OPTIONS``, answered without a key: a CORS preflight from an allowed origin
+        gets its headers; anything else 204 with ``Allow``. Counted for no key."""
+        methods = b"GET, HEAD, OPTIONS" if route.method == "GET" else route.method.encode() + b", OPTIONS"
+        headers = [(b"allow", methods)]
+        if origin is not None and self._cors is not None:
+            requested = preflight = None
+            for name, value in scope["headers"]:
+                if name == b"access-control-request-method":
+                    preflight = value
+                elif name == b"access-control-request-headers":
+                    requested = value
+            if preflight is not None:
+                # The answer's own CORS headers come from the preflight, not from `send`'s wrapper.
+                cors = self._cors.preflight(origin, requested, methods)
+                if cors is not None:
+                    headers += [h for h in cors if h[0] != b"access-control-allow-origin"]
+        await send(
+            {"type": "http.response.start", "status": 204, "headers": headers + _common_headers(rid, dialect, None)}
+        )
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _healthz(self, scope: Scope, send: Send) -> None:
+        await health.answer(scope, send, 200, health.ALIVE)
+
+    async def _readyz(self, scope: Scope, send: Send) -> None:
+        problem = await health.readiness(self.core, self._draining)
+        if problem is None:
+            await health.answer(scope, send, 200, health.READY)
+        else:
+            await health.answer(scope, send, 503, {"status": "unavailable", "reason": problem})
 
     # ------------------------------------------------------------------ answers
 
@@ -506,7 +586,10 @@ class Gateway:
             body = _encode(_model_entry(name, provider, dialect))
         else:
             body = self._models_anthropic if dialect is Dialect.ANTHROPIC else self._models_openai
-        await _send_response(send, 200, [_CT_JSON], body, rid, dialect, decision)
+        if scope["method"] == "HEAD":
+            await _send_response(send, 200, [_CT_JSON], body, rid, dialect, decision, head=True)
+        else:
+            await _send_response(send, 200, [_CT_JSON], body, rid, dialect, decision)
         return 200
 
     def _model_lists(self) -> tuple[bytes, bytes]:
@@ -811,15 +894,6 @@ async def _end_stream(send: Send, last: bytes, status: int) -> int:
     return status
 
 
-async def _discard_body(receive: Receive) -> None:
-    """Read the rest of a refused body without keeping it: a client still sending
-    would otherwise see the connection closed instead of the refusal."""
-    while True:
-        message = await receive()
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            return
-
-
 class _Left:
     __slots__ = ("gone", "watcher")
 
@@ -873,12 +947,23 @@ def _model_entry(name: str, provider: Provider, dialect: Dialect) -> dict[str, A
 
 
 def _peek_body(body: bytes) -> tuple[str, bool]:
+    # JSON is UTF-8 (RFC 8259 §8.1), but the peek skips the fields it does not read
+    # without decoding them: check the whole body first (isascii is the cheap common case).
+    if not body.isascii():
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _BadRequest(
+                Kinds.INVALID_JSON, f"The request body is not valid UTF-8 (byte {exc.start}); JSON must be UTF-8."
+            ) from None
     try:
         peek = _peek(body)
     except msgspec.ValidationError as exc:
         raise _BadRequest(Kinds.BAD_REQUEST, f"Invalid request body: {exc}.") from None
     except msgspec.DecodeError as exc:
         raise _BadRequest(Kinds.INVALID_JSON, f"The request body is not valid JSON: {exc}.") from None
+    except RecursionError:  # msgspec's answer to arrays or objects nested ~1000 deep
+        raise _BadRequest(Kinds.INVALID_JSON, "The request body is not valid JSON: nested too deeply.") from None
     if not peek.model:
         raise _BadRequest(Kinds.BAD_REQUEST, "You must provide a model parameter.", "model")
     return peek.model, bool(peek.stream)
@@ -893,10 +978,6 @@ def _mismatch_message(model: str, provider: Provider, route: Route) -> str:
         f"The model '{model}' is served by provider '{provider.name}' ({provider.type}), which does not speak "
         f"the {api} API of {route.path}; call it on {where}."
     )
-
-
-def _too_large(limit: int) -> str:
-    return f"The request body is larger than the limit of {limit} bytes."
 
 
 def _relay_headers(received: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], bool]:
@@ -922,17 +1003,7 @@ def _common_headers(rid: str, dialect: Dialect, decision: Any) -> list[tuple[byt
     if dialect is Dialect.ANTHROPIC:
         headers.append((b"request-id", rid_b))
     if decision is not None and decision.limit is not None:
-        headers += [
-            (b"x-ratelimit-limit", b"%d" % decision.limit),
-            (b"x-ratelimit-remaining", b"%d" % (decision.remaining or 0)),
-            (b"x-ratelimit-reset", b"%d" % (decision.reset or 0)),
-        ]
-        if not decision.allowed and decision.retry_after is not None:
-            wait = decision.retry_after
-            headers += [
-                (b"retry-after", b"%d" % max(1, math.ceil(wait))),
-                (b"retry-after-ms", b"%d" % max(1, math.ceil(wait * 1000.0))),
-            ]
+        add_rate_limit_headers(headers, decision)
     return headers
 
 
@@ -944,11 +1015,13 @@ async def _send_response(
     rid: str,
     dialect: Dialect,
     decision: Any,
+    *,
+    head: bool = False,
 ) -> None:
     headers = headers + _common_headers(rid, dialect, decision)
     headers.append((b"content-length", b"%d" % len(body)))
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    await send({"type": "http.response.body", "body": b"" if head else body, "more_body": False})
 
 
 async def _send_error(
@@ -970,7 +1043,7 @@ async def _send_error(
 
 
 def create_app(settings: Settings, *, open_core: CoreOpener | None = None, fallback: ASGIApp | None = None) -> Gateway:
-    """The gateway app for ``settings``. ``open_core`` replaces ``Core.open`` (tests);
+    """The gateway app for ``settings``. ``open_core`` replaces ``Core.from_settings`` (tests);
     ``fallback`` receives every request outside ``/v1`` (the management API, later the
     console) except a ``/v1`` route's path without its ``/v1`` (``/chat/completions``:
     an SDK's base URL lacking it), which the gateway answers with a 404 in the route's

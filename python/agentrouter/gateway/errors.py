@@ -5,7 +5,7 @@ routes (``/v1/messages*``) answer ``{"type": "error", "error": {"type", "message
 "request_id"}``. The status codes are the ones the official SDKs map to their
 exceptions: 400 ``BadRequestError``, 401 ``AuthenticationError``, 403
 ``PermissionDeniedError``, 404 ``NotFoundError``, 429 ``RateLimitError``, >= 500
-``InternalServerError``.
+``InternalServerError`` (408 is ``APIStatusError``; both SDKs retry it).
 
 Each ``ErrorKind`` precomputes the constant parts of both bodies, so building an
 error costs one string encode and two concatenations.
@@ -73,6 +73,10 @@ class Kinds:
         "method_not_allowed", 405, "invalid_request_error", "method_not_allowed", "invalid_request_error"
     )
     TOO_LARGE = ErrorKind("too_large", 413, "invalid_request_error", "request_too_large", "request_too_large")
+    # The caller's body stalled (body_idle_timeout) or took too long (body_timeout).
+    REQUEST_TIMEOUT = ErrorKind(
+        "request_timeout", 408, "invalid_request_error", "request_timeout", "invalid_request_error"
+    )
     UPSTREAM_UNAVAILABLE = ErrorKind("upstream_unavailable", 502, "server_error", "upstream_unavailable", "api_error")
     # The upstream answered, but with something no SDK can use: an answer that breaks
     # HTTP/1.1 (gateway.http1), a 101, a 2xx whose body is not a JSON object.
@@ -82,6 +86,8 @@ class Kinds:
     UPSTREAM_REDIRECT = ErrorKind("upstream_redirect", 502, "server_error", "upstream_redirect", "api_error")
     UPSTREAM_TIMEOUT = ErrorKind("upstream_timeout", 504, "server_error", "upstream_timeout", "timeout_error")
     INTERNAL = ErrorKind("internal", 500, "server_error", "internal_error", "api_error")
+    # The gateway's own state failed (the store during a key-table reload, the limiter region).
+    UNAVAILABLE = ErrorKind("unavailable", 503, "server_error", "service_unavailable", "api_error")
     SHUTTING_DOWN = ErrorKind("shutting_down", 503, "server_error", "shutting_down", "overloaded_error")
 
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 import aiosqlite
 import msgspec
 
+from agentrouter.errors import AgentRouterError
 from agentrouter.store.models import ALERT_KINDS, AlertRow, RequestRecord
 
 if TYPE_CHECKING:  # sqlite.py imports write_requests from here
@@ -115,7 +116,7 @@ class ClientIp(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     requests: int = 0
 
 
-class UsageQueryError(ValueError):
+class UsageQueryError(AgentRouterError, ValueError):
     """A usage range the store will not compute; ``field`` names the bad parameter."""
 
     def __init__(self, message: str, field: str) -> None:

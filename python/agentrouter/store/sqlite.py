@@ -16,6 +16,7 @@ from typing import Any
 import aiosqlite
 import msgspec
 
+from agentrouter.errors import AgentRouterError
 from agentrouter.store.analytics import write_requests
 from agentrouter.store.migrations import MIGRATIONS
 from agentrouter.store.models import KeyRow, RequestRecord, UsageDelta, UsageTotals
@@ -32,7 +33,7 @@ _KEY_SELECT = f"SELECT {_KEY_COLUMNS} FROM keys k LEFT JOIN key_usage u ON u.key
 UPDATABLE = frozenset({"name", "requests", "interval", "metadata", "expires_at"})
 
 
-class StoreError(Exception):
+class StoreError(AgentRouterError):
     """The store refused an operation (for example: no free limiter slot)."""
 
 
@@ -182,6 +183,12 @@ class Store:
             " WHERE k.state = 'active'"
         )
         return [(bytes(r[0]), _key_row(r[1:])) for r in rows]
+
+    async def deleted_key_digests(self) -> list[bytes]:
+        """The digests of deleted keys: the key table keeps them to refuse those keys
+        as deleted rather than unknown."""
+        rows = await self._db.execute_fetchall("SELECT digest FROM keys WHERE state = 'deleted'")
+        return [bytes(r[0]) for r in rows]
 
     async def update_key(self, key_id: str, changes: dict[str, Any]) -> KeyRow | None:
         """Change updatable columns of an active key; None when there is no such key."""

@@ -207,9 +207,10 @@ pub fn decide(
 ) -> Result<(Decision, Option<u64>)> {
     let (s, t, tau) = (q.scale, q.t, q.tau);
     let now = u128::from(now_ns) * u128::from(s);
-    // A TAT is never legitimately beyond `now + tau` (up to clock reads a few ns
-    // apart in two processes); clamping bounds the damage of a TAT written under
-    // another quota during a quota change (see `limiter`) to "bucket empty".
+    // A TAT is never legitimately beyond `now + tau` (the limiter reads `now`
+    // after loading the TAT, so never before the TAT's writer read its own);
+    // clamping bounds the damage of a TAT written under another quota during a
+    // quota change (see `limiter`) to "bucket empty".
     // `backlog` = max(tat, now) − now, in units: how far the bucket is from full.
     let backlog = (u128::from(tat).clamp(now, now + u128::from(tau)) - now) as u64;
     let unix_ns = i64::try_from(unix_ns).unwrap_or(i64::MAX);

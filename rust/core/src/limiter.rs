@@ -7,13 +7,15 @@
 //! through the vDSO).
 //!
 //! A bucket also stores the fingerprint of the quota its TAT is expressed in. A
-//! caller acquiring with a different quota resets the bucket to full under its
-//! own quota (CAS the fingerprint, then store `tat = 0`). Small race, accepted:
-//! an acquire under the old quota that is between its fingerprint check and its
-//! CAS may land one TAT in the old units, and a concurrent acquire under the new
-//! quota may be overwritten by the reset. `gcra::decide` clamps any TAT to at
-//! most `now + tau`, so the worst outcome of the race is one bucket starting full
-//! or empty — never a bucket stuck for longer than one interval.
+//! caller acquiring with a different quota (or the first one on a fresh bucket)
+//! resets the bucket to full under its own quota: CAS the fingerprint, then CAS
+//! the TAT from the value read before to 0, so an admission made under the new
+//! quota in between is never erased. Small race, accepted: an acquire under the
+//! old quota that is between its fingerprint check and its CAS may land one TAT
+//! in the old units (then the reset is skipped or that TAT stays). `gcra::decide`
+//! clamps any TAT to at most `now + tau`, so the worst outcome of the race is one
+//! bucket starting empty — never a bucket stuck for longer than one interval —
+//! and no admission made under the new quota is ever lost.
 //!
 //! The acquire path is a few tens of nanoseconds, so its shape matters (measured
 //! from Python with `benches/bench_core.py`): it is `#[inline(always)]` down to
@@ -122,37 +124,42 @@ impl RateLimiter {
         let Some(q) = quota else {
             return entry().map(|_| Decision::UNLIMITED);
         };
-        // The clock first, then every access to the bucket's line back to back.
-        // Finding a named bucket reads its line; read before the clock (~25 ns),
-        // the line is often taken back meanwhile by another process writing it
-        // and fetched again for the CAS. With a process hammering the same name,
-        // this order halved what the contention costs a call (~45 ns to ~25 ns).
-        let now = self.clock.now();
-        self.acquire_entry(entry()?, q, cost, now)
+        self.acquire_entry(entry()?, q, cost)
             .map(|(decision, _retries)| decision)
     }
 
-    /// The CAS loop, deciding at `now` (monotonic ns, Unix ns). Returns the
-    /// decision and how many times the CAS lost a race (for the stress test that
-    /// proves the retry path runs).
+    /// The CAS loop. Returns the decision and how many times the CAS lost a race
+    /// (for the stress test that proves the retry path runs).
+    ///
+    /// The clock is read *after* the TAT is loaded, and again after each lost CAS.
+    /// The TAT we decide on was stored by a caller that read its clock before
+    /// storing, so our `now` is never older than the `now` that TAT was computed
+    /// at: decisions serialised by the CAS see non-decreasing time, and each
+    /// admission's `remaining` is its own place in the count. Read before the load
+    /// (as this once did, to keep the bucket's line access back to back), a caller
+    /// overtaken between its clock read and its load decided at an older `now`
+    /// than the TAT's writer, saw the bucket a fraction of a cell emptier, and
+    /// reported one `remaining` too few: `2, 0, 0` for three concurrent
+    /// admissions to a bucket of 3 (see the interleaving test below).
     #[inline(always)]
     pub(crate) fn acquire_entry(
         &self,
         entry: &Entry,
         q: &Quota,
         cost: u64,
-        (now_ns, unix_ns): (u64, i128),
     ) -> Result<(Decision, u32)> {
         if cost > q.requests() {
             // Refused whatever the state; report the state only if it is in our quota.
             let own = entry.fingerprint.load(Acquire) == q.fingerprint();
             let tat = if own { entry.tat.load(Acquire) } else { 0 };
+            let (now_ns, unix_ns) = self.clock.now();
             return gcra::decide(q, tat, now_ns, unix_ns, cost).map(|(decision, _)| (decision, 0));
         }
         Self::adopt_quota(entry, q);
         let mut retries = 0;
         let mut tat = entry.tat.load(Acquire);
         loop {
+            let (now_ns, unix_ns) = self.clock.now();
             let (decision, new_tat) = gcra::decide(q, tat, now_ns, unix_ns, cost)?;
             let Some(new_tat) = new_tat else {
                 return Ok((decision, retries)); // a refusal writes nothing
@@ -173,16 +180,42 @@ impl RateLimiter {
     /// Resets the bucket to full under `q` if its state is in another quota.
     #[inline(always)]
     fn adopt_quota(entry: &Entry, q: &Quota) {
+        Self::adopt_quota_with(entry, q, || {});
+    }
+
+    /// `adopt_quota`, running `between` after the fingerprint is published and
+    /// before the reset (the tests put another caller there).
+    ///
+    /// The TAT to reset is read before the fingerprint is published, and reset by
+    /// compare-and-swap from that value: once the fingerprint is out, another
+    /// caller may admit under the new quota before the reset lands, and a blind
+    /// store would erase that admission (the bucket would admit one more than R,
+    /// and two callers would report the same `remaining`). If the TAT moved, the
+    /// reset is skipped: whoever moved it wrote under the new quota, or under the
+    /// old one a moment before (the accepted race of the module docs, clamped by
+    /// `gcra::decide`).
+    #[inline(always)]
+    fn adopt_quota_with(entry: &Entry, q: &Quota, between: impl FnOnce()) {
         let mut current = entry.fingerprint.load(Acquire);
-        while current != q.fingerprint() {
+        if current == q.fingerprint() {
+            return;
+        }
+        let mut between = Some(between);
+        loop {
+            let stale = entry.tat.load(Acquire);
             match entry
                 .fingerprint
                 .compare_exchange(current, q.fingerprint(), AcqRel, Acquire)
             {
                 Ok(_) => {
-                    entry.tat.store(0, Release);
+                    if let Some(between) = between.take() {
+                        between();
+                    }
+                    // Failing means someone wrote since `stale` was read: keep theirs.
+                    let _ = entry.tat.compare_exchange(stale, 0, AcqRel, Acquire);
                     return;
                 }
+                Err(fresh) if fresh == q.fingerprint() => return,
                 Err(fresh) => current = fresh,
             }
         }
@@ -217,6 +250,7 @@ mod tests {
     use crate::clock::FakeClock;
     use crate::gcra::Reason;
     use proptest::prelude::*;
+    use std::sync::atomic::Ordering::SeqCst;
     use std::sync::Barrier;
 
     const UNIX0: i64 = 1_700_000_000;
@@ -432,8 +466,7 @@ mod tests {
                             let entry = limiter.region.entry(0).unwrap();
                             let (mut admitted, mut retries) = (0, 0);
                             for _ in 0..CAPACITY {
-                                let now = limiter.clock.now();
-                                let (d, r) = limiter.acquire_entry(entry, &quota, 1, now).unwrap();
+                                let (d, r) = limiter.acquire_entry(entry, &quota, 1).unwrap();
                                 admitted += u64::from(d.allowed);
                                 retries += r;
                             }
@@ -454,6 +487,119 @@ mod tests {
             }
         }
         panic!("no compare_exchange ever lost a race: the retry path was not exercised");
+    }
+
+    type Hook = Box<dyn FnOnce() + Send>;
+
+    /// A clock that advances 1 ns per reading and, at chosen readings, lets
+    /// another caller run its whole acquire right after the reading was taken: a
+    /// deterministic stand-in for another process overtaking this caller.
+    struct Interleaving {
+        inner: FakeClock,
+        readings: std::sync::atomic::AtomicU32,
+        hooks: std::sync::Mutex<Vec<(u32, Hook)>>,
+    }
+
+    impl Clock for Interleaving {
+        fn monotonic_ns(&self) -> u64 {
+            self.now().0
+        }
+        fn unix_ns(&self) -> i128 {
+            self.now().1
+        }
+        fn now(&self) -> (u64, i128) {
+            let reading = self.inner.now();
+            self.inner.advance_ns(1).unwrap();
+            let n = self.readings.fetch_add(1, SeqCst) + 1;
+            let hook = {
+                let mut hooks = self.hooks.lock().unwrap();
+                let due = hooks.iter().position(|(at, _)| *at == n);
+                due.map(|i| hooks.remove(i).1)
+            };
+            if let Some(hook) = hook {
+                hook();
+            }
+            reading
+        }
+    }
+
+    /// Callers 1..=n on a full bucket of 3 (a long interval: no refill to speak
+    /// of), caller k+1 running inside the clock reading number `at[k]`. Returns
+    /// the `remaining` each admitted caller saw, sorted; `None` if the callers
+    /// before were done before one of those readings.
+    fn interleaved(at: &[u32]) -> Option<Vec<u64>> {
+        let clock = Arc::new(Interleaving {
+            inner: FakeClock::default(),
+            readings: 0.into(),
+            hooks: std::sync::Mutex::new(Vec::new()),
+        });
+        let l = Arc::new(RateLimiter::with_clock(None, 4, clock.clone()).unwrap());
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let acquire = {
+            let (l, seen) = (Arc::clone(&l), Arc::clone(&seen));
+            move || {
+                let d = l.acquire_slot(0, Some(3), 1e6, 1).unwrap();
+                assert!(d.allowed);
+                seen.lock().unwrap().push(d.remaining.unwrap());
+            }
+        };
+        for &n in at {
+            let acquire = acquire.clone();
+            clock.hooks.lock().unwrap().push((n, Box::new(acquire)));
+        }
+        acquire();
+        if !clock.hooks.lock().unwrap().is_empty() {
+            return None;
+        }
+        let mut all = seen.lock().unwrap().clone();
+        all.sort_unstable();
+        Some(all)
+    }
+
+    /// Whatever the interleaving, each admitted request sees its own place in the
+    /// count (2, then 1, then 0), never the same number twice.
+    #[test]
+    fn each_admission_sees_its_own_place_whatever_the_interleaving() {
+        // Two callers: the second runs between the first one's clock reading and
+        // its compare-and-swap (or, in the old order, before its TAT load).
+        assert_eq!(interleaved(&[1]), Some(vec![1, 2]));
+        // Three callers, the third at each clock reading the first two make.
+        let mut cases = 0;
+        for b in 2..=8 {
+            if let Some(seen) = interleaved(&[1, b]) {
+                assert_eq!(seen, [0, 1, 2], "hooks at readings 1 and {b}");
+                cases += 1;
+            }
+        }
+        assert!(cases >= 2, "{cases}");
+    }
+
+    /// A caller that sees the new quota's fingerprint admits under it at once; the
+    /// caller that published the fingerprint must not then reset the bucket over
+    /// that admission (a fresh bucket of 3 would admit 4, and two callers would
+    /// both see `remaining` 2).
+    #[test]
+    fn adopting_a_quota_never_erases_an_admission_made_under_it() {
+        let (_clock, l) = fake();
+        l.claim_slot(0, 7).unwrap(); // a fresh key: no quota in its bucket yet
+        let q = Quota::new(3, 1e6).unwrap();
+        let entry = l.region.entry(0).unwrap();
+        let mut inside = None;
+        RateLimiter::adopt_quota_with(entry, &q, || {
+            inside = Some(l.acquire_slot(0, Some(3), 1e6, 1).unwrap());
+        });
+        let (first, _) = l.acquire_entry(entry, &q, 1).unwrap();
+        assert_eq!(inside.unwrap().remaining, Some(2));
+        assert_eq!((first.allowed, first.remaining), (true, Some(1)));
+        let third = l.acquire_slot(0, Some(3), 1e6, 1).unwrap();
+        assert_eq!((third.allowed, third.remaining), (true, Some(0)));
+        assert!(
+            !l.acquire_slot(0, Some(3), 1e6, 1).unwrap().allowed,
+            "3 per interval, not 4"
+        );
+        // A quota change still starts the bucket full under the new quota.
+        let d = l.acquire_slot(0, Some(5), 1e6, 1).unwrap();
+        assert_eq!((d.allowed, d.remaining), (true, Some(4)));
     }
 
     /// An exact token bucket in rationals: tokens are kept multiplied by `I_ns`.

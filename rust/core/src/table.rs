@@ -5,6 +5,12 @@
 //! loaded. The map is keyed by the first 16 bytes of the digest only; a candidate
 //! is accepted after comparing all 32 bytes in constant time, so no secret-
 //! dependent early exit ever runs on a full digest.
+//!
+//! Beside the live keys the table keeps the digests of deleted keys (the store
+//! keeps deleted rows with their digests): a deleted key is refused as
+//! `Revoked` ("has been deleted") after any reload, not as `Unknown`. Before a
+//! reload the shared revoked flag already says so; the tombstone keeps saying it
+//! once the key has left the live set.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -121,6 +127,8 @@ type Candidates<R> = HashMap<u128, (Digest, R), BuildHasherDefault<PrefixHasher>
 
 struct Snapshot<R> {
     by_prefix: Candidates<R>,
+    /// Digests of deleted keys, keyed the same way.
+    tombstones: Candidates<()>,
     generation: u64,
 }
 
@@ -156,13 +164,19 @@ impl<R: HoldsRecord> KeyTable<R> {
             limiter,
             snapshot: ArcSwap::from_pointee(Snapshot {
                 by_prefix: Candidates::default(),
+                tombstones: Candidates::default(),
                 generation: 0,
             }),
         }
     }
 
+    /// Live keys (tombstones not included).
     pub fn len(&self) -> usize {
         self.snapshot.load().by_prefix.len()
+    }
+    /// Deleted keys' digests kept to answer `Revoked`.
+    pub fn tombstones(&self) -> usize {
+        self.snapshot.load().tombstones.len()
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -172,10 +186,12 @@ impl<R: HoldsRecord> KeyTable<R> {
         self.snapshot.load().generation
     }
 
-    /// Swaps in a new set of keys, loaded from the store at `generation`.
+    /// Swaps in a new set of keys and deleted keys' digests, loaded from the
+    /// store at `generation`. On error the table is left as it was.
     pub fn replace_all(
         &self,
         entries: impl IntoIterator<Item = (Digest, R)>,
+        deleted: impl IntoIterator<Item = Digest>,
         generation: u64,
     ) -> Result<()> {
         let mut by_prefix = Candidates::default();
@@ -189,8 +205,16 @@ impl<R: HoldsRecord> KeyTable<R> {
                 return Err(Error::invalid("two entries share a digest"));
             }
         }
+        let mut tombstones = Candidates::default();
+        for digest in deleted {
+            if by_prefix.contains_key(&prefix(&digest)) {
+                return Err(Error::invalid("a digest is both live and deleted"));
+            }
+            tombstones.insert(prefix(&digest), (digest, ()));
+        }
         self.snapshot.store(Arc::new(Snapshot {
             by_prefix,
+            tombstones,
             generation,
         }));
         Ok(())
@@ -209,8 +233,18 @@ impl<R: HoldsRecord> KeyTable<R> {
             .get(&prefix(&digest))
             .filter(|(stored, _)| same_digest(stored, &digest));
         let Some((_, entry)) = entry else {
-            let stale = self.limiter.generation() != snapshot.generation;
-            return found(if stale { Auth::Stale } else { Auth::Unknown }, None);
+            let deleted = snapshot
+                .tombstones
+                .get(&prefix(&digest))
+                .is_some_and(|(stored, ())| same_digest(stored, &digest));
+            let auth = if deleted {
+                Auth::Revoked
+            } else if self.limiter.generation() != snapshot.generation {
+                Auth::Stale
+            } else {
+                Auth::Unknown
+            };
+            return found(auth, None);
         };
         let record = entry.record();
         // The slot was range-checked by `replace_all`, so this cannot fail.
@@ -314,6 +348,7 @@ mod tests {
         table
             .replace_all(
                 [(digester.digest(&key), record(1, 11, Some(2), Some(expires)))],
+                [],
                 limiter.generation(),
             )
             .unwrap();
@@ -344,7 +379,7 @@ mod tests {
         assert_eq!(f.table.authenticate(&other).0, Auth::Unknown);
         f.limiter.bump_generation();
         assert_eq!(f.table.authenticate(&other).0, Auth::Stale);
-        f.table.replace_all([], f.limiter.generation()).unwrap();
+        f.table.replace_all([], [], f.limiter.generation()).unwrap();
         assert_eq!(f.table.authenticate(&other).0, Auth::Unknown);
         assert_eq!(f.table.generation(), 1);
     }
@@ -358,12 +393,12 @@ mod tests {
         let mut near = f.digester.digest(&other);
         near[31] ^= 1;
         f.table
-            .replace_all([(near, record(1, 11, None, None))], 0)
+            .replace_all([(near, record(1, 11, None, None))], [], 0)
             .unwrap();
         assert_eq!(f.table.authenticate(&other), (Auth::Unknown, None));
         near[31] ^= 1;
         f.table
-            .replace_all([(near, record(1, 11, None, None))], 0)
+            .replace_all([(near, record(1, 11, None, None))], [], 0)
             .unwrap();
         assert_eq!(f.table.authenticate(&other).0, Auth::Ok);
     }
@@ -390,6 +425,55 @@ mod tests {
         assert_eq!(f.table.authenticate(&f.key).0, Auth::Revoked);
     }
 
+    /// After a reload the deleted key is no longer live, but its tombstone still
+    /// refuses it as deleted: before the reload by the revoked flag, after it by
+    /// the tombstone, never as "no such key" — even once the generation moved.
+    #[test]
+    fn a_deleted_key_stays_revoked_after_the_table_reloads() {
+        let f = fixture();
+        let digest = f.digester.digest(&f.key);
+        assert!(f.limiter.revoke_slot(1, 11).unwrap());
+        f.limiter.bump_generation();
+        assert_eq!(f.table.authenticate(&f.key).0, Auth::Revoked);
+        f.table
+            .replace_all([], [digest], f.limiter.generation())
+            .unwrap();
+        assert_eq!((f.table.len(), f.table.tombstones()), (0, 1));
+        assert_eq!(f.table.authenticate(&f.key), (Auth::Revoked, None));
+        f.limiter.bump_generation();
+        assert_eq!(f.table.authenticate(&f.key), (Auth::Revoked, None));
+        let (auth, rec, decision) = f.table.check(&f.key, 1).unwrap();
+        assert_eq!((auth, rec, decision), (Auth::Revoked, None, None));
+        // Another unknown key is still unknown (or stale), not revoked.
+        let other = generate_key().unwrap();
+        assert_eq!(f.table.authenticate(&other).0, Auth::Stale);
+    }
+
+    /// A tombstone matches on the full digest, as live entries do.
+    #[test]
+    fn a_tombstone_needs_the_full_digest() {
+        let f = fixture();
+        let other = generate_key().unwrap();
+        let mut near = f.digester.digest(&other);
+        near[31] ^= 1;
+        f.table.replace_all([], [near], 0).unwrap();
+        assert_eq!(f.table.authenticate(&other).0, Auth::Unknown);
+        near[31] ^= 1;
+        f.table.replace_all([], [near], 0).unwrap();
+        assert_eq!(f.table.authenticate(&other).0, Auth::Revoked);
+    }
+
+    #[test]
+    fn a_digest_cannot_be_live_and_deleted() {
+        let f = fixture();
+        let d = f.digester.digest(&f.key);
+        let out = f
+            .table
+            .replace_all([(d, record(1, 11, None, None))], [d], 9);
+        assert!(matches!(out, Err(Error::InvalidArgument(_))));
+        assert_eq!((f.table.len(), f.table.generation()), (1, 0), "unchanged");
+    }
+
     #[test]
     fn keys_expire_on_the_limiter_clock() {
         let f = fixture();
@@ -414,7 +498,7 @@ mod tests {
     fn replace_all_rejects_bad_slots_and_duplicates() {
         let f = fixture();
         let d = f.digester.digest(&f.key);
-        let out = f.table.replace_all([(d, record(4, 1, None, None))], 0);
+        let out = f.table.replace_all([(d, record(4, 1, None, None))], [], 0);
         assert!(matches!(
             out,
             Err(Error::SlotOutOfRange {
@@ -427,7 +511,7 @@ mod tests {
             (d, record(2, 12, None, None)),
         ];
         assert!(matches!(
-            f.table.replace_all(twice, 0),
+            f.table.replace_all(twice, [], 0),
             Err(Error::InvalidArgument(_))
         ));
         assert_eq!(

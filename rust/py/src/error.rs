@@ -5,14 +5,19 @@
 //! return `CoreResult` and `?` converts core errors into it.
 
 use agentrouter_core::Error;
-use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyIndexError, PyValueError};
+use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::{create_exception, import_exception};
+
+// The root of the project's own errors is a Python class; the native errors
+// derive from it so that each edge maps the whole family in one place. Its type
+// object is imported from `agentrouter.errors` the first time one is raised.
+import_exception!(agentrouter.errors, AgentRouterError);
 
 create_exception!(
     agentrouter._core,
     LimiterError,
-    PyException,
+    AgentRouterError,
     "The shared region cannot be created, opened or used (bad file, full table)."
 );
 
@@ -50,13 +55,26 @@ pub fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pyo3::exceptions::PyException;
     use pyo3::types::PyType;
+
+    /// LimiterError's base class, `AgentRouterError`, lives in the Python package,
+    /// which a test binary does not have installed: put its source on `sys.path`.
+    fn on_package_path(py: Python<'_>) {
+        let python_source = concat!(env!("CARGO_MANIFEST_DIR"), "/../../python");
+        let path = py
+            .import("sys")
+            .and_then(|sys| sys.getattr("path"))
+            .unwrap();
+        path.call_method1("insert", (0, python_source)).unwrap();
+    }
 
     /// Converts `e` as a method's `?` would and checks the Python exception that
     /// results: exactly `T` (not merely a subclass of it) with the core's message.
     fn assert_raises<T: pyo3::PyTypeInfo>(e: Error, message: &str) {
         Python::initialize();
         Python::attach(|py| {
+            on_package_path(py);
             let err = PyErr::from(CoreError::from(e));
             let (raised, expected) = (err.get_type(py), py.get_type::<T>());
             assert!(raised.is(&expected), "raised {raised}, expected {expected}");
@@ -106,8 +124,10 @@ mod tests {
     fn limiter_error_is_an_exception_of_the_module() {
         Python::initialize();
         Python::attach(|py| {
+            on_package_path(py);
             let tp: Bound<'_, PyType> = py.get_type::<LimiterError>();
             assert!(tp.is_subclass_of::<PyException>().unwrap());
+            assert!(tp.is_subclass(&py.get_type::<AgentRouterError>()).unwrap());
             assert_eq!(
                 tp.fully_qualified_name().unwrap().to_string(),
                 "agentrouter._core.LimiterError"

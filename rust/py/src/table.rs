@@ -84,7 +84,17 @@ fn record(py: Python<'_>, entry: Option<&PyRecord>) -> Option<Py<KeyRecord>> {
     entry.map(|e| e.0.clone_ref(py))
 }
 
-/// digest → KeyRecord for this process; lock-free reads, atomic swaps.
+fn digest_of(digest: &Bound<'_, PyBytes>) -> core::Result<core::Digest> {
+    digest.as_bytes().try_into().map_err(|_| {
+        Error::invalid(format!(
+            "a digest is 32 bytes, got {}",
+            digest.as_bytes().len()
+        ))
+    })
+}
+
+/// digest → KeyRecord for this process, and deleted keys' digests; lock-free
+/// reads, atomic swaps.
 #[pyclass(frozen, module = "agentrouter._core")]
 pub struct KeyTable(core::KeyTable<PyRecord>);
 
@@ -107,24 +117,27 @@ impl KeyTable {
         self.0.generation()
     }
 
+    #[getter]
+    fn tombstones(&self) -> usize {
+        self.0.tombstones()
+    }
+
+    #[pyo3(signature = (entries, generation, deleted = Vec::new()))]
     fn replace_all(
         &self,
         entries: Vec<(Bound<'_, PyBytes>, Bound<'_, KeyRecord>)>,
         generation: u64,
+        deleted: Vec<Bound<'_, PyBytes>>,
     ) -> CoreResult<()> {
         let entries = entries
             .into_iter()
-            .map(|(digest, record)| {
-                let digest: core::Digest = digest.as_bytes().try_into().map_err(|_| {
-                    Error::invalid(format!(
-                        "a digest is 32 bytes, got {}",
-                        digest.as_bytes().len()
-                    ))
-                })?;
-                Ok((digest, PyRecord(record.unbind())))
-            })
+            .map(|(digest, record)| Ok((digest_of(&digest)?, PyRecord(record.unbind()))))
             .collect::<core::Result<Vec<_>>>()?;
-        Ok(self.0.replace_all(entries, generation)?)
+        let deleted = deleted
+            .iter()
+            .map(digest_of)
+            .collect::<core::Result<Vec<_>>>()?;
+        Ok(self.0.replace_all(entries, deleted, generation)?)
     }
 
     fn authenticate(&self, py: Python<'_>, raw: &str) -> (u8, Option<Py<KeyRecord>>) {
