@@ -13,11 +13,10 @@ micro benchmark (``benches/bench_metrics.py``), against about 1 µs for the reco
 
 from agentrouter.gateway.metrics.endpoint import Endpoint
 from agentrouter.gateway.metrics.recorder import NO_PROVIDER, NullRecorder, Recorder
-from agentrouter.gateway.metrics.render import CONTENT_TYPE, FAMILIES, render
+from agentrouter.gateway.metrics.render import FAMILIES, exposition, render
 from agentrouter.gateway.metrics.snapshot import Merged, Publisher, Snapshot, clear_stale, merge, read_peers
 
 __all__ = [
-    "CONTENT_TYPE",
     "FAMILIES",
     "NO_PROVIDER",
     "Endpoint",
@@ -27,6 +26,7 @@ __all__ = [
     "Recorder",
     "Snapshot",
     "clear_stale",
+    "exposition",
     "merge",
     "read_peers",
     "render",

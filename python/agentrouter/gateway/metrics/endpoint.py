@@ -20,8 +20,8 @@ import msgspec
 from agentrouter.api.errors import ApiError
 from agentrouter.asgi import Scope, Send
 from agentrouter.auth import MANAGE_SCOPE, KeyAuthenticator, key_headers, rate_limit_headers
-from agentrouter.gateway.metrics.render import CONTENT_TYPE, render
-from agentrouter.gateway.metrics.snapshot import Snapshot, merge, read_peers
+from agentrouter.gateway.metrics.render import exposition
+from agentrouter.gateway.metrics.snapshot import Merged, Snapshot, merge, read_peers
 
 __all__ = ["Endpoint"]
 
@@ -37,9 +37,9 @@ class Endpoint:
         self.directory = directory
         self.require_key = require_key
 
-    def exposition(self) -> bytes:
-        """This worker's live counters plus the other live workers' latest snapshots, rendered."""
-        return render(merge([self._take(), *read_peers(self.directory, os.getpid(), os.getppid())]))
+    def merged(self) -> Merged:
+        """This worker's live counters plus the other live workers' latest snapshots."""
+        return merge([self._take(), *read_peers(self.directory, os.getpid(), os.getppid())])
 
     async def answer(self, scope: Scope, send: Send, auth: KeyAuthenticator | None) -> None:
         method = scope["method"]
@@ -60,8 +60,14 @@ class Endpoint:
                 extra = [_WWW_AUTH] if result.refusal.status == 401 else []
                 await _error(send, ApiError(result.refusal.status, result.message), extra + limit_headers)
                 return
-        body = self.exposition()
-        headers = [(b"content-type", CONTENT_TYPE), _NO_STORE, *limit_headers, (b"content-length", b"%d" % len(body))]
+        accept = next((v for n, v in scope["headers"] if n == b"accept"), b"").decode("latin-1")
+        body, content_type = exposition(self.merged(), accept)
+        headers = [
+            (b"content-type", content_type.encode()),
+            _NO_STORE,
+            *limit_headers,
+            (b"content-length", b"%d" % len(body)),
+        ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body, "more_body": False})
 

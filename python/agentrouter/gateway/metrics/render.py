@@ -11,17 +11,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Literal, NamedTuple
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
 from agentrouter.gateway.metrics.recorder import ADDED_BUCKETS, TTFB_BUCKETS, UPSTREAM_BUCKETS
 from agentrouter.gateway.metrics.snapshot import Merged
 
-__all__ = ["CONTENT_TYPE", "FAMILIES", "PREFIX", "Family", "render"]
+__all__ = ["FAMILIES", "PREFIX", "Family", "exposition", "render"]
 
 PREFIX = "agentrouter_"
-CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
 
 
 class Family(NamedTuple):
@@ -111,8 +111,20 @@ class _Collector:
             yield metric
 
 
-def render(merged: Merged) -> bytes:
-    """The text exposition of ``merged``."""
+def _registry(merged: Merged) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(merged))
-    return generate_latest(registry)
+    return registry
+
+
+def render(merged: Merged) -> bytes:
+    """The text exposition (format 0.0.4) of ``merged``."""
+    return generate_latest(_registry(merged))
+
+
+def exposition(merged: Merged, accept: str = "") -> tuple[bytes, str]:
+    """``merged`` in the format the ``Accept`` header asks for, as the library chooses
+    it (``choose_encoder``: the text format 0.0.4 by default, 1.0.0 or OpenMetrics
+    when asked), and its content type."""
+    encode, content_type = choose_encoder(accept)
+    return encode(_registry(merged)), content_type
