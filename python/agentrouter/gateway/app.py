@@ -2,7 +2,7 @@
 
 One request, in order::
 
-    path → route            (dict; /healthz and /readyz beside it, never under /v1)
+    path → route            (dict; /healthz, /readyz, /metrics beside it, never under /v1)
     headers, one pass       (key headers, Content-Length, Origin, what is forwarded)
     OPTIONS                 (answered without a key: CORS preflight, else 204 + Allow)
     authenticate + limit    (agentrouter.auth: native key table and shared buckets)
@@ -18,6 +18,9 @@ Every answer to a request whose key was valid carries ``X-RateLimit-Limit``,
 ``-Remaining`` and ``-Reset`` (when the key has a limit at all) and is counted for the
 key in one place, whatever produced it (the gateway's own 500 included):
 ``Gateway._record``, called once per request from the ``finally`` of ``_handle``.
+The metrics recorder (``gateway.metrics``) counts every answer on ``/v1`` in the same
+places (that ``finally``, and the answers given before a key is known), a few
+integer additions each.
 Every answer carries ``x-request-id`` (and ``request-id`` on the Anthropic routes,
 where the SDK reads it); answers to an allowed browser origin carry the CORS headers
 (``agentrouter.cors``). ``HEAD`` on a ``GET`` route answers like ``GET`` without the
