@@ -3,8 +3,20 @@
 ``Core.from_settings(settings)`` is the one place that builds it — the gateway workers,
 ``serve``'s preparation, the management API on its own, the CLI and the tests all come
 through here — so there is one way to put the store, the shared limiter region, the
-digester and the key authenticator together. (The store and limiter backends chosen
-by settings, PostgreSQL and Redis, are to be picked here too.)
+digester and the key authenticator together, and one place that picks the limiter
+backend from the settings:
+
+* no ``limiter_url``: this host's shared-memory region decides alone (``limits``
+  is a ``SharedMemoryLimiter``; the hot path stays the one native call
+  ``KeyTable.check``);
+* ``limiter_url``: ``limits`` is a ``FailoverLimiter`` over a ``RedisLimiter``, with
+  the shared-memory region as its ``local`` fallback (``limiter_failure_mode``).
+  Redis being down at start-up is not an error: the core starts in the failure
+  mode and Redis is probed from then on. ``follow_changes`` starts the task that
+  reloads the key table when the shared generation moves (pub/sub and a poll),
+  and from the store about once a second while Redis cannot be reached.
+
+(The store backend chosen by settings, PostgreSQL, is to be picked here too.)
 
 What cannot be opened (the data directory, the database file, the limiter region) is
 a ``StateError`` whose message names the file and says what to do.
@@ -26,6 +38,8 @@ from agentrouter.config import Settings
 from agentrouter.datadir import DB_FILE, LIMITER_FILE, ensure_data_dir
 from agentrouter.errors import AgentRouterError
 from agentrouter.keys import KeyService
+from agentrouter.limits import FailureMode, Limiter, SharedMemoryLimiter
+from agentrouter.limits.failover import FailoverLimiter
 from agentrouter.secret import load_secret
 from agentrouter.store import KeyRow, Store
 
@@ -50,17 +64,25 @@ class Core:
         limiter: RateLimiter,
         digester: Digester,
         clock: FakeClock | None = None,
+        *,
+        limits: Limiter | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.store = store
         self.limiter = limiter
+        """This host's shared-memory region (slots, the local buckets)."""
+        self.limits: Limiter = limits if limits is not None else SharedMemoryLimiter(limiter)
+        """The limiter interface every edge and the key service use."""
+        self.remote = self.limits if isinstance(self.limits, FailoverLimiter) else None
+        """The Redis limiter (with its failure mode), or None in shared-memory mode."""
         self.digester = digester
         # Expiry is judged by the limiter's clock in the key table, so key
         # operations must read the same clock.
         self.now: Callable[[], float] = time.time if clock is None else (lambda: clock.unix)
-        self.keys = KeyService(store, limiter, digester, clock=self.now)
+        self.keys = KeyService(store, limiter, digester, clock=self.now, limits=self.limits)
         # One key table per process, shared by every edge it serves (/v1, /api).
-        self.auth = KeyAuthenticator(self.new_table(), self, limiter.generation)
+        self.auth = KeyAuthenticator(self.new_table(), self, limiter.generation, shared=self.remote)
+        self._follower: asyncio.Task[None] | None = None
         # The files this process opened (path → device and inode), to tell at
         # readiness whether they are still the ones at those paths.
         paths = [store.path] + ([Path(limiter.path)] if limiter.path is not None else [])
@@ -89,16 +111,43 @@ class Core:
             store = await Store.open(data_dir / DB_FILE)
         except (sqlite3.Error, OSError) as exc:
             raise state_error(exc, data_dir) from exc
-        core = cls(data_dir, store, limiter, Digester(secret), clock)
         try:
-            await core._sync_slots()
+            limits = await open_limits(settings, limiter, clock)
         except BaseException:
             await store.close()
             raise
+        core = cls(data_dir, store, limiter, Digester(secret), clock, limits=limits)
+        try:
+            await core._sync_slots()
+        except BaseException:
+            await core.close()
+            raise
         return core
 
+    def follow_changes(self) -> None:
+        """Start reloading the key table when the shared generation moves (Redis only;
+        a no-op otherwise). Stopped by ``close``."""
+        if self.remote is not None and self._follower is None:
+            self._follower = asyncio.get_running_loop().create_task(
+                self.auth.follow(self.remote.changes()), name="agentrouter-key-changes"
+            )
+
     async def close(self) -> None:
-        await self.store.close()
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+        try:
+            await self.limits.aclose()
+        finally:
+            await self.store.close()
+
+    def limiter_state(self) -> str | None:
+        """With Redis, what decides now: ``redis``, or ``redis unavailable: <mode>``
+        (None in shared-memory mode)."""
+        if self.remote is None:
+            return None
+        return "redis" if self.remote.available else f"redis unavailable: {self.remote.mode.value}"
 
     async def problems(self) -> list[str]:
         """Why this process cannot serve keys right now (empty: ready). Cheap: a few
@@ -116,6 +165,12 @@ class Core:
             elif not os.access(path, os.R_OK | os.W_OK):
                 log.warning("not ready: %s is not readable and writable", path)
                 problems.append(f"{part}: its file is not readable and writable")
+        if self.remote is not None:
+            # A probe: ends an outage when Redis is back. Logged by the limiter (once per
+            # outage); only "closed" stops serving (the other modes keep answering).
+            up = await self.remote.check()
+            if not up and self.remote.mode is FailureMode.CLOSED:
+                problems.append("limiter: Redis is unavailable and limiter_failure_mode is closed")
         try:
             await asyncio.wait_for(self.store.schema_version(), READY_QUERY_TIMEOUT)
         except TimeoutError:
@@ -140,9 +195,34 @@ class Core:
         digests (refused as deleted, not unknown). The generation is read first, so a
         change that lands during the read moves it again and causes one more reload."""
         generation = self.limiter.generation()
-        entries = [(digest, key_record(row)) for digest, row in await self.store.active_keys_with_digests()]
+        rows = await self.store.active_keys_with_digests()
+        if self.remote is not None:
+            # Keys made on other hosts hold slots this host's region has not given them
+            # yet: the table's local checks (and the local failure mode) need them live.
+            for _digest, row in rows:
+                if row.slot is not None and not self.limiter.slot_is_live(row.slot, row.tag):
+                    self.limiter.claim_slot(row.slot, row.tag)
+        entries = [(digest, key_record(row)) for digest, row in rows]
         deleted = await self.store.deleted_key_digests()
         table.replace_all(entries, generation, deleted)
+
+
+async def open_limits(settings: Settings, region: RateLimiter, clock: FakeClock | None = None) -> Limiter:
+    """The limiter of ``settings``: the shared-memory region alone, or Redis with the
+    region as its fallback (see the module docstring)."""
+    local = SharedMemoryLimiter(region)
+    url = settings.limiter_url
+    if url is None:
+        return local
+    from agentrouter.limits.redis import RedisLimiter  # redis-py: imported only when used
+
+    test_clock = None if clock is None else (lambda: round(clock.unix * 1e9))
+    remote = await RedisLimiter.connect(url, timeout=settings.limiter_timeout, test_clock=test_clock, lazy=True)
+    limits = FailoverLimiter(remote, local, FailureMode(settings.limiter_failure_mode))
+    # Redis down now is no reason not to start: the outage is logged (once) and the
+    # failure mode decides until Redis answers.
+    await limits.check()
+    return limits
 
 
 def key_record(row: KeyRow) -> KeyRecord:
