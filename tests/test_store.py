@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from agentrouter.core import Core
-from agentrouter.store import Store, UsageDelta
+from agentrouter.store import SqliteStore, UsageDelta
 from agentrouter.store.migrations import MIGRATIONS
 from tests.conftest import open_core
 
 
 async def test_schema_is_versioned_and_wal(tmp_path: Path) -> None:
     db = tmp_path / "a.db"
-    stores = await asyncio.gather(*(Store.open(db) for _ in range(4)))  # racing first opens
+    stores = await asyncio.gather(*(SqliteStore.open(db) for _ in range(4)))  # racing first opens
     try:
         assert {await s.schema_version() for s in stores} == {len(MIGRATIONS)}
     finally:

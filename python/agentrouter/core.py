@@ -3,8 +3,8 @@
 ``Core.from_settings(settings)`` is the one place that builds it — the gateway workers,
 ``serve``'s preparation, the management API on its own, the CLI and the tests all come
 through here — so there is one way to put the store, the shared limiter region, the
-digester and the key authenticator together. (The store and limiter backends chosen
-by settings, PostgreSQL and Redis, are to be picked here too.)
+digester and the key authenticator together. The store is the one ``store_url``
+names (``store.open_store``: the SQLite file by default, or PostgreSQL).
 
 What cannot be opened (the data directory, the database file, the limiter region) is
 a ``StateError`` whose message names the file and says what to do.
@@ -27,7 +27,7 @@ from agentrouter.datadir import DB_FILE, LIMITER_FILE, ensure_data_dir
 from agentrouter.errors import AgentRouterError
 from agentrouter.keys import KeyService
 from agentrouter.secret import load_secret
-from agentrouter.store import KeyRow, Store
+from agentrouter.store import KeyRow, Store, open_store
 
 __all__ = ["Core", "StateError", "key_record", "state_error"]
 
@@ -59,11 +59,15 @@ class Core:
         # operations must read the same clock.
         self.now: Callable[[], float] = time.time if clock is None else (lambda: clock.unix)
         self.keys = KeyService(store, limiter, digester, clock=self.now)
+        self.store_target = store.url
+        """What a child process opens to reach the same store (the usage writer): the
+        SQLite file, or the full PostgreSQL URL (with its password: never log it)."""
         # One key table per process, shared by every edge it serves (/v1, /api).
         self.auth = KeyAuthenticator(self.new_table(), self, limiter.generation)
         # The files this process opened (path → device and inode), to tell at
         # readiness whether they are still the ones at those paths.
-        paths = [store.path] + ([Path(limiter.path)] if limiter.path is not None else [])
+        self._store_files = set(store.files())
+        paths = [*store.files()] + ([Path(limiter.path)] if limiter.path is not None else [])
         self._opened = {path: _identity(path) for path in paths}
 
     @classmethod
@@ -86,10 +90,12 @@ class Core:
                 "or set limiter_slots to the value the server uses."
             ) from exc
         try:
-            store = await Store.open(data_dir / DB_FILE)
+            store = await open_store(settings)
         except (sqlite3.Error, OSError) as exc:
             raise state_error(exc, data_dir) from exc
         core = cls(data_dir, store, limiter, Digester(secret), clock)
+        if settings.store_url is not None and settings.store_backend == "postgresql":
+            core.store_target = settings.store_url
         try:
             await core._sync_slots()
         except BaseException:
@@ -108,7 +114,7 @@ class Core:
         if not self.auth.loaded:
             problems.append("key table: not loaded yet")
         for path, identity in self._opened.items():
-            part = "store" if path == self.store.path else "limiter"
+            part = "store" if path in self._store_files else "limiter"
             now = _identity(path)
             if now != identity:
                 log.warning("not ready: %s was removed or replaced since this process opened it", path)
