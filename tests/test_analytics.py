@@ -7,19 +7,24 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from agentrouter.core import Core
-from agentrouter.store import SqliteStore, Store
+from agentrouter.store import Store, open_store
 from agentrouter.store.analytics import MAX_BUCKETS, UsageQueryError
 from agentrouter.store.models import RequestRecord
+from tests.conftest import settings_on
 
 T0 = 1_704_067_200.0  # 2024-01-01T00:00:00Z
 
 
+pytestmark = pytest.mark.store_backends()
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await SqliteStore.open(tmp_path / "agentrouter.db")
+async def store(tmp_path: Path, store_url: str | None) -> AsyncIterator[Store]:
+    s = await open_store(settings_on(tmp_path, store_url=store_url))
     try:
         yield s
     finally:
@@ -66,24 +71,9 @@ async def test_a_batch_is_one_row_per_request_and_never_a_key(store: Store, anal
     await analytics.add_requests([])
     assert await analytics.count_requests() == 5
     assert await analytics.count_requests("key_a") == 5
-    async with store._db.execute("SELECT * FROM request_log LIMIT 1") as cur:
-        names = [d[0] for d in cur.description]
-        row = await cur.fetchone()
-    assert names == [
-        "id",
-        "time",
-        "key_id",
-        "model",
-        "status",
-        "latency_ms",
-        "input_tokens",
-        "output_tokens",
-        "client_ip",
-        "user_agent",
-        "caller_request_id",
-    ]
-    assert row is not None and len(row[9]) == 512  # long user agents are cut, not refused
-    assert row[10] == "caller-7"
+    row = (await store.request_log(limit=1))[0]
+    assert row == msgspec.structs.replace(rec(T0, ua="x" * 512))  # long user agents are cut, not refused
+    assert row.caller_request_id == "caller-7"
 
 
 async def test_usage_totals_series_and_percentiles(analytics: Store) -> None:
@@ -249,10 +239,11 @@ async def test_notification_bookkeeping(analytics: Store) -> None:
     assert row is not None and row.notified_at == T0 + 5 and row.notify_attempts == 3
 
 
-async def test_lease_is_held_by_one_holder_until_it_expires(tmp_path: Path) -> None:
-    # Two processes' worth of connections to one database file.
-    s1 = await SqliteStore.open(tmp_path / "db")
-    s2 = await SqliteStore.open(tmp_path / "db")
+async def test_lease_is_held_by_one_holder_until_it_expires(tmp_path: Path, store_url: str | None) -> None:
+    # Two processes' (or hosts') worth of connections to one database.
+    (tmp_path / "a").mkdir()
+    s1 = await open_store(settings_on(tmp_path / "a", store_url=store_url))
+    s2 = await open_store(settings_on(tmp_path / ("a" if store_url is None else "b"), store_url=store_url))
     try:
         a, b = s1, s2
         assert await a.take_lease("monitor", "one", now=100, ttl=30)

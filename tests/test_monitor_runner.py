@@ -23,6 +23,9 @@ HOUR = 3600.0
 DAY = 86400.0
 
 
+pytestmark = pytest.mark.store_backends()
+
+
 def requests(
     key_id: str, start: float, n: int, *, every: float = 1.0, ip: str = "203.0.113.1", status: int = 200
 ) -> list[RequestRecord]:
