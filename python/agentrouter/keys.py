@@ -111,13 +111,15 @@ class KeyService:
         owner: str | None,
         expires_at: float | None,
         now: float,
-        before_commit: Any = None,
         key_id: str | None = None,
+        replaces: str | None = None,
+        replaced_until: float | None = None,
     ) -> CreatedKey:
         raw = generate_key()
         tag = secrets.randbits(63) | 1  # non-zero, fits SQLite's signed 64-bit integer
+        new_id = key_id or new_key_id()
         row = await self._store.insert_key(
-            id=key_id or new_key_id(),
+            id=new_id,
             name=name,
             prefix=display_prefix(raw),
             digest=self._digester.digest(raw),
@@ -131,8 +133,11 @@ class KeyService:
             expires_at=expires_at,
             slot_capacity=self._limiter.capacity,
             claim=lambda slot: self._limiter.claim_slot(slot, tag),
-            before_commit=before_commit,
+            replaces=replaces,
+            replaced_until=replaced_until,
         )
+        if row is None:
+            raise KeyNotFound(f"no active key with id {replaces!r} (deleted or rotated meanwhile)")
         await self._limits.changed()
         return CreatedKey(key=raw, row=row)
 
@@ -210,16 +215,7 @@ class KeyService:
         if old.expires_at is not None and old.expires_at <= now:
             raise KeyConflict(f"key {key_id} has expired; create a new key instead")
         old_until = now + grace if old.expires_at is None else min(old.expires_at, now + grace)
-        new_id = new_key_id()
-
-        async def retire_old(db: Any) -> None:
-            cur = await db.execute(
-                "UPDATE keys SET expires_at = ?, rotated_to = ? WHERE id = ? AND state = 'active'",
-                (old_until, new_id, key_id),
-            )
-            if cur.rowcount == 0:
-                raise KeyNotFound(f"no active key with id {key_id!r}")
-
+        # The old key is retired in the new one's transaction (``replaces``).
         return await self._insert(  # same settings, same expiry (still in the future)
             name=old.name,
             requests=old.requests,
@@ -229,8 +225,8 @@ class KeyService:
             owner=old.owner,
             expires_at=old.expires_at,
             now=now,
-            before_commit=retire_old,
-            key_id=new_id,
+            replaces=key_id,
+            replaced_until=old_until,
         )
 
 

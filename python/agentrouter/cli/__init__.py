@@ -24,7 +24,7 @@ from agentrouter.errors import AgentRouterError
 from agentrouter.keys import KeyInputError
 
 # Sub-command modules, in the order `--help` lists them.
-_COMMANDS = ("serve", "keys", "usage", "alerts")
+_COMMANDS = ("serve", "migrate", "keys", "usage", "alerts")
 
 
 def build_parser() -> argparse.ArgumentParser:
