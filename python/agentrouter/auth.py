@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import math
+import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -54,6 +56,7 @@ from agentrouter._core import (
     KeyTable,
     display_prefix,
 )
+from agentrouter.store.base import StoreUnavailable
 
 __all__ = [
     "INFERENCE_SCOPE",
@@ -69,6 +72,10 @@ __all__ = [
 
 INFERENCE_SCOPE = "inference"
 MANAGE_SCOPE = "manage"
+RELOAD_RETRY = 1.0
+"""Seconds between two reloads of the key table while the database is unavailable."""
+
+log = logging.getLogger("agentrouter.auth")
 
 
 class Refusal(enum.Enum):
@@ -164,6 +171,7 @@ class KeyAuthenticator:
         self._generation = generation
         self._reload: asyncio.Future[None] | None = None
         self._loaded = False
+        self._retry_at = 0.0  # while the store is unavailable: when to try a reload again
 
     @property
     def table(self) -> KeyTable:
@@ -200,10 +208,10 @@ class KeyAuthenticator:
 
         table = self._table
         if not self._loaded or self._generation() != table.generation:
-            await self.reload()
+            await self._refresh()
         code, record, decision = table.check(raw)
         if code == AUTH_STALE:
-            await self.reload()
+            await self._refresh()
             code, record, decision = table.check(raw)
 
         if code == AUTH_OK:
@@ -225,6 +233,26 @@ class KeyAuthenticator:
         # AUTH_UNKNOWN, or still stale after a reload (a key created and deleted meanwhile).
         assert code in (AUTH_UNKNOWN, AUTH_STALE), code
         return AuthResult(Refusal.UNKNOWN, f"Invalid API key {shown}: no such key.")
+
+    async def _refresh(self) -> None:
+        """``reload``, except while the database is unavailable after a first load: then
+        the loaded table goes on serving (deleted keys are still refused: revocation is
+        the limiter's flag, not the table), tried again at most every
+        ``RELOAD_RETRY`` seconds, so requests never each wait for a dead database."""
+        if self._loaded and time.monotonic() < self._retry_at:
+            return
+        try:
+            await self.reload()
+        except StoreUnavailable as exc:
+            if not self._loaded:
+                raise
+            if not self._retry_at:
+                log.error("the key table cannot be reloaded (%s); serving the keys loaded before", exc)
+            self._retry_at = time.monotonic() + RELOAD_RETRY
+        else:
+            if self._retry_at:
+                log.warning("the key table is reloaded again: the database is back")
+            self._retry_at = 0.0
 
     async def reload(self) -> None:
         """Rebuild the table from the store; concurrent callers share one reload."""
