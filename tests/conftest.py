@@ -22,7 +22,7 @@ from agentrouter.core import Core
 # registered as plugins, so a module asks for them by name and imports only helpers.
 # tests.services starts private real servers (Redis) for the tests that need them;
 # tests.hang_guard picks pytest-timeout's method for tests that run on uvloop.
-pytest_plugins = ["tests.gateway_fixtures", "tests.api_fixtures", "tests.hang_guard", "tests.services"]
+pytest_plugins = ["tests.services", "tests.gateway_fixtures", "tests.api_fixtures", "tests.hang_guard"]
 
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 

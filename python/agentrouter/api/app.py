@@ -41,7 +41,7 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from agentrouter.api.docs import docs_html
-from agentrouter.api.errors import ApiError
+from agentrouter.api.errors import ApiError, store_unavailable
 from agentrouter.api.openapi import openapi_json
 from agentrouter.api.routes import Context, Request, match
 from agentrouter.asgi import Receive, Scope, Send, run_lifespan
@@ -53,7 +53,7 @@ from agentrouter.errors import AgentRouterError
 from agentrouter.keys import KeyConflict, KeyInputError, KeyNotFound
 from agentrouter.monitor.runner import Monitor
 from agentrouter.request_body import BodyError, BodyReader
-from agentrouter.store import StoreError
+from agentrouter.store import StoreError, StoreUnavailable
 from agentrouter.store.analytics import UsageQueryError
 
 __all__ = ["MAX_BODY", "ManagementApi", "build_api"]
@@ -246,6 +246,9 @@ def api_error(exc: Exception, what: str = "request") -> ApiError:
         return ApiError(422, str(exc))
     if isinstance(exc, KeyNotFound):
         return ApiError(404, str(exc))
+    if isinstance(exc, StoreUnavailable):
+        log.error("%s failed: %s", what, exc)
+        return store_unavailable()
     if isinstance(exc, (KeyConflict, StoreError)):
         return ApiError(409, str(exc))
     if isinstance(exc, UsageQueryError):

@@ -35,7 +35,9 @@ applies, with `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Rese
 
 **Errors.** One shape: `{"error": {"type", "message", "field"}}`; `type` is
 `invalid_request`, `authentication_error`, `permission_error`, `not_found`,
-`method_not_allowed`, `conflict`, `rate_limit_error` or `api_error`; `field` names the
+`method_not_allowed`, `conflict`, `rate_limit_error`, `api_error` or
+`service_unavailable` (503 with `Retry-After`: the database — PostgreSQL — cannot be
+reached; nothing was changed, or retry to be sure); `field` names the
 body field or query parameter at fault. Unknown id → 404; malformed JSON → 400; a
 body that does not validate → 422 naming the field, including fields a caller may
 not set (`id`, `prefix`, `digest`, `created_at`, `usage`, `state`, …), which are
