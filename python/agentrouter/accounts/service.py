@@ -1075,6 +1075,12 @@ class AccountService:
         """The actor's own account (a user actor)."""
         return await self._self(actor)
 
+    async def set_display_name(self, actor: Actor, display_name: str | None) -> UserRow:
+        """Change the actor's own display name (blank or None clears it)."""
+        user = await self._self(actor)
+        await self._db.update_user(user.id, {"display_name": _display_name(display_name)})
+        return await self._self(actor)
+
     async def set_role(self, actor: Actor, user_id: str, role: str) -> UserRow:
         """Make a user ``admin`` or ``member``. ``Conflict`` when it would leave no
         enabled admin."""

@@ -203,9 +203,7 @@ def _sign_in_reply(ctx: Context, result: SignedIn | SecondFactorRequired) -> Rep
         return Reply(body, headers=_signed_in_headers(ctx, result))
     max_age = result.expires_at - ctx.now()
     return Reply(
-        SignInResult(
-            status="two_factor_required", two_factor_token=result.pending_token, expires_at=result.expires_at
-        ),
+        SignInResult(status="two_factor_required", two_factor_token=result.pending_token, expires_at=result.expires_at),
         headers=[ctx.cookies.set_named(TWO_FACTOR_COOKIE, result.pending_token, max_age, same_site="Strict")],
     )
 
@@ -303,7 +301,9 @@ async def confirm_reset(ctx: Context, req: Request) -> Reply:
     caller = _caller(req)
     await _accounts(ctx).reset_password(b.token, b.password, client_ip=caller.client_ip)
     headers = [ctx.cookies.clear_session()] if caller.token is not None else []
-    return Reply(Done(message="Your password is set and every device was signed out; sign in with it."), headers=headers)
+    return Reply(
+        Done(message="Your password is set and every device was signed out; sign in with it."), headers=headers
+    )
 
 
 async def setup(ctx: Context, req: Request) -> Reply:
@@ -335,9 +335,7 @@ async def whoami(ctx: Context, req: Request) -> Reply:
                 credential="session",
             )
         )
-    return Reply(
-        Whoami(user=user_out(user) if user else None, session=None, csrf_token=None, credential="manage_key")
-    )
+    return Reply(Whoami(user=user_out(user) if user else None, session=None, csrf_token=None, credential="manage_key"))
 
 
 # -- OAuth ----------------------------------------------------------------------------
@@ -401,9 +399,7 @@ async def oauth_callback(ctx: Context, req: Request) -> Reply:
             user_agent=caller.user_agent,
         )
     except AccountError as exc:
-        raise ApiError(
-            exc.status, exc.message, field=exc.field, code=exc.code, headers=[clear_state]
-        ) from None
+        raise ApiError(exc.status, exc.message, field=exc.field, code=exc.code, headers=[clear_state]) from None
     await _end_previous(ctx, caller)
     if isinstance(result, SignedIn):
         return Reply(None, 302, [clear_state, *_signed_in_headers(ctx, result)], redirect=flow.next)

@@ -17,7 +17,9 @@ from msgspec import UNSET, Meta, UnsetType
 
 from agentrouter.api.schemas import Cursor, Limit, TimeParam
 
-Email = Annotated[str, Meta(min_length=1, max_length=320, description="An email address (compared case-insensitively).")]
+Email = Annotated[
+    str, Meta(min_length=1, max_length=320, description="An email address (compared case-insensitively).")
+]
 Password = Annotated[
     str,
     Meta(
@@ -147,7 +149,6 @@ class Providers(msgspec.Struct, kw_only=True):
     password: bool
     providers: Annotated[list[ProviderName], Meta(description="OAuth providers configured (client id set).")]
     registration: Annotated[Literal["open", "domains", "invite"], Meta(description="Who may register.")]
-    setup_required: Annotated[bool, Meta(description="true: no user yet; the first admin uses the setup link.")]
 
 
 class AuthorizeUrl(msgspec.Struct, kw_only=True):
@@ -261,9 +262,9 @@ class MeUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class PasswordChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    current_password: Annotated[
-        str | None, Meta(max_length=1024, description="Required when the account has a password.")
-    ] = None
+    current_password: (
+        Annotated[str, Meta(max_length=1024, description="Required when the account has a password.")] | None
+    ) = None
     new_password: Password
     end_other_sessions: Annotated[bool, Meta(description="Also sign out every other device.")] = False
 
@@ -274,7 +275,7 @@ class CodeBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class TotpDisable(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     code: Annotated[Code | None, Meta(description="A current code or a recovery code.")] = None
-    password: Annotated[str | None, Meta(max_length=1024, description="Or the account's password.")] = None
+    password: Annotated[str, Meta(max_length=1024, description="Or the account's password.")] | None = None
 
 
 class LinkQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
@@ -299,18 +300,14 @@ class UsersQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
 
 
 class AuditQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
-    user_id: Annotated[str, Meta(min_length=1, max_length=64, description="Admins: events of this user.")] | None = (
-        None
-    )
-    event: Annotated[str, Meta(min_length=1, max_length=64, description="Only this event, e.g. sign_in.")] | None = (
-        None
-    )
+    user_id: Annotated[str, Meta(min_length=1, max_length=64, description="Admins: events of this user.")] | None = None
+    event: Annotated[str, Meta(min_length=1, max_length=64, description="Only this event, e.g. sign_in.")] | None = None
     since: TimeParam | None = None
     until: TimeParam | None = None
     limit: Limit = 50
-    cursor: Annotated[str, Meta(pattern=r"^[0-9]{1,18}$", description="The next_cursor of the previous page.")] | None = (
-        None
-    )
+    cursor: (
+        Annotated[str, Meta(pattern=r"^[0-9]{1,18}$", description="The next_cursor of the previous page.")] | None
+    ) = None
 
 
 class OAuthStartQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):

@@ -41,16 +41,15 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
-from agentrouter.api.docs import docs_html
-from agentrouter.api.errors import ApiError
-from agentrouter.api.openapi import openapi_json
 from agentrouter._core import Decision
 from agentrouter.accounts.errors import AccountDisabled, AccountError, Busy, Throttled
 from agentrouter.actor import instance_actor
 from agentrouter.api.caller import Caller
+from agentrouter.api.docs import docs_html
+from agentrouter.api.errors import ApiError
+from agentrouter.api.openapi import openapi_json
 from agentrouter.api.routes import Context, Request
 from agentrouter.api.table import match
-from agentrouter.asgi import Receive, Scope, Send, run_lifespan
 from agentrouter.api.web import (
     CSRF_HEADER,
     SAFE_METHODS,
@@ -60,6 +59,7 @@ from agentrouter.api.web import (
     request_origins,
     same_origin_refusal,
 )
+from agentrouter.asgi import Receive, Scope, Send, run_lifespan
 from agentrouter.auth import MANAGE_SCOPE, key_headers, rate_limit_headers
 from agentrouter.config import Settings, load_settings
 from agentrouter.core import Core
@@ -85,8 +85,8 @@ _CLOSE = (b"connection", b"close")
 _WWW_AUTH = (b"www-authenticate", b'Bearer realm="agentrouter-api"')
 _NO_REFERRER = (b"referrer-policy", b"no-referrer")
 _NO_CREDENTIALS = (
-    "Missing credentials: send a management key ('Authorization: Bearer sk-ar-...' or 'x-api-key: sk-ar-...'), "
-    "or sign in (POST /api/v1/auth/signin) to get a session cookie."
+    "Missing API key. Send a management key as 'Authorization: Bearer sk-ar-...' or as 'x-api-key: sk-ar-...', "
+    "or sign in (POST /api/v1/auth/signin) for a session cookie."
 )
 _encode = msgspec.json.Encoder().encode
 
@@ -200,7 +200,9 @@ class ManagementApi:
             if self._ctx is None:
                 raise ApiError(503, "The management API is starting; try again in a moment.")
             op, params, allowed = match("GET" if head else method, path)
-            caller, decision = await self._caller(scope, method, public=op is not None and op.auth == "public", extra=extra)
+            caller, decision = await self._caller(
+                scope, method, public=op is not None and op.auth == "public", extra=extra
+            )
             if op is None:
                 if allowed:
                     raise _method_not_allowed(allowed)
@@ -272,9 +274,7 @@ class ManagementApi:
         token = cookies.session_token(read_cookies(headers))
         unsafe = method not in SAFE_METHODS
         if unsafe and (token is not None or public):
-            refusal = same_origin_refusal(
-                _header(scope, b"origin"), _header(scope, b"referer"), self._origins(scope)
-            )
+            refusal = same_origin_refusal(_header(scope, b"origin"), _header(scope, b"referer"), self._origins(scope))
             if refusal is not None and (token is not None or _header(scope, b"origin") is not None):
                 raise ApiError(403, refusal, code="csrf_failed")
         if token is not None and accounts is not None:
@@ -282,9 +282,7 @@ class ManagementApi:
             if info is None:
                 extra.append(cookies.clear_session())
                 if not public:
-                    raise ApiError(
-                        401, "Your session has ended or expired; sign in again.", code="session_ended"
-                    )
+                    raise ApiError(401, "Your session has ended or expired; sign in again.", code="session_ended")
             else:
                 if unsafe and not public and not csrf_matches(self.core.digester, token, _header(scope, CSRF_HEADER)):
                     raise ApiError(
@@ -294,9 +292,7 @@ class ManagementApi:
                         "GET /api/v1/auth/session).",
                         code="csrf_failed",
                     )
-                caller = Caller(
-                    actor=info.actor, session=info, token=token, client_ip=client_ip, user_agent=user_agent
-                )
+                caller = Caller(actor=info.actor, session=info, token=token, client_ip=client_ip, user_agent=user_agent)
                 return caller, None
         if public:
             return Caller(actor=None, client_ip=client_ip, user_agent=user_agent), None
@@ -342,7 +338,9 @@ def api_error(exc: Exception, what: str = "request") -> ApiError:
         return exc.error
     if isinstance(exc, Throttled | Busy):
         wait = max(1, math.ceil(exc.retry_after))
-        return ApiError(exc.status, exc.message, field=exc.field, code=exc.code, headers=[(b"retry-after", b"%d" % wait)])
+        return ApiError(
+            exc.status, exc.message, field=exc.field, code=exc.code, headers=[(b"retry-after", b"%d" % wait)]
+        )
     if isinstance(exc, AccountError):
         return ApiError(exc.status, exc.message, field=exc.field, code=exc.code)
     if isinstance(exc, EmailNotVerified):

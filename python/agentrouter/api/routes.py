@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from agentrouter.actor import INSTANCE, Actor
 from agentrouter.api.errors import ApiError, not_found, validation_error
 from agentrouter.api.params import decode_cursor, encode_cursor, label_matches, parse_time
 from agentrouter.api.schemas import (
@@ -36,7 +37,6 @@ from agentrouter.api.schemas import (
     UsageQuery,
     UsageReport,
 )
-from agentrouter.actor import INSTANCE, Actor
 from agentrouter.config import Settings
 from agentrouter.core import Core
 from agentrouter.keys import KeyInputError, KeyNotFound, check_metadata_depth
@@ -650,4 +650,3 @@ KEY_OPERATIONS: tuple[Operation, ...] = (
         errors=(*_READ, 404),
     ),
 )
-

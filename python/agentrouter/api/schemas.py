@@ -128,14 +128,18 @@ class KeyCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         Meta(description="The key stops working this many seconds after creation; null or absent: never."),
     ] = None
     scope: Annotated[Scope, Meta(description="inference (default) for /v1 calls; manage for this API.")] = "inference"
-    owner: Annotated[
-        str | None,
-        Meta(
-            max_length=64,
-            description="Admins: the user id the key is for. A member's keys are always their own; "
-            "a manage key without an owner makes instance keys unless this names a user.",
-        ),
-    ] = None
+    owner: (
+        Annotated[
+            str,
+            Meta(
+                min_length=1,
+                max_length=64,
+                description="Admins: the user id the key is for. A member's keys are always their own; "
+                "a manage key without an owner makes instance keys unless this names a user.",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class KeyUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -241,14 +245,17 @@ class KeysQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
         ),
     ] = []
     include_deleted: Annotated[bool, Meta(description="Also list deleted keys.")] = False
-    owner: Annotated[
-        str,
-        Meta(
-            min_length=1,
-            max_length=64,
-            description="Admins: only the keys of this user id (`me`: your own). Members always see their own only.",
-        ),
-    ] | None = None
+    owner: (
+        Annotated[
+            str,
+            Meta(
+                min_length=1,
+                max_length=64,
+                description="Admins: only the keys of this user id (`me`: your own). Members see their own only.",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class KeyQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
