@@ -221,6 +221,8 @@ class ManagementApi:
                 decision = exc.decision
             await _send_error(send, api_error(exc, f"{method} {path}"), [*extra, *rate_limit_headers(decision)])
             return
+        if any(name == b"set-cookie" for name, _ in reply.headers):
+            extra = [h for h in extra if h[0] != b"set-cookie"]  # the handler's cookies decide
         if reply.redirect is not None:
             headers = [(b"location", reply.redirect.encode()), _NO_STORE, _NO_REFERRER, *extra, *reply.headers]
             await _send(send, reply.status, b"", headers, head=head)
