@@ -281,6 +281,8 @@ _INPUT_FIELDS = {
 
 def _input_error(exc: KeyInputError) -> ApiError:
     message = str(exc)
+    if message.startswith("owner: no user"):  # an unknown id, like any other: 404
+        return ApiError(404, message, field="owner")
     first = message.split(" ", 1)[0]
     return ApiError(422, message, field=_INPUT_FIELDS.get(first))
 
@@ -536,7 +538,7 @@ KEY_OPERATIONS: tuple[Operation, ...] = (
         CreatedKey,
         status=201,
         body=KeyCreate,
-        errors=(*_READ, 400, 409, 413, 415, 422),
+        errors=(*_READ, 400, 404, 409, 413, 415, 422),
     ),
     Operation(
         "GET",
