@@ -21,6 +21,7 @@ import pytest
 
 from agentrouter.accounts.service import AccountService
 from agentrouter.core import Core
+from agentrouter.store.analytics import Analytics
 from tests.accounts_helpers import outbox, token_in
 from tests.accounts_web import OTHER_STRONG, STRONG, Browser, Served
 from tests.api_fixtures import api_error
@@ -187,6 +188,14 @@ def test_csrf_refusals_and_manage_key_needs_none(served: Served) -> None:
     assert resp.status_code == 201, resp.text
 
 
+async def _alert(core: Core, key_id: str) -> str:
+    row = await Analytics(core.store).record_alert(
+        key_id=key_id, kind="new_ip", subject="10.0.0.0/24", evidence={"ip": "10.0.0.1"}, now=time.time(), cooldown=0
+    )
+    assert row is not None
+    return row.id
+
+
 async def _verify(acc: AccountService, user_id: str) -> None:
     await acc._db.update_user(user_id, {"email_verified_at": time.time()})
 
@@ -301,6 +310,8 @@ def test_members_cannot_reach_each_others_objects(served: Served) -> None:
         a_key = a.post("/api/v1/keys", json={"name": "alice's"}).json()
         b_session = b.get("/api/v1/me/sessions").json()["data"][0]["id"]
         kid = b_key["id"]
+        alert = served.seed(lambda core, acc: _alert(core, kid))
+        assert b.get(f"/api/v1/alerts/{alert}").status_code == 200
         missing = "key_0000000000000000"
         refusals = [
             a.get(f"/api/v1/keys/{kid}"),
@@ -309,11 +320,12 @@ def test_members_cannot_reach_each_others_objects(served: Served) -> None:
             a.post(f"/api/v1/keys/{kid}/rotate", json={}),
             a.get(f"/api/v1/keys/{kid}/usage"),
             a.get(f"/api/v1/usage?key_id={kid}"),
-            a.get(f"/api/v1/alerts?key_id={kid}"),
             a.request("DELETE", f"/api/v1/keys/{kid}"),
             a.request("DELETE", f"/api/v1/me/sessions/{b_session}"),
             a.get(f"/api/v1/users/{b_id}"),
             a.get(f"/api/v1/audit?user_id={b_id}"),
+            a.get(f"/api/v1/alerts/{alert}"),
+            a.post(f"/api/v1/alerts/{alert}/ack"),
         ]
         for resp in refusals:
             api_error(resp, 404, "not_found")
@@ -322,7 +334,10 @@ def test_members_cannot_reach_each_others_objects(served: Served) -> None:
             a.get(f"/api/v1/keys/{missing}").json()["error"]["message"].replace(missing, kid)
             == refusals[0].json()["error"]["message"]
         )
+        # A list filtered by B's key lists nothing (as for a key without alerts).
+        assert a.get(f"/api/v1/alerts?key_id={kid}&status=all").json()["data"] == []
         # Nothing changed for B.
+        assert b.get(f"/api/v1/alerts/{alert}").json()["acknowledged_at"] is None
         assert b.get(f"/api/v1/keys/{kid}").json()["name"] == "bob's"
         assert b.get("/api/v1/me/sessions").json()["data"][0]["id"] == b_session
         # A sees only A's own keys, usage and audit events.
