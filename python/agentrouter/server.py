@@ -149,7 +149,7 @@ async def _prepare(settings: Settings) -> str | None:
 
     core = await Core.from_settings(settings)
     try:
-        return await core.accounts.prepare_setup() if core.accounts is not None else None
+        return await core.accounts.prepare_setup()
     finally:
         await core.close()
 

@@ -98,7 +98,6 @@ def _create(args: argparse.Namespace) -> int:
         if args.owner is not None:
             from agentrouter.cli.users import resolve_user
 
-            assert core.accounts is not None
             owner = (await resolve_user(core.accounts, args.owner)).id
         return await core.keys.create(
             name=args.name,

@@ -15,7 +15,7 @@ from typing import Any
 from agentrouter.accounts.service import AccountService
 from agentrouter.actor import INSTANCE
 from agentrouter.cli.context import run_with_core
-from agentrouter.cli.output import CommandError, UsageError, add_json_flag, emit_json, wants_json
+from agentrouter.cli.output import UsageError, add_json_flag, emit_json, wants_json
 from agentrouter.core import Core
 from agentrouter.store.models import InvitationRow, SessionRow, UserRow
 
@@ -90,12 +90,6 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_invite)
 
 
-def _accounts(core: Core) -> AccountService:
-    if core.accounts is None:  # pragma: no cover - Core.from_settings always builds it
-        raise CommandError("accounts are not available")
-    return core.accounts
-
-
 async def resolve_user(acc: AccountService, ref: str) -> UserRow:
     """A user by id (``usr_…``) or email address."""
     if ref.startswith("usr_") and "@" not in ref:
@@ -105,7 +99,7 @@ async def resolve_user(acc: AccountService, ref: str) -> UserRow:
 
 def _run(args: argparse.Namespace, op: Any) -> Any:
     async def go(core: Core) -> Any:
-        acc = _accounts(core)
+        acc = core.accounts
         try:
             return await op(acc)
         finally:
