@@ -31,7 +31,6 @@ async def accounts_core(data_dir: Path, clock: FakeClock | None = None, **env: s
 
 
 def service(core: Core) -> AccountService:
-    assert core.accounts is not None
     return core.accounts
 
 

@@ -263,6 +263,8 @@ async def test_sessions_expire_after_30_days_and_are_touched_once_a_minute(acore
     assert stored.last_seen_at == clock.unix
     clock.advance(30 * 86400 - 61)
     assert await acc.authenticate_session(signed.token) is None
+    assert await acc.prune() == 1  # the monitor's hourly prune deletes expired sessions and tokens
+    assert await acc.prune() == 0
     assert await acc.authenticate_session("ars_" + "A" * 43) is None
     assert await acc.authenticate_session(None) is None
     assert await acc.authenticate_session("sk-ar-not-a-session") is None

@@ -57,8 +57,8 @@ class Core:
         digester: Digester,
         clock: FakeClock | None = None,
         *,
-        settings: Settings | None = None,
-        secret: bytes | None = None,
+        settings: Settings,
+        secret: bytes,
     ) -> None:
         self.data_dir = data_dir
         self.store = store
@@ -68,9 +68,7 @@ class Core:
         # operations must read the same clock.
         self.now: Callable[[], float] = time.time if clock is None else (lambda: clock.unix)
         self.keys = KeyService(store, limiter, digester, clock=self.now)
-        self.accounts: AccountService | None = None
-        if settings is not None and secret is not None:
-            self.accounts = _accounts(self, settings, secret, clock)
+        self.accounts: AccountService = _accounts(self, settings, secret, clock)
         # One key table per process, shared by every edge it serves (/v1, /api).
         self.auth = KeyAuthenticator(self.new_table(), self, limiter.generation)
         # The files this process opened (path → device and inode), to tell at
@@ -119,8 +117,7 @@ class Core:
 
     async def close(self) -> None:
         try:
-            if self.accounts is not None:
-                await self.accounts.aclose()
+            await self.accounts.aclose()
         finally:
             await self.store.close()
 

@@ -25,6 +25,7 @@ from agentrouter.monitor.detectors import KeyHistory, detect
 from agentrouter.monitor.settings import DAY, HOUR
 from agentrouter.monitor.webhook import WebhookSender, alert_event
 from agentrouter.store import Store
+from agentrouter.store.accounts import AccountStore
 from agentrouter.store.analytics import Analytics
 from agentrouter.store.models import AlertRow
 
@@ -154,7 +155,10 @@ class Monitor:
         return result
 
     async def prune(self, now: float) -> int:
+        """Delete request-log rows past their retention (returns how many), and the
+        expired sessions and one-time tokens of the accounts."""
         s = self.settings
+        await AccountStore(self.store).prune(now)
         return await self.analytics.prune(
             log_before=now - s.request_log_retention_days * DAY,
             rollups_before=now - max(s.rollup_retention_days, s.request_log_retention_days) * DAY,
