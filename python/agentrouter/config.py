@@ -12,11 +12,16 @@ The file::
     body_timeout = 300           # seconds a request body may take in all (408)
     cors_allow_origins = []      # browser origins allowed by CORS ("https://app.example.com", "*")
     limiter_slots = 65536        # buckets in the shared limiter region (at most this many live keys)
+    limiter_url = "redis://redis.internal:6379/0"   # buckets in Redis, for several hosts (default: none)
+    limiter_failure_mode = "local"   # while Redis is unreachable: local | open | closed
+    limiter_timeout = 0.25       # seconds any Redis call may take before the failure mode decides
     shutdown_timeout = 30        # seconds to drain in-flight requests on SIGTERM
     request_log_retention_days = 30
     alert_webhook_url = "https://hooks.example.com/agentrouter"   # default: none
     monitor_enabled = true       # false: no detector runs (the request log is still pruned)
     monitor_interval = 60        # seconds between monitor runs
+    metrics_enabled = true       # GET /metrics (Prometheus); false: 404, nothing counted
+    metrics_require_key = true   # /metrics needs a management key; false: open
 
     [monitor]                    # thresholds of the unusual-usage detectors
     volume_factor = 5            # (DetectorConfig; reasoning in agentrouter.monitor.detectors)
@@ -57,7 +62,8 @@ send them.
 
 Every ``[server]`` setting is also read from ``AGENTROUTER_<NAME>`` (``AGENTROUTER_PORT``,
 ``AGENTROUTER_WORKERS``, ``AGENTROUTER_DATA_DIR``, ``AGENTROUTER_MAX_BODY_BYTES``,
-``AGENTROUTER_LIMITER_SLOTS``, ``AGENTROUTER_CORS_ALLOW_ORIGINS`` (comma-separated), …),
+``AGENTROUTER_LIMITER_SLOTS``, ``AGENTROUTER_LIMITER_URL``, ``AGENTROUTER_CORS_ALLOW_ORIGINS``
+(comma-separated), …),
 the server secret from ``AGENTROUTER_SECRET`` (``secret``; at least 32 bytes; without it
 the secret is the data directory's ``secret`` file, created on first run),
 every provider setting from ``AGENTROUTER_PROVIDERS__<PROVIDER>__<NAME>`` (for instance
@@ -113,6 +119,8 @@ DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_LIMITER_SLOTS = 65536
 MAX_LIMITER_SLOTS = 1 << 24  # 16 Mi buckets: a 1 GiB region file
 MIN_SECRET_BYTES = 32
+MAX_LIMITER_TIMEOUT = 5.0
+LIMITER_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 HOUR = 3600.0
 
 ProviderType = Literal["openai", "anthropic", "mock"]
@@ -357,6 +365,19 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limiter_slots: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMITER_SLOTS)] = DEFAULT_LIMITER_SLOTS
     """Buckets in the shared limiter region: one per live key. Every process sharing a
     data directory must use the same number (the region file records it)."""
+    limiter_url: str | None = None
+    """Redis (7.0 or later, or Valkey) holding the buckets, the revoked flags and the
+    key-set generation of every host: ``redis://[user:password@]host:port/db``,
+    ``rediss://…`` (TLS) or ``unix:///path/redis.sock?db=0``. None (the default): this
+    host's shared-memory region (``limiter_slots``) decides alone. Its password is
+    never shown (``redacted_limiter_url``)."""
+    limiter_failure_mode: Literal["local", "open", "closed"] = "local"
+    """What decides while Redis cannot be reached (``limits.failover``): ``local``, this
+    host's shared-memory limiter with the same limits (so they hold per host); ``open``,
+    every valid key admitted without a limit; ``closed``, every request refused with 503."""
+    limiter_timeout: Annotated[float, msgspec.Meta(gt=0, le=MAX_LIMITER_TIMEOUT)] = 0.25
+    """Seconds any call to Redis may take (connecting included) before it counts as a
+    failure and the failure mode answers; never retried (a retry could charge twice)."""
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = DEFAULT_MAX_BODY_BYTES
     """A larger request body gets 413 (a larger ``Content-Length`` before any is read)."""
     body_idle_timeout: _Seconds = 30.0
@@ -381,6 +402,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     embedding and tests, at a cost in tail latency)."""
     log_level: Literal["critical", "error", "warning", "warn", "info", "debug"] = "info"
     access_log: bool = False
+    metrics_enabled: bool = True
+    """Serve ``GET /metrics`` (the Prometheus text format, summed over the workers);
+    false: no counting at all, and ``/metrics`` answers 404."""
+    metrics_require_key: bool = True
+    """``/metrics`` needs a management key (scope "manage"), refused like ``/api``;
+    false: anyone who reaches the port may read it (bind it to a private network)."""
 
     # The request log and the unusual-usage monitor (agentrouter.monitor).
     request_log_retention_days: _Positive = 30.0
@@ -447,13 +474,34 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         """``secret`` as the bytes the digester takes (None: use the data directory's file)."""
         return None if self.secret is None else _secret_bytes(self.secret)
 
+    @property
+    def redacted_limiter_url(self) -> str | None:
+        """``limiter_url`` with its password replaced by ``***``: the form for messages."""
+        return None if self.limiter_url is None else redact_url(self.limiter_url)
+
     def __repr__(self) -> str:
         # The secret (and providers' keys) must not reach a log through a repr.
         shown = {f: getattr(self, f) for f in self.__struct_fields__ if f not in ("secret", "providers")}
         # (smtp and oauth hide their own passwords and client secrets in their reprs)
         shown["secret"] = None if self.secret is None else "***"
+        shown["limiter_url"] = self.redacted_limiter_url
         shown["providers"] = tuple(p.name for p in self.providers)
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user information (``user:password@``) shown as
+    ``***``, and a ``password=`` query parameter too."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        authority, slash, path = rest.partition("/")
+        userinfo, at, host = authority.rpartition("@")
+        if at:
+            # A lone part before "@" may be a password too (some clients read it so).
+            user, colon, _password = userinfo.partition(":")
+            authority = f"{user}:***@{host}" if colon else f"***@{host}"
+        url = f"{scheme}{sep}{authority}{slash}{path}"
+    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
 
 
 def _secret_bytes(secret: str) -> bytes:
@@ -724,6 +772,17 @@ def _check_server(settings: Settings, env: Mapping[str, str], origin: dict[str, 
             )
         origins.append(origin_)
     changes["cors_allow_origins"] = tuple(dict.fromkeys(origins))
+    url = settings.limiter_url
+    if url is not None:
+        url = url.strip()
+        if not url:
+            url = None  # an empty AGENTROUTER_LIMITER_URL: no Redis
+        elif not url.lower().startswith(LIMITER_URL_SCHEMES) or len(url) <= len(url.partition("://")[0]) + 3:
+            raise fail(
+                "limiter_url",
+                f"expected a redis://, rediss:// or unix:// URL, got {redact_url(url)!r}",
+            )
+        changes["limiter_url"] = url
     return msgspec.structs.replace(settings, **changes)
 
 

@@ -1,9 +1,10 @@
 """The key service: every change to API keys goes through here (CLI, management API).
 
-It keeps three things in step: the store (source of truth), the shared limiter
-region (slot ownership, revoked flags, the key-set generation) and the digests.
-A change is visible to every running gateway process on its next request:
-deletion through the shared revoked flag, everything else through the generation
+It keeps three things in step: the store (source of truth), the limiter (slot
+ownership in this host's region; the revoked flags and the key-set generation of
+every host, through ``Limiter.changed``) and the digests. A change is visible to
+every running gateway process, on every host sharing the limiter, on its next
+request: deletion through the revoked flag, everything else through the generation
 counter, which makes each process reload its key table once.
 
 Keys belong to people. Every method takes an ``actor`` (``agentrouter.actor``):
@@ -34,6 +35,7 @@ from agentrouter._core import Digester, RateLimiter, display_prefix, generate_ke
 from agentrouter.actor import INSTANCE, Actor
 from agentrouter.audit import AuditLog
 from agentrouter.errors import AgentRouterError
+from agentrouter.limits import KeyId, Limiter, SharedMemoryLimiter
 from agentrouter.store import KeyRow, Store
 from agentrouter.store.models import SCOPES
 
@@ -87,9 +89,12 @@ class KeyService:
         digester: Digester,
         clock: Callable[[], float] = time.time,
         audit: AuditLog | None = None,
+        *,
+        limits: Limiter | None = None,
     ) -> None:
         self._store = store
         self._limiter = limiter
+        self._limits = limits if limits is not None else SharedMemoryLimiter(limiter)
         self._digester = digester
         self._clock = clock
         self._audit = audit
@@ -180,7 +185,7 @@ class KeyService:
             claim=lambda slot: self._limiter.claim_slot(slot, tag),
             before_commit=before_commit,
         )
-        self._limiter.bump_generation()
+        await self._limits.changed()
         return CreatedKey(key=raw, row=row)
 
     async def list(
@@ -232,7 +237,7 @@ class KeyService:
         row = await self._store.update_key(key_id, changes)
         if row is None:
             raise KeyNotFound(f"no active key with id {key_id!r}")
-        self._limiter.bump_generation()
+        await self._limits.changed()
         await self._record("key_updated", actor, row, fields=sorted(changes))
         return row
 
@@ -245,13 +250,17 @@ class KeyService:
         return row
 
     async def _delete(self, key_id: str) -> KeyRow | None:
+        revoked: list[KeyId] = []
+
         def revoke(slot: int, tag: int) -> None:
-            # False (ignored) means the slot has a new owner already: nothing left to refuse.
+            # This host's region at once, before the commit (fail closed); False (ignored)
+            # means the slot has a new owner already: nothing left to refuse.
             self._limiter.revoke_slot(slot, tag)
+            revoked.append(KeyId(key_id, slot, tag))
 
         row = await self._store.delete_key(key_id, now=self._clock(), revoke=revoke)
         if row is not None:
-            self._limiter.bump_generation()
+            await self._limits.changed(revoked)
         return row
 
     async def revoke_owned(self, owner: str, *, actor: Actor = INSTANCE, reason: str) -> builtins.list[KeyRow]:

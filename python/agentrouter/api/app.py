@@ -108,8 +108,10 @@ class ManagementApi:
             self._bind(core)
         elif self.core is None:
             opener = self._open_core or _open_core
-            self._bind(await opener(self.settings))
+            core = await opener(self.settings)
+            self._bind(core)
             self._owns_core = True
+            core.follow_changes()  # a shared limiter's key-change feed (no-op without one)
         assert self.core is not None
         if self._run_monitor and self.monitor is None:
             self.monitor = Monitor(self.core.store, self.settings, clock=self.core.now)
