@@ -10,7 +10,6 @@ sealed (TOTP secrets): this module never sees one in the clear. Only
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -196,7 +195,10 @@ class AccountStore:
                 return False
             await db.execute("DELETE FROM account_tokens WHERE user_id = ? AND kind = 'reset'", (user_id,))
             if end_sessions:
-                await db.execute("DELETE FROM sessions WHERE user_id = ? AND id IS NOT ?", (user_id, keep))
+                if keep is None:
+                    await db.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,))
+                else:
+                    await db.execute("DELETE FROM sessions WHERE user_id = ? AND id <> ?", (user_id, keep))
         return True
 
     async def set_disabled(self, user_id: str, disabled: bool) -> bool:
@@ -443,16 +445,13 @@ class AccountStore:
         self, *, provider: str, subject: str, user_id: str, email: str | None, now: float
     ) -> bool:
         """Link an identity; False when it is linked already (to anyone)."""
-        try:
-            async with self._store.transaction() as db:
-                await db.execute(
-                    "INSERT INTO identities (provider, subject, user_id, email, created_at, last_used_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (provider, subject, user_id, email, now, now),
-                )
-        except sqlite3.IntegrityError:
-            return False
-        return True
+        async with self._store.transaction() as db:
+            cur = await db.execute(
+                "INSERT INTO identities (provider, subject, user_id, email, created_at, last_used_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (provider, subject) DO NOTHING",
+                (provider, subject, user_id, email, now, now),
+            )
+            return bool(cur.rowcount)
 
     async def touch_identity(self, provider: str, subject: str, *, email: str | None, now: float) -> None:
         async with self._store.transaction() as db:
