@@ -17,7 +17,8 @@ picks the limiter backend from the settings:
   reloads the key table when the shared generation moves (pub/sub and a poll),
   and from the store about once a second while Redis cannot be reached.
 
-(The store backend chosen by settings, PostgreSQL, is to be picked here too.)
+The store is the one ``store_url`` names (``store.open_store``: the SQLite file by
+default, or PostgreSQL).
 
 What cannot be opened (the data directory, the database file, the limiter region) is
 a ``StateError`` whose message names the file and says what to do.
@@ -44,7 +45,7 @@ from agentrouter.keys import KeyService
 from agentrouter.limits import FailureMode, Limiter, SharedMemoryLimiter
 from agentrouter.limits.failover import FailoverLimiter
 from agentrouter.secret import load_secret
-from agentrouter.store import KeyRow, Store
+from agentrouter.store import KeyRow, Store, open_store
 
 if TYPE_CHECKING:
     from agentrouter.accounts.service import AccountService
@@ -89,12 +90,16 @@ class Core:
         self.now: Callable[[], float] = time.time if clock is None else (lambda: clock.unix)
         self.keys = KeyService(store, limiter, digester, clock=self.now, limits=self.limits)
         self.accounts: AccountService = _accounts(self, settings, secret, clock)
+        self.store_target = store.url
+        """What a child process opens to reach the same store (the usage writer): the
+        SQLite file, or the full PostgreSQL URL (with its password: never log it)."""
         # One key table per process, shared by every edge it serves (/v1, /api).
         self.auth = KeyAuthenticator(self.new_table(), self, limiter.generation, shared=self.remote)
         self._follower: asyncio.Task[None] | None = None
         # The files this process opened (path → device and inode), to tell at
         # readiness whether they are still the ones at those paths.
-        paths = [store.path] + ([Path(limiter.path)] if limiter.path is not None else [])
+        self._store_files = set(store.files())
+        paths = [*store.files()] + ([Path(limiter.path)] if limiter.path is not None else [])
         self._opened = {path: _identity(path) for path in paths}
 
     @classmethod
@@ -117,7 +122,7 @@ class Core:
                 "or set limiter_slots to the value the server uses."
             ) from exc
         try:
-            store = await Store.open(data_dir / DB_FILE)
+            store = await open_store(settings)
         except (sqlite3.Error, OSError) as exc:
             raise state_error(exc, data_dir) from exc
         try:
@@ -137,6 +142,8 @@ class Core:
                 "stop every AgentRouter process using the data directory, remove it, and start again; or set "
                 "accounts.throttle_buckets to the value the server uses."
             ) from exc
+        if settings.store_url is not None and settings.store_backend == "postgresql":
+            core.store_target = settings.store_url
         try:
             await core._sync_slots()
         except BaseException:
@@ -178,7 +185,7 @@ class Core:
         if not self.auth.loaded:
             problems.append("key table: not loaded yet")
         for path, identity in self._opened.items():
-            part = "store" if path == self.store.path else "limiter"
+            part = "store" if path in self._store_files else "limiter"
             now = _identity(path)
             if now != identity:
                 log.warning("not ready: %s was removed or replaced since this process opened it", path)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import builtins
 import math
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -134,21 +133,18 @@ class KeyService:
                 )
             if owner is None or not actor.is_admin:
                 owner = actor.user_id
-        try:
-            created = await self._insert(
-                name=validate_name(name),
-                requests=requests,
-                interval=interval,
-                metadata=validate_metadata(metadata if metadata is not None else {}),
-                scope=validate_scope(scope),
-                owner=owner,
-                expires_at=None if expires_in is None else now + expires_in,
-                now=now,
-            )
-        except sqlite3.IntegrityError as exc:
-            if owner is not None and "FOREIGN KEY" in str(exc).upper():
-                raise KeyInputError(f"owner: no user with id {owner!r}") from None
-            raise
+        if owner is not None and owner != actor.user_id and await self._store.accounts.get_user(owner) is None:
+            raise KeyInputError(f"owner: no user with id {owner!r}")
+        created = await self._insert(
+            name=validate_name(name),
+            requests=requests,
+            interval=interval,
+            metadata=validate_metadata(metadata if metadata is not None else {}),
+            scope=validate_scope(scope),
+            owner=owner,
+            expires_at=None if expires_in is None else now + expires_in,
+            now=now,
+        )
         await self._record("key_created", actor, created.row, name=created.row.name, scope=created.row.scope)
         return created
 
@@ -163,13 +159,15 @@ class KeyService:
         owner: str | None,
         expires_at: float | None,
         now: float,
-        before_commit: Any = None,
         key_id: str | None = None,
+        replaces: str | None = None,
+        replaced_until: float | None = None,
     ) -> CreatedKey:
         raw = generate_key()
         tag = secrets.randbits(63) | 1  # non-zero, fits SQLite's signed 64-bit integer
+        new_id = key_id or new_key_id()
         row = await self._store.insert_key(
-            id=key_id or new_key_id(),
+            id=new_id,
             name=name,
             prefix=display_prefix(raw),
             digest=self._digester.digest(raw),
@@ -183,8 +181,11 @@ class KeyService:
             expires_at=expires_at,
             slot_capacity=self._limiter.capacity,
             claim=lambda slot: self._limiter.claim_slot(slot, tag),
-            before_commit=before_commit,
+            replaces=replaces,
+            replaced_until=replaced_until,
         )
+        if row is None:
+            raise KeyNotFound(f"no active key with id {replaces!r} (deleted or rotated meanwhile)")
         await self._limits.changed()
         return CreatedKey(key=raw, row=row)
 
@@ -290,16 +291,7 @@ class KeyService:
         if old.expires_at is not None and old.expires_at <= now:
             raise KeyConflict(f"key {key_id} has expired; create a new key instead")
         old_until = now + grace if old.expires_at is None else min(old.expires_at, now + grace)
-        new_id = new_key_id()
-
-        async def retire_old(db: Any) -> None:
-            cur = await db.execute(
-                "UPDATE keys SET expires_at = ?, rotated_to = ? WHERE id = ? AND state = 'active'",
-                (old_until, new_id, key_id),
-            )
-            if cur.rowcount == 0:
-                raise KeyNotFound(f"no active key with id {key_id!r}")
-
+        # The old key is retired in the new one's transaction (``replaces``).
         created = await self._insert(  # same settings, same expiry (still in the future)
             name=old.name,
             requests=old.requests,
@@ -309,10 +301,10 @@ class KeyService:
             owner=old.owner,
             expires_at=old.expires_at,
             now=now,
-            before_commit=retire_old,
-            key_id=new_id,
+            replaces=key_id,
+            replaced_until=old_until,
         )
-        await self._record("key_rotated", actor, old, new_key=new_id, grace_seconds=grace)
+        await self._record("key_rotated", actor, old, new_key=created.row.id, grace_seconds=grace)
         return created
 
 

@@ -39,7 +39,7 @@ from agentrouter.api.schemas import (
 from agentrouter.core import Core
 from agentrouter.keys import KeyInputError, KeyNotFound, check_metadata_depth
 from agentrouter.store import KeyRow
-from agentrouter.store.analytics import Analytics, UsageQueryError
+from agentrouter.store.analytics import UsageQueryError
 from agentrouter.store.models import AlertRow
 
 SHOWN_ONCE = "This key will not be shown again. Copy it now and keep it somewhere safe."
@@ -72,11 +72,11 @@ class Reply:
 
 
 class Context:
-    """What handlers share: the opened core and the analytics on its store."""
+    """What handlers share: the opened core and its store."""
 
     def __init__(self, core: Core) -> None:
         self.core = core
-        self.analytics = Analytics(core.store)
+        self.store = core.store
 
     def now(self) -> float:
         return self.core.now()
@@ -370,7 +370,7 @@ async def _usage(ctx: Context, q: UsageQuery, key_id: str | None) -> Reply:
     until = now if q.until is None else parse_time(q.until, now=now, field="until")
     since = until - DEFAULT_RANGE if q.since is None else parse_time(q.since, now=now, field="since")
     try:
-        report: UsageReport = await ctx.analytics.usage(since=since, until=until, bucket=q.by, key_id=key_id)
+        report: UsageReport = await ctx.store.usage(since=since, until=until, bucket=q.by, key_id=key_id)
     except UsageQueryError as exc:
         raise ApiError(422, f"{exc.field}: {exc}", field=exc.field) from None
     return Reply(report)
@@ -396,7 +396,7 @@ async def list_alerts(ctx: Context, req: Request) -> Reply:
     q: AlertsQuery = req.query
     before = decode_cursor(q.cursor) if q.cursor is not None else None
     acknowledged = {"open": False, "acknowledged": True, "all": None}[q.status]
-    rows = await ctx.analytics.list_alerts(
+    rows = await ctx.store.list_alerts(
         kind=q.kind, key_id=q.key_id, acknowledged=acknowledged, before=before, limit=q.limit + 1
     )
     page = rows[: q.limit]
@@ -412,7 +412,7 @@ async def list_alerts(ctx: Context, req: Request) -> Reply:
 
 async def get_alert(ctx: Context, req: Request) -> Reply:
     alert_id = req.params["alert_id"]
-    row = await ctx.analytics.get_alert(alert_id)
+    row = await ctx.store.get_alert(alert_id)
     if row is None:
         raise not_found("alert", alert_id)
     return Reply(alert_out(row))
@@ -420,7 +420,7 @@ async def get_alert(ctx: Context, req: Request) -> Reply:
 
 async def acknowledge_alert(ctx: Context, req: Request) -> Reply:
     alert_id = req.params["alert_id"]
-    row = await ctx.analytics.acknowledge_alert(alert_id, now=ctx.now())
+    row = await ctx.store.acknowledge_alert(alert_id, now=ctx.now())
     if row is None:
         raise not_found("alert", alert_id)
     return Reply(alert_out(row))

@@ -247,7 +247,11 @@ class Gateway:
         flusher."""
         self._rid_prefix = "req_" + secrets.token_hex(6)  # per worker: ids unique across workers
         core = await self._open_core(self.settings)
-        writer = UsageWriter(core.store.path) if self.settings.usage_writer == "process" else None
+        writer = (
+            UsageWriter(core.store_target, connect_timeout=self.settings.store_connect_timeout)
+            if self.settings.usage_writer == "process"
+            else None
+        )
         auth: KeyAuthenticator = core.auth
         try:
             await auth.reload()
@@ -268,7 +272,11 @@ class Gateway:
         self.core = core
         self.auth = auth
         self.usage_writer = writer
-        self.usage = UsageRecorder(writer or core.store.add_usage, self.settings.usage_flush_interval)
+        self.usage = UsageRecorder(
+            writer or core.store.add_usage,
+            self.settings.usage_flush_interval,
+            max_pending_requests=self.settings.usage_buffer_records,
+        )
         self.usage.start()
         if self.settings.metrics_enabled:
             self.metrics.usage = self.usage
