@@ -23,12 +23,14 @@ from agentrouter.accounts.errors import (
 from agentrouter.accounts.service import SecondFactorRequired, SignedIn
 from agentrouter.actor import INSTANCE
 from agentrouter.core import Core
-from tests.accounts_helpers import STRONG, accounts_core, actor_of, registered_user, service
+from tests.accounts_helpers import STRONG, accounts_core, actor_of, registered_user, service, stored_text
+
+pytestmark = pytest.mark.store_backends
 
 
 @pytest.fixture
-async def acore(data_dir: Path, clock: FakeClock) -> AsyncIterator[Core]:
-    core = await accounts_core(data_dir, clock)
+async def acore(data_dir: Path, clock: FakeClock, store_url: str | None) -> AsyncIterator[Core]:
+    core = await accounts_core(data_dir, clock, store_url=store_url)
     try:
         yield core
     finally:
@@ -135,8 +137,9 @@ async def test_totp_secrets_are_sealed_in_the_store(acore: Core, clock: FakeCloc
     acc = service(acore)
     signed = await registered_user(acore, "xena@example.com")
     enrollment = await acc.begin_totp(actor_of(signed, acore))
-    raw = (data_dir / "agentrouter.db").read_bytes()
-    assert enrollment.secret.encode() not in raw
+    stored = await stored_text(acore)
+    assert "xena@example.com" in stored
+    assert enrollment.secret not in stored
     user = await acc.get_user(INSTANCE, signed.user.id)
     assert user.totp_secret is not None and enrollment.secret.encode() not in user.totp_secret
 
@@ -228,8 +231,10 @@ async def test_identity_of_a_disabled_user_is_refused(acore: Core) -> None:
         await acc.sign_in_with_identity(provider="google", subject="s", email="eli@example.com", email_verified=True)
 
 
-async def test_identity_sign_up_follows_the_registration_mode(data_dir: Path, clock: FakeClock) -> None:
-    core = await accounts_core(data_dir, clock, AGENTROUTER_ACCOUNTS_REGISTRATION="invite")
+async def test_identity_sign_up_follows_the_registration_mode(
+    data_dir: Path, clock: FakeClock, store_url: str | None
+) -> None:
+    core = await accounts_core(data_dir, clock, store_url=store_url, AGENTROUTER_ACCOUNTS_REGISTRATION="invite")
     try:
         acc = service(core)
         with pytest.raises(RegistrationClosed):

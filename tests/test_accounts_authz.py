@@ -16,10 +16,12 @@ from agentrouter.core import Core
 from agentrouter.keys import KeyInputError, KeyNotFound
 from tests.accounts_helpers import accounts_core, actor_of, registered_user, service
 
+pytestmark = pytest.mark.store_backends
+
 
 @pytest.fixture
-async def acore(data_dir: Path, clock: FakeClock) -> AsyncIterator[Core]:
-    core = await accounts_core(data_dir, clock)
+async def acore(data_dir: Path, clock: FakeClock, store_url: str | None) -> AsyncIterator[Core]:
+    core = await accounts_core(data_dir, clock, store_url=store_url)
     try:
         yield core
     finally:

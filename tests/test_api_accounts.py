@@ -21,7 +21,6 @@ import pytest
 
 from agentrouter.accounts.service import AccountService
 from agentrouter.core import Core
-from agentrouter.store.analytics import Analytics
 from tests.accounts_helpers import outbox, token_in
 from tests.accounts_web import OTHER_STRONG, STRONG, Browser, Served
 from tests.api_fixtures import api_error
@@ -189,7 +188,7 @@ def test_csrf_refusals_and_manage_key_needs_none(served: Served) -> None:
 
 
 async def _alert(core: Core, key_id: str) -> str:
-    row = await Analytics(core.store).record_alert(
+    row = await core.store.record_alert(
         key_id=key_id, kind="new_ip", subject="10.0.0.0/24", evidence={"ip": "10.0.0.1"}, now=time.time(), cooldown=0
     )
     assert row is not None

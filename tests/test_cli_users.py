@@ -16,9 +16,12 @@ from agentrouter.server import prepare
 from tests.accounts_helpers import FIREFOX, STRONG, service
 from tests.conftest import Cli, settings_on
 
+pytestmark = pytest.mark.store_backends
 
-async def _core(data_dir: Path) -> Core:
-    return await Core.from_settings(settings_on(data_dir, secret=None))  # the CLI's own secret file
+
+async def _core(data_dir: Path, store_url: str | None = None) -> Core:
+    # The CLI's own secret file, the CLI's store.
+    return await Core.from_settings(settings_on(data_dir, secret=None, store_url=store_url))
 
 
 def test_users_create_list_show_set_role(cli: Cli) -> None:
@@ -54,7 +57,7 @@ def test_bad_input_and_unknown_users(cli: Cli) -> None:
     assert refused.returncode == 1 and "last admin" in refused.stderr
 
 
-async def test_sessions_logout_all_disable_and_owned_keys(cli: Cli, data_dir: Path) -> None:
+async def test_sessions_logout_all_disable_and_owned_keys(cli: Cli, data_dir: Path, store_url: str | None) -> None:
     proc = cli.run("users", "create", "--email", "kim@example.com", "--password-stdin", "--json", input=STRONG + "\n")
     assert proc.returncode == 0, proc.stderr
     owned = cli.json("keys", "create", "--name", "kim's", "--owner", "kim@example.com")
@@ -63,7 +66,7 @@ async def test_sessions_logout_all_disable_and_owned_keys(cli: Cli, data_dir: Pa
     unknown_owner = cli.run("keys", "create", "--owner", "nobody@example.com")
     assert unknown_owner.returncode == 1 and "no user" in unknown_owner.stderr
 
-    core = await _core(data_dir)
+    core = await _core(data_dir, store_url)
     try:
         acc = service(core)
         signed = [await acc.sign_in(email="kim@example.com", password=STRONG, user_agent=FIREFOX) for _ in range(2)]
@@ -88,7 +91,7 @@ async def test_sessions_logout_all_disable_and_owned_keys(cli: Cli, data_dir: Pa
         await core.close()
 
 
-async def test_reset_password_link_and_invites(cli: Cli, data_dir: Path) -> None:
+async def test_reset_password_link_and_invites(cli: Cli, data_dir: Path, store_url: str | None) -> None:
     assert (
         cli.run("users", "create", "--email", "lee@example.com", "--password-stdin", input=STRONG + "\n").returncode
         == 0
@@ -102,7 +105,7 @@ async def test_reset_password_link_and_invites(cli: Cli, data_dir: Path) -> None
     assert human.returncode == 0 and "for anyone who has it" in human.stdout
     assert len(list((data_dir / "outbox").glob("*.eml"))) == 2  # the reset link and the bound invitation
 
-    core = await _core(data_dir)
+    core = await _core(data_dir, store_url)
     try:
         acc = service(core)
         await acc.reset_password(token, "Fresh-Meadow-88-Lark")

@@ -26,7 +26,7 @@ from agentrouter.errors import AgentRouterError
 from agentrouter.keys import KeyInputError
 
 # Sub-command modules, in the order `--help` lists them.
-_COMMANDS = ("serve", "keys", "users", "usage", "alerts")
+_COMMANDS = ("serve", "migrate", "keys", "users", "usage", "alerts")
 
 
 def build_parser() -> argparse.ArgumentParser:
