@@ -152,7 +152,10 @@ class Monitor:
         return result
 
     async def prune(self, now: float) -> int:
+        """Delete request-log rows past their retention (returns how many), and the
+        expired sessions and one-time tokens of the accounts."""
         s = self.settings
+        await self.store.accounts.prune(now)
         return await self.store.prune(
             log_before=now - s.request_log_retention_days * DAY,
             rollups_before=now - max(s.rollup_retention_days, s.request_log_retention_days) * DAY,

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from agentrouter.errors import AgentRouterError
 from agentrouter.store.analytics import Bucket, ClientIp, HourlyUsage, UsageReport
 from agentrouter.store.models import AlertRow, KeyRow, RequestRecord, UsageDelta
+
+if TYPE_CHECKING:
+    from agentrouter.store.accounts import AccountStore
 
 __all__ = ["SchemaBehind", "Store", "StoreError", "StoreUnavailable"]
 
@@ -87,7 +90,15 @@ class Store(Protocol):
 
     async def get_key(self, key_id: str) -> KeyRow | None: ...
 
-    async def list_keys(self, *, include_deleted: bool = False) -> list[KeyRow]: ...
+    async def list_keys(self, *, include_deleted: bool = False, owner: str | None = None) -> list[KeyRow]:
+        """Active keys (and deleted ones with ``include_deleted``), oldest first; only
+        ``owner``'s when given."""
+        ...
+
+    @property
+    def accounts(self) -> AccountStore:
+        """The accounts tables (``store.accounts``)."""
+        ...
 
     async def active_keys_with_digests(self) -> list[tuple[bytes, KeyRow]]:
         """Everything a gateway process needs to build its key table."""
@@ -142,9 +153,16 @@ class Store(Protocol):
     # -- analytics ---------------------------------------------------------------
 
     async def usage(
-        self, *, since: float, until: float, bucket: Bucket = "hour", key_id: str | None = None
+        self,
+        *,
+        since: float,
+        until: float,
+        bucket: Bucket = "hour",
+        key_id: str | None = None,
+        owner: str | None = None,
     ) -> UsageReport:
-        """Totals, a dense series and the per-model breakdown over [since, until)."""
+        """Totals, a dense series and the per-model breakdown over [since, until), of
+        one key, of one owner's keys, or of every key."""
         ...
 
     async def keys_used_since(self, since: float) -> list[str]: ...
@@ -170,6 +188,7 @@ class Store(Protocol):
         since: float | None = None,
         before: tuple[float, str] | None = None,
         limit: int = 100,
+        owner: str | None = None,
     ) -> list[AlertRow]: ...
 
     async def acknowledge_alert(self, alert_id: str, *, now: float) -> AlertRow | None: ...

@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -53,6 +53,9 @@ from agentrouter.store.models import (
     UsageDelta,
     UsageTotals,
 )
+
+if TYPE_CHECKING:
+    from agentrouter.store.accounts import AccountStore
 
 __all__ = ["UPDATABLE", "Query", "SqlStore", "Tx", "q"]
 
@@ -120,6 +123,8 @@ _KEY_SELECT = f"SELECT {_KEY_COLUMNS} FROM keys k LEFT JOIN key_usage u ON u.key
 GET_KEY = Query(f"{_KEY_SELECT} WHERE k.id = ?")
 LIST_ACTIVE_KEYS = Query(f"{_KEY_SELECT} WHERE k.state = 'active' ORDER BY k.created_at, k.id")
 LIST_ALL_KEYS = Query(f"{_KEY_SELECT} ORDER BY k.created_at, k.id")
+LIST_ACTIVE_OWNED = Query(f"{_KEY_SELECT} WHERE k.state = 'active' AND k.owner = ? ORDER BY k.created_at, k.id")
+LIST_ALL_OWNED = Query(f"{_KEY_SELECT} WHERE k.owner = ? ORDER BY k.created_at, k.id")
 ACTIVE_KEYS_WITH_DIGESTS = Query(
     f"SELECT k.digest, {_KEY_COLUMNS} FROM keys k LEFT JOIN key_usage u ON u.key_id = k.id WHERE k.state = 'active'"
 )
@@ -266,13 +271,20 @@ _GROUPED = """
 """
 
 
-def _grouped_query(group: str, by_key: bool) -> Query:
-    where = "time >= ? AND time < ?" + (" AND key_id = ?" if by_key else "")
+_SCOPES = {
+    "all": "",
+    "key": " AND key_id = ?",
+    "owner": " AND key_id IN (SELECT id FROM keys WHERE owner = ?)",  # a user's keys
+}
+
+
+def _grouped_query(group: str, scope: str) -> Query:
+    where = "time >= ? AND time < ?" + _SCOPES[scope]
     sqlite, postgres = _GROUPS[group]
     return Query(_GROUPED.format(group=sqlite, where=where), _GROUPED.format(group=postgres, where=where))
 
 
-GROUPED = {(group, by_key): _grouped_query(group, by_key) for group in _GROUPS for by_key in (False, True)}
+GROUPED = {(group, scope): _grouped_query(group, scope) for group in _GROUPS for scope in _SCOPES}
 
 
 # -- the logic ---------------------------------------------------------------------
@@ -355,9 +367,19 @@ class SqlStore:
         rows = await self._fetch(GET_KEY, (key_id,))
         return _key_row(rows[0]) if rows else None
 
-    async def list_keys(self, *, include_deleted: bool = False) -> list[KeyRow]:
-        rows = await self._fetch(LIST_ALL_KEYS if include_deleted else LIST_ACTIVE_KEYS)
+    async def list_keys(self, *, include_deleted: bool = False, owner: str | None = None) -> list[KeyRow]:
+        if owner is not None:
+            rows = await self._fetch(LIST_ALL_OWNED if include_deleted else LIST_ACTIVE_OWNED, (owner,))
+        else:
+            rows = await self._fetch(LIST_ALL_KEYS if include_deleted else LIST_ACTIVE_KEYS)
         return [_key_row(r) for r in rows]
+
+    @functools.cached_property
+    def accounts(self) -> AccountStore:
+        """The accounts tables (users, sessions, tokens, identities, invitations, audit)."""
+        from agentrouter.store.accounts import AccountStore
+
+        return AccountStore(self)
 
     async def active_keys_with_digests(self) -> list[tuple[bytes, KeyRow]]:
         rows = await self._fetch(ACTIVE_KEYS_WITH_DIGESTS)
@@ -487,10 +509,17 @@ class SqlStore:
     # -- analytics -----------------------------------------------------------------
 
     async def usage(
-        self, *, since: float, until: float, bucket: Bucket = "hour", key_id: str | None = None
+        self,
+        *,
+        since: float,
+        until: float,
+        bucket: Bucket = "hour",
+        key_id: str | None = None,
+        owner: str | None = None,
     ) -> UsageReport:
         """``since`` is aligned down to a bucket boundary (UTC), so the series' buckets
-        are whole and the totals equal the sum of the series."""
+        are whole and the totals equal the sum of the series. ``key_id``: one key's;
+        ``owner``: the keys of that user (a member's "all usage")."""
         if bucket not in BUCKET_SECONDS:
             raise UsageQueryError(f"bucket must be one of: {', '.join(BUCKET_SECONDS)}", "by")
         width = BUCKET_SECONDS[bucket]
@@ -507,12 +536,16 @@ class SqlStore:
                 "by",
             )
         since = float(first * width)
-        where: tuple[Any, ...] = (since, float(until)) + (() if key_id is None else (key_id,))
-        by_key = key_id is not None
+        where: tuple[Any, ...] = (since, float(until))
+        scope = "all"
+        if key_id is not None:
+            where, scope = (*where, key_id), "key"
+        elif owner is not None:
+            where, scope = (*where, owner), "owner"
         async with self._read() as db:
-            series_stats = await _grouped(db, GROUPED["bucket", by_key], (float(width), *where))
-            totals = (await _grouped(db, GROUPED["total", by_key], where)).get(0, UsageStats())
-            model_stats = await _grouped(db, GROUPED["model", by_key], where)
+            series_stats = await _grouped(db, GROUPED["bucket", scope], (float(width), *where))
+            totals = (await _grouped(db, GROUPED["total", scope], where)).get(0, UsageStats())
+            model_stats = await _grouped(db, GROUPED["model", scope], where)
         series = [
             UsageBucket(start=float(b * width), **msgspec.structs.asdict(series_stats.get(b, UsageStats())))
             for b in range(first, last)
@@ -607,11 +640,16 @@ class SqlStore:
         since: float | None = None,
         before: tuple[float, str] | None = None,
         limit: int = 100,
+        owner: str | None = None,
     ) -> list[AlertRow]:
         """Newest first. ``acknowledged``: False only open alerts, True only
-        acknowledged ones, None both. ``before`` is a (created_at, id) cursor."""
+        acknowledged ones, None both. ``before`` is a (created_at, id) cursor.
+        ``owner``: only alerts of that user's keys."""
         clauses: list[str] = []
         args: list[Any] = []
+        if owner is not None:
+            clauses.append("key_id IN (SELECT id FROM keys WHERE owner = ?)")
+            args.append(owner)
         if kind is not None:
             clauses.append("kind = ?")
             args.append(kind)

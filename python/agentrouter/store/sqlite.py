@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import aiosqlite
 
-from agentrouter.store.base import SchemaBehind
+from agentrouter.store.base import SchemaBehind, StoreError
 from agentrouter.store.migrations import LATEST, MIGRATIONS, statements
 from agentrouter.store.sql import Query, SqlStore
 
@@ -123,14 +123,24 @@ class SqliteStore(SqlStore):
         if current >= LATEST:
             return current, []
         applied: list[int] = []
-        async with self._transaction():
-            # Read again inside the lock: another process may have migrated meanwhile.
-            current = await self.schema_version()
-            for migration in MIGRATIONS[current:]:
-                for statement in statements(migration.sqlite):
-                    await self._db.execute(statement)
-                await self._db.execute(f"PRAGMA user_version = {migration.version}")
-                applied.append(migration.version)
+        # Foreign keys off while migrating (SQLite's procedure for rebuilding a table
+        # that others reference; the pragma is a no-op inside a transaction), then
+        # checked in full before the commit: a migration that breaks one rolls back.
+        await self._db.execute("PRAGMA foreign_keys=OFF")
+        try:
+            async with self._transaction():
+                # Read again inside the lock: another process may have migrated meanwhile.
+                current = await self.schema_version()
+                for migration in MIGRATIONS[current:]:
+                    for statement in statements(migration.sqlite):
+                        await self._db.execute(statement)
+                    await self._db.execute(f"PRAGMA user_version = {migration.version}")
+                    applied.append(migration.version)
+                broken = list(await self._db.execute_fetchall("PRAGMA foreign_key_check"))
+                if broken:
+                    raise StoreError(f"the migration broke {len(broken)} foreign key(s), e.g. {tuple(broken[0])}")
+        finally:
+            await self._db.execute("PRAGMA foreign_keys=ON")
         return current, applied
 
 
