@@ -890,7 +890,7 @@ class AccountService:
         if not isinstance(code, str) or len(code) > 64:
             return None
         digits = "".join(code.split())
-        if digits.isdigit() and len(digits) == 6:
+        if digits.isascii() and digits.isdigit() and len(digits) == 6:
             return "totp" if await self._check_totp(user, digits) is not None else None
         used = await self._db.use_recovery_code(user.id, self._recovery_digest(user.id, code), now=self._clock())
         return "recovery_code" if used else None
@@ -901,7 +901,7 @@ class AccountService:
             return None
         code = "".join(code.split())
         secret = self._sealer.open(user.totp_secret, user.id)
-        if secret is None or not (code.isdigit() and len(code) == 6):
+        if secret is None or not (code.isascii() and code.isdigit() and len(code) == 6):  # "١٢٣٤٥٦" is digits too
             return None
         totp = pyotp.TOTP(secret.decode())
         now_step = math.floor(self._clock() / TOTP_PERIOD)

@@ -1,0 +1,127 @@
+"""Edge cases found by a review of the accounts work: odd input that must get a 4xx
+in the API's dialect and change nothing (never a 500), on both store backends; the
+management API in-process (``tests.gateway_fixtures.call``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pyotp
+import pytest
+
+from agentrouter._core import FakeClock
+from agentrouter.actor import INSTANCE
+from agentrouter.api import build_api
+from agentrouter.api.app import ManagementApi
+from agentrouter.config import Settings
+from agentrouter.core import Core
+from tests.accounts_web import STRONG
+from tests.conftest import settings_on
+from tests.gateway_fixtures import Reply, call
+
+pytestmark = pytest.mark.store_backends
+
+PUBLIC = "http://gateway.example.com"
+EMAIL = "review@example.com"
+
+
+@pytest.fixture
+def settings(data_dir: Path, store_url: str | None) -> Settings:
+    return settings_on(
+        data_dir, store_url=store_url, AGENTROUTER_PUBLIC_URL=PUBLIC, AGENTROUTER_ACCOUNTS_REGISTRATION="open"
+    )
+
+
+@pytest.fixture
+async def core(settings: Settings, clock: FakeClock) -> AsyncIterator[Core]:
+    core = await Core.from_settings(settings, clock=clock)
+    try:
+        yield core
+    finally:
+        await core.close()
+
+
+@pytest.fixture
+async def api(core: Core, settings: Settings) -> AsyncIterator[ManagementApi]:
+    assert core.accounts is not None
+    await core.accounts.create_user(INSTANCE, email=EMAIL, password=STRONG)
+    app = build_api(core, settings=settings, run_monitor=False)
+    try:
+        yield app
+    finally:
+        await app.shutdown()
+
+
+class Session:
+    def __init__(self, api: ManagementApi, cookie: str, csrf: str | None) -> None:
+        self.api, self.cookie, self.csrf = api, cookie, csrf
+
+    async def __call__(
+        self, method: str, path: str, body: Any = None, *, csrf: bool = True, query: bytes = b""
+    ) -> Reply:
+        headers = {"origin": PUBLIC, "cookie": self.cookie}
+        if csrf and self.csrf is not None:
+            headers["x-csrf-token"] = self.csrf
+        raw = b""
+        if body is not None:
+            headers["content-type"] = "application/json"
+            raw = body if isinstance(body, bytes) else msgspec.json.encode(body)
+        return await call(self.api, method, path, headers=headers, body=raw, query=query)
+
+
+async def sign_in(api: ManagementApi, email: str = EMAIL, password: str = STRONG) -> tuple[Session, dict[str, Any]]:
+    reply = await call(
+        api,
+        "POST",
+        "/api/v1/auth/signin",
+        headers={"content-type": "application/json", "origin": PUBLIC},
+        body=msgspec.json.encode({"email": email, "password": password}),
+    )
+    assert reply.status == 200, reply.body
+    cookie = next(
+        (v.decode().split(";")[0] for k, v in reply.raw_headers if k == b"set-cookie" and b"agentrouter_session=" in v),
+        "",
+    )
+    body = reply.json()
+    return Session(api, cookie, body.get("csrf_token")), body
+
+
+def error_of(reply: Reply, status: int) -> dict[str, Any]:
+    assert reply.status == status, (reply.status, reply.body)
+    err: dict[str, Any] = reply.json()["error"]
+    return err
+
+
+NON_ASCII_CODES = ("١٢٣٤٥٦", "１２３４５６", "12345٦")
+"""Six characters that ``str.isdigit`` calls digits but that are not ASCII."""
+
+
+async def test_a_code_of_non_ascii_digits_is_a_wrong_code_not_a_500(api: ManagementApi, core: Core) -> None:
+    me, _ = await sign_in(api)
+    enrol = await me("POST", "/api/v1/me/totp")
+    assert enrol.status == 200, enrol.body
+    secret = enrol.json()["secret"]
+    for code in NON_ASCII_CODES:  # enrolment not confirmed by them
+        error_of(await me("POST", "/api/v1/me/totp/confirm", {"code": code}), 401)
+    assert (await me("GET", "/api/v1/me")).json()["two_factor_enabled"] is False
+    ok = await me("POST", "/api/v1/me/totp/confirm", {"code": pyotp.TOTP(secret).at(core.now())})
+    assert ok.status == 200, ok.body
+    for path in ("/api/v1/me/totp/disable", "/api/v1/me/totp/recovery-codes"):
+        for code in NON_ASCII_CODES:
+            error_of(await me("POST", path, {"code": code}), 401)
+    assert (await me("GET", "/api/v1/me")).json()["two_factor_enabled"] is True
+
+    _, pending = await sign_in(api)
+    assert pending["status"] == "two_factor_required"
+    for code in NON_ASCII_CODES:
+        reply = await call(
+            api,
+            "POST",
+            "/api/v1/auth/signin/two-factor",
+            headers={"content-type": "application/json", "origin": PUBLIC},
+            body=msgspec.json.encode({"code": code, "two_factor_token": pending["two_factor_token"]}),
+        )
+        assert error_of(reply, 401)["field"] == "code"
