@@ -125,3 +125,36 @@ async def test_a_code_of_non_ascii_digits_is_a_wrong_code_not_a_500(api: Managem
             body=msgspec.json.encode({"code": code, "two_factor_token": pending["two_factor_token"]}),
         )
         assert error_of(reply, 401)["field"] == "code"
+
+
+async def test_a_nul_in_an_id_a_query_or_a_display_name_is_a_4xx_on_every_backend(
+    api: ManagementApi, core: Core
+) -> None:
+    # PostgreSQL text cannot hold a NUL: asking for one must not reach the database as a 500.
+    assert core.accounts is not None
+    admin_row, _ = await core.accounts.create_user(INSTANCE, email="root@example.com", password=STRONG, role="admin")
+    admin, _ = await sign_in(api, "root@example.com")
+    me, _ = await sign_in(api)
+    for method, path in (
+        ("GET", "/api/v1/users/usr_\x00"),
+        ("PATCH", "/api/v1/users/usr_\x00"),
+        ("DELETE", "/api/v1/users/usr_\x00"),
+        ("DELETE", "/api/v1/invitations/inv_\x00"),
+        ("GET", "/api/v1/keys/key_\x00"),
+        ("GET", "/api/v1/keys/key_\x00/usage"),
+        ("GET", "/api/v1/alerts/alt_\x00"),
+    ):
+        body = {"role": "member"} if method == "PATCH" else None
+        error_of(await admin(method, path, body), 404)
+    for method, path in (("DELETE", "/api/v1/me/sessions/ses_\x00"), ("DELETE", "/api/v1/me/identities/github:\x00")):
+        error_of(await me(method, path), 404)
+    for query in (b"user_id=usr_%00", b"event=sign_in%00", b"since=1%00"):
+        assert error_of(await admin("GET", "/api/v1/audit", query=query), 422)["field"] in ("user_id", "event", "since")
+    for query in (b"key_id=key_%00", b"owner=usr_%00"):
+        error_of(await admin("GET", "/api/v1/usage", query=query), 422)
+    error_of(await admin("GET", "/api/v1/keys", query=b"label=env%3D%00"), 422)
+
+    err = error_of(await me("PATCH", "/api/v1/me", {"display_name": "Ada\x00Lovelace"}), 422)
+    assert err["field"] == "display_name"
+    assert (await me("GET", "/api/v1/me")).json()["display_name"] is None
+    assert (await admin("GET", f"/api/v1/users/{admin_row.id}")).status == 200

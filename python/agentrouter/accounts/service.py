@@ -193,6 +193,8 @@ def _display_name(name: object) -> str | None:
         return None
     if not isinstance(name, str):
         raise AccountInputError("display_name must be text", field="display_name")
+    if "\x00" in name:  # PostgreSQL text cannot hold one
+        raise AccountInputError("display_name must not contain NUL characters", field="display_name")
     name = " ".join(name.split())
     if len(name) > MAX_DISPLAY_NAME:
         raise AccountInputError(f"display_name must be at most {MAX_DISPLAY_NAME} characters", field="display_name")

@@ -209,6 +209,8 @@ class ManagementApi:
                 if allowed:
                     raise _method_not_allowed(allowed)
                 raise _unknown_operation(path)
+            if any("\x00" in value for value in params.values()):  # no id holds one (PostgreSQL text cannot)
+                raise ApiError(404, f"No such object: {path!r} names an id with a NUL character.")
             query = op.parse_query(_query(scope))
             body = b""
             if op.body is not None:
@@ -415,6 +417,8 @@ def _query(scope: Scope) -> dict[str, list[str]]:
         except UnicodeDecodeError:
             raise ApiError(400, "The query string is not UTF-8.") from None
         for name, value in parse_qsl(text, keep_blank_values=True):
+            if "\x00" in value:  # no stored text holds one (PostgreSQL text cannot)
+                raise ApiError(422, f"{name}: must not contain a NUL character", field=name)
             out.setdefault(name, []).append(value)
     return out
 
