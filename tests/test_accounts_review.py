@@ -158,3 +158,15 @@ async def test_a_nul_in_an_id_a_query_or_a_display_name_is_a_4xx_on_every_backen
     assert err["field"] == "display_name"
     assert (await me("GET", "/api/v1/me")).json()["display_name"] is None
     assert (await admin("GET", f"/api/v1/users/{admin_row.id}")).status == 200
+
+
+async def test_no_key_is_made_for_a_disabled_owner(core: Core) -> None:
+    # A disabled user's keys stop working; a key made for them afterwards must not work either.
+    from agentrouter.keys import KeyInputError
+
+    assert core.accounts is not None
+    user, _ = await core.accounts.create_user(INSTANCE, email="gone@example.com", password=STRONG)
+    await core.accounts.set_disabled(INSTANCE, user.id, True)
+    with pytest.raises(KeyInputError, match="disabled"):
+        await core.keys.create(name="for a disabled user", owner=user.id)
+    assert await core.keys.list(owner=user.id, include_deleted=True) == []
