@@ -170,3 +170,14 @@ async def test_no_key_is_made_for_a_disabled_owner(core: Core) -> None:
     with pytest.raises(KeyInputError, match="disabled"):
         await core.keys.create(name="for a disabled user", owner=user.id)
     assert await core.keys.list(owner=user.id, include_deleted=True) == []
+
+
+async def test_a_refused_user_update_changes_nothing(api: ManagementApi, core: Core) -> None:
+    assert core.accounts is not None
+    one, _ = await core.accounts.create_user(INSTANCE, email="one@example.com", password=STRONG, role="admin")
+    await core.accounts.create_user(INSTANCE, email="two@example.com", password=STRONG, role="admin")
+    admin, _ = await sign_in(api, "one@example.com")
+    err = error_of(await admin("PATCH", f"/api/v1/users/{one.id}", {"role": "member", "disabled": True}), 409)
+    assert "own account" in err["message"]
+    after = await core.accounts.get_user(INSTANCE, one.id)
+    assert (after.role, after.disabled) == ("admin", False)

@@ -557,10 +557,12 @@ async def update_user(ctx: Context, req: Request) -> Reply:
         from agentrouter.accounts.errors import PermissionDenied
 
         raise PermissionDenied("only an admin can do this")
-    if b.role is not msgspec.UNSET:
-        user = await accounts.set_role(actor, user_id, b.role)
+    # Disabling first, so that its refusals (your own account, the last admin) come
+    # before any change: a refused request changes nothing.
     if b.disabled is not msgspec.UNSET:
         user = await accounts.set_disabled(actor, user_id, b.disabled)
+    if b.role is not msgspec.UNSET:
+        user = await accounts.set_role(actor, user_id, b.role)
     return Reply(user_out(user))
 
 
