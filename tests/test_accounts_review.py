@@ -181,3 +181,16 @@ async def test_a_refused_user_update_changes_nothing(api: ManagementApi, core: C
     assert "own account" in err["message"]
     after = await core.accounts.get_user(INSTANCE, one.id)
     assert (after.role, after.disabled) == ("admin", False)
+
+
+async def test_the_audit_log_honours_until(api: ManagementApi, core: Core, clock: FakeClock) -> None:
+    # `until` is in the OpenAPI document of GET /api/v1/audit: events at or after it are left out.
+    me, _ = await sign_in(api)  # sign_in at t0
+    t0 = core.now()
+    clock.advance(3600)
+    await sign_in(api)  # another an hour later
+    everything = (await me("GET", "/api/v1/audit", query=b"event=sign_in")).json()["data"]
+    assert len(everything) == 2
+    before = (await me("GET", "/api/v1/audit", query=f"event=sign_in&until={t0 + 60:.0f}".encode())).json()["data"]
+    assert [e["time"] for e in before] == [t0]
+    error_of(await me("GET", "/api/v1/audit", query=b"until=soon"), 422)

@@ -1197,10 +1197,14 @@ class AccountService:
         event: str | None = None,
         before: int | None = None,
         since: float | None = None,
+        until: float | None = None,
         limit: int = 100,
     ) -> list[AuditEvent]:
-        """Newest first: a member's own events; an admin's all (or ``user_id``'s)."""
-        return await self.audit.events(actor, user_id=user_id, event=event, before=before, since=since, limit=limit)
+        """Newest first: a member's own events; an admin's all (or ``user_id``'s), in
+        [``since``, ``until``)."""
+        return await self.audit.events(
+            actor, user_id=user_id, event=event, before=before, since=since, until=until, limit=limit
+        )
 
     async def actor_for_key(self, key_id: str, *, client_ip: str | None = None) -> Actor:
         """The actor a manage key acts as: its owner (with the owner's current role),

@@ -597,9 +597,16 @@ async def audit_events(ctx: Context, req: Request) -> Reply:
     q: AuditQuery = req.query
     now = ctx.now()
     since = None if q.since is None else parse_time(q.since, now=now, field="since")
+    until = None if q.until is None else parse_time(q.until, now=now, field="until")
     before = None if q.cursor is None else int(q.cursor)
     rows = await _accounts(ctx).audit_events(
-        _caller(req).need_actor(), user_id=q.user_id, event=q.event, before=before, since=since, limit=q.limit + 1
+        _caller(req).need_actor(),
+        user_id=q.user_id,
+        event=q.event,
+        before=before,
+        since=since,
+        until=until,
+        limit=q.limit + 1,
     )
     page = rows[: q.limit]
     has_more = len(rows) > q.limit
