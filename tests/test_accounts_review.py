@@ -194,3 +194,22 @@ async def test_the_audit_log_honours_until(api: ManagementApi, core: Core, clock
     before = (await me("GET", "/api/v1/audit", query=f"event=sign_in&until={t0 + 60:.0f}".encode())).json()["data"]
     assert [e["time"] for e in before] == [t0]
     error_of(await me("GET", "/api/v1/audit", query=b"until=soon"), 422)
+
+
+async def test_sign_out_and_a_resend_of_ones_own_link_need_the_csrf_token(api: ManagementApi, core: Core) -> None:
+    # State-changing requests with a session cookie need the CSRF token, public routes too
+    # when they act on the cookie's session.
+    assert core.accounts is not None
+    await core.accounts.create_user(INSTANCE, email="fresh@example.com", password=STRONG, verified=False)
+    me, _ = await sign_in(api, "fresh@example.com")
+    for path in ("/api/v1/auth/signout", "/api/v1/auth/verify/resend"):
+        for wrong in (None, "not-the-token"):
+            headers = {"origin": PUBLIC, "cookie": me.cookie, "content-type": "application/json"}
+            if wrong is not None:
+                headers["x-csrf-token"] = wrong
+            refused = await call(api, "POST", path, headers=headers, body=b"{}")
+            assert error_of(refused, 403)["code"] == "csrf_failed"
+    assert (await me("GET", "/api/v1/me")).status == 200  # still signed in
+    assert (await me("POST", "/api/v1/auth/verify/resend", {})).status == 202
+    assert (await me("POST", "/api/v1/auth/signout")).status == 200
+    assert (await me("GET", "/api/v1/me")).status == 401

@@ -252,6 +252,7 @@ async def resend_verification(ctx: Context, req: Request) -> Reply:
     if b.email is None:
         if caller.actor is None or caller.actor.user_id is None:
             raise ApiError(422, "email: required when not signed in", field="email")
+        caller.need_csrf()
         await accounts.send_verification(caller.actor)
         return Reply(Accepted(message="A new verification link is on its way to your address."), 202)
     await accounts.resend_verification(b.email)
@@ -285,6 +286,7 @@ async def two_factor(ctx: Context, req: Request) -> Reply:
 
 async def sign_out(ctx: Context, req: Request) -> Reply:
     caller = _caller(req)
+    caller.need_csrf()  # a live session's; a dead cookie is only cleared
     if caller.token is not None:
         await _accounts(ctx).sign_out(caller.token, client_ip=caller.client_ip)
     return Reply(Done(message="Signed out."), headers=[ctx.cookies.clear_session()])
@@ -691,7 +693,7 @@ ACCOUNT_OPERATIONS: tuple[Operation, ...] = (
         Accepted,
         status=202,
         body=ResendBody,
-        errors=(*_BODY, 409, 429),
+        errors=(*_BODY, 403, 409, 429),
         auth="public",
     ),
     Operation(
