@@ -88,6 +88,7 @@ class AuditLog:
         event: str | None = None,
         before: int | None = None,
         since: float | None = None,
+        until: float | None = None,
         limit: int = 100,
     ) -> list[AuditEvent]:
         """Newest first: an admin's choice (``user_id``, or None for all); a member's own
@@ -97,4 +98,6 @@ class AuditLog:
             if user_id is not None and user_id != actor.user_id:
                 raise AccountNotFound(f"no user with id {user_id!r}")
             user_id = actor.user_id
-        return await self._store.list_audit(user_id=user_id, event=event, before=before, since=since, limit=limit)
+        return await self._store.list_audit(
+            user_id=user_id, event=event, before=before, since=since, until=until, limit=limit
+        )

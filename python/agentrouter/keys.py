@@ -133,8 +133,12 @@ class KeyService:
                 )
             if owner is None or not actor.is_admin:
                 owner = actor.user_id
-        if owner is not None and owner != actor.user_id and await self._store.accounts.get_user(owner) is None:
-            raise KeyInputError(f"owner: no user with id {owner!r}")
+        if owner is not None and owner != actor.user_id:
+            owner_row = await self._store.accounts.get_user(owner)
+            if owner_row is None:
+                raise KeyInputError(f"owner: no user with id {owner!r}")
+            if owner_row.disabled:  # a disabled user's keys do not work: none is made for them
+                raise KeyInputError(f"owner: the user {owner!r} is disabled; enable them first")
         created = await self._insert(
             name=validate_name(name),
             requests=requests,

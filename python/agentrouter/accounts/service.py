@@ -193,6 +193,8 @@ def _display_name(name: object) -> str | None:
         return None
     if not isinstance(name, str):
         raise AccountInputError("display_name must be text", field="display_name")
+    if "\x00" in name:  # PostgreSQL text cannot hold one
+        raise AccountInputError("display_name must not contain NUL characters", field="display_name")
     name = " ".join(name.split())
     if len(name) > MAX_DISPLAY_NAME:
         raise AccountInputError(f"display_name must be at most {MAX_DISPLAY_NAME} characters", field="display_name")
@@ -890,7 +892,7 @@ class AccountService:
         if not isinstance(code, str) or len(code) > 64:
             return None
         digits = "".join(code.split())
-        if digits.isdigit() and len(digits) == 6:
+        if digits.isascii() and digits.isdigit() and len(digits) == 6:
             return "totp" if await self._check_totp(user, digits) is not None else None
         used = await self._db.use_recovery_code(user.id, self._recovery_digest(user.id, code), now=self._clock())
         return "recovery_code" if used else None
@@ -901,7 +903,7 @@ class AccountService:
             return None
         code = "".join(code.split())
         secret = self._sealer.open(user.totp_secret, user.id)
-        if secret is None or not (code.isdigit() and len(code) == 6):
+        if secret is None or not (code.isascii() and code.isdigit() and len(code) == 6):  # "١٢٣٤٥٦" is digits too
             return None
         totp = pyotp.TOTP(secret.decode())
         now_step = math.floor(self._clock() / TOTP_PERIOD)
@@ -1195,10 +1197,14 @@ class AccountService:
         event: str | None = None,
         before: int | None = None,
         since: float | None = None,
+        until: float | None = None,
         limit: int = 100,
     ) -> list[AuditEvent]:
-        """Newest first: a member's own events; an admin's all (or ``user_id``'s)."""
-        return await self.audit.events(actor, user_id=user_id, event=event, before=before, since=since, limit=limit)
+        """Newest first: a member's own events; an admin's all (or ``user_id``'s), in
+        [``since``, ``until``)."""
+        return await self.audit.events(
+            actor, user_id=user_id, event=event, before=before, since=since, until=until, limit=limit
+        )
 
     async def actor_for_key(self, key_id: str, *, client_ip: str | None = None) -> Actor:
         """The actor a manage key acts as: its owner (with the owner's current role),

@@ -252,6 +252,7 @@ async def resend_verification(ctx: Context, req: Request) -> Reply:
     if b.email is None:
         if caller.actor is None or caller.actor.user_id is None:
             raise ApiError(422, "email: required when not signed in", field="email")
+        caller.need_csrf()
         await accounts.send_verification(caller.actor)
         return Reply(Accepted(message="A new verification link is on its way to your address."), 202)
     await accounts.resend_verification(b.email)
@@ -285,6 +286,7 @@ async def two_factor(ctx: Context, req: Request) -> Reply:
 
 async def sign_out(ctx: Context, req: Request) -> Reply:
     caller = _caller(req)
+    caller.need_csrf()  # a live session's; a dead cookie is only cleared
     if caller.token is not None:
         await _accounts(ctx).sign_out(caller.token, client_ip=caller.client_ip)
     return Reply(Done(message="Signed out."), headers=[ctx.cookies.clear_session()])
@@ -557,10 +559,12 @@ async def update_user(ctx: Context, req: Request) -> Reply:
         from agentrouter.accounts.errors import PermissionDenied
 
         raise PermissionDenied("only an admin can do this")
-    if b.role is not msgspec.UNSET:
-        user = await accounts.set_role(actor, user_id, b.role)
+    # Disabling first, so that its refusals (your own account, the last admin) come
+    # before any change: a refused request changes nothing.
     if b.disabled is not msgspec.UNSET:
         user = await accounts.set_disabled(actor, user_id, b.disabled)
+    if b.role is not msgspec.UNSET:
+        user = await accounts.set_role(actor, user_id, b.role)
     return Reply(user_out(user))
 
 
@@ -595,9 +599,16 @@ async def audit_events(ctx: Context, req: Request) -> Reply:
     q: AuditQuery = req.query
     now = ctx.now()
     since = None if q.since is None else parse_time(q.since, now=now, field="since")
+    until = None if q.until is None else parse_time(q.until, now=now, field="until")
     before = None if q.cursor is None else int(q.cursor)
     rows = await _accounts(ctx).audit_events(
-        _caller(req).need_actor(), user_id=q.user_id, event=q.event, before=before, since=since, limit=q.limit + 1
+        _caller(req).need_actor(),
+        user_id=q.user_id,
+        event=q.event,
+        before=before,
+        since=since,
+        until=until,
+        limit=q.limit + 1,
     )
     page = rows[: q.limit]
     has_more = len(rows) > q.limit
@@ -682,7 +693,7 @@ ACCOUNT_OPERATIONS: tuple[Operation, ...] = (
         Accepted,
         status=202,
         body=ResendBody,
-        errors=(*_BODY, 409, 429),
+        errors=(*_BODY, 403, 409, 429),
         auth="public",
     ),
     Operation(

@@ -43,7 +43,7 @@ import msgspec
 
 from agentrouter.accounts.errors import AccountDisabled, AccountError, Busy, Throttled
 from agentrouter.actor import instance_actor
-from agentrouter.api.caller import Caller
+from agentrouter.api.caller import CSRF_REFUSAL, Caller
 from agentrouter.api.docs import docs_html
 from agentrouter.api.errors import ApiError, store_unavailable
 from agentrouter.api.openapi import openapi_json
@@ -209,6 +209,8 @@ class ManagementApi:
                 if allowed:
                     raise _method_not_allowed(allowed)
                 raise _unknown_operation(path)
+            if any("\x00" in value for value in params.values()):  # no id holds one (PostgreSQL text cannot)
+                raise ApiError(404, f"No such object: {path!r} names an id with a NUL character.")
             query = op.parse_query(_query(scope))
             body = b""
             if op.body is not None:
@@ -288,15 +290,17 @@ class ManagementApi:
                 if not public:
                     raise ApiError(401, "Your session has ended or expired; sign in again.", code="session_ended")
             else:
-                if unsafe and not public and not csrf_matches(self.core.digester, token, _header(scope, CSRF_HEADER)):
-                    raise ApiError(
-                        403,
-                        "Missing or wrong X-CSRF-Token header: a request signed in with the session cookie that "
-                        "changes something must send the session's CSRF token (from sign-in or "
-                        "GET /api/v1/auth/session).",
-                        code="csrf_failed",
-                    )
-                caller = Caller(actor=info.actor, session=info, token=token, client_ip=client_ip, user_agent=user_agent)
+                csrf_ok = not unsafe or csrf_matches(self.core.digester, token, _header(scope, CSRF_HEADER))
+                if not csrf_ok and not public:
+                    raise ApiError(403, CSRF_REFUSAL, code="csrf_failed")
+                caller = Caller(
+                    actor=info.actor,
+                    session=info,
+                    token=token,
+                    client_ip=client_ip,
+                    user_agent=user_agent,
+                    csrf_ok=csrf_ok,
+                )
                 return caller, None
         if public:
             return Caller(actor=None, client_ip=client_ip, user_agent=user_agent), None
@@ -415,6 +419,8 @@ def _query(scope: Scope) -> dict[str, list[str]]:
         except UnicodeDecodeError:
             raise ApiError(400, "The query string is not UTF-8.") from None
         for name, value in parse_qsl(text, keep_blank_values=True):
+            if "\x00" in value:  # no stored text holds one (PostgreSQL text cannot)
+                raise ApiError(422, f"{name}: must not contain a NUL character", field=name)
             out.setdefault(name, []).append(value)
     return out
 

@@ -16,11 +16,17 @@ if TYPE_CHECKING:
     from agentrouter.accounts.service import SessionInfo
     from agentrouter.actor import Actor
 
-__all__ = ["Caller"]
+__all__ = ["CSRF_REFUSAL", "Caller"]
+
+CSRF_REFUSAL = (
+    "Missing or wrong X-CSRF-Token header: a request signed in with the session cookie that "
+    "changes something must send the session's CSRF token (from sign-in or "
+    "GET /api/v1/auth/session)."
+)
 
 
 class Caller:
-    __slots__ = ("actor", "client_ip", "key_id", "session", "token", "user_agent")
+    __slots__ = ("actor", "client_ip", "csrf_ok", "key_id", "session", "token", "user_agent")
 
     def __init__(
         self,
@@ -31,6 +37,7 @@ class Caller:
         key_id: str | None = None,
         session: SessionInfo | None = None,
         token: str | None = None,
+        csrf_ok: bool = True,
     ) -> None:
         self.actor = actor
         self.client_ip = client_ip
@@ -40,6 +47,10 @@ class Caller:
         """The session of the cookie (None with a manage key or nobody)."""
         self.token = token
         """The session cookie's token (only with ``session``)."""
+        self.csrf_ok = csrf_ok
+        """False for a state change with a session cookie but without its CSRF token
+        (refused by the router except on the public routes, which call ``need_csrf``
+        when they act on the cookie's session)."""
 
     @property
     def caller_id(self) -> str | None:
@@ -69,6 +80,11 @@ class Caller:
                 "(agentrouter keys create --scope manage --owner EMAIL); an instance key has no account.",
             )
         return actor
+
+    def need_csrf(self) -> None:
+        """Refuse a request that acts on the cookie's session without its CSRF token."""
+        if self.session is not None and not self.csrf_ok:
+            raise ApiError(403, CSRF_REFUSAL, code="csrf_failed")
 
     def need_session(self, what: str) -> SessionInfo:
         if self.session is None:

@@ -564,10 +564,12 @@ class AccountStore:
         event: str | None = None,
         before: int | None = None,
         since: float | None = None,
+        until: float | None = None,
         limit: int = 100,
     ) -> list[AuditEvent]:
         """Newest first. ``user_id``: the events about that account or done by that
-        user (what its owner may see); None: all. ``before``: an id cursor."""
+        user (what its owner may see); None: all. ``before``: an id cursor. ``since``
+        inclusive, ``until`` exclusive."""
         clauses: list[str] = []
         args: list[Any] = []
         if user_id is not None:
@@ -582,6 +584,9 @@ class AccountStore:
         if since is not None:
             clauses.append("time >= ?")
             args.append(since)
+        if until is not None:
+            clauses.append("time < ?")
+            args.append(until)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = await self._fetch(
             q(f"SELECT {_AUDIT_COLUMNS} FROM audit_events{where} ORDER BY id DESC LIMIT ?"), (*args, limit)
