@@ -71,6 +71,7 @@ production caller can choose the time a bucket is charged at.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from importlib import resources
@@ -260,6 +261,11 @@ class RedisLimiter:
             async with asyncio.timeout(self._timeout):
                 return await awaitable
         except (RedisError, OSError) as exc:  # TimeoutError is an OSError
+            if not isinstance(exc, ResponseError):
+                # The server went away (or hangs): the pool's idle connections are to the
+                # old one, and each would fail once more after it returns. Drop them.
+                with contextlib.suppress(Exception):
+                    await self._client.connection_pool.disconnect(inuse_connections=False)
             detail = str(exc) or "no answer"
             raise LimiterUnavailable(
                 f"the Redis limiter{self._where} is unavailable: {type(exc).__name__}: {detail}"
