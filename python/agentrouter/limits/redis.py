@@ -55,6 +55,11 @@ Caveats: a failover to a replica that had not received the flag yet can lose it
 (asynchronous replication); and during an outage the flag cannot be read (see
 ``limits.failover``).
 
+The hot path's calls (the acquire and the generation read) go over one pipelined
+connection of the process (``limits.resp``: a few microseconds of client work per
+call where redis-py takes over a hundred); the rare ones (loading the library,
+key changes, pub/sub) use redis-py.
+
 Failures. Every call is bounded by ``timeout`` (socket, connect and the whole
 call), redis-py's own retries are off, and a failed call is never replayed: a
 timeout after sending may have been applied, and sending it again would charge
@@ -84,6 +89,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from agentrouter.limits.base import UNLIMITED, Decision, KeyRef, LimiterUnavailable, Verdict
 from agentrouter.limits.gcra import NS_PER_SEC, Quota, validate_cost
+from agentrouter.limits.resp import RespConnection
 
 __all__ = ["DEFAULT_TIMEOUT", "LIBRARY", "RedisLimiter", "library_source"]
 
@@ -122,6 +128,7 @@ class RedisLimiter:
         cluster: bool = False,
         test_clock: Callable[[], int] | None = None,
         where: str = "",
+        lean: RespConnection | None = None,
     ) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"the key prefix must be non-empty and without braces, got {prefix!r}")
@@ -135,6 +142,7 @@ class RedisLimiter:
         self._function = _ACQUIRE if test_clock is None else _ACQUIRE_AT
         self._source = library_source(explicit_time=test_clock is not None)
         self._where = f" at {where}" if where else ""
+        self._lean = lean
         self.generation_key: Final = f"{prefix}:generation"
         self.channel: Final = f"{prefix}:keys"
 
@@ -166,6 +174,7 @@ class RedisLimiter:
             cluster=cluster,
             test_clock=test_clock,
             where=redact_url(url) if where is None else where,
+            lean=None if cluster else RespConnection(url, timeout=timeout),
         )
         try:
             await limiter.load()
@@ -192,6 +201,8 @@ class RedisLimiter:
         await self._bounded(self._client.function_load(self._source, replace=True))
 
     async def aclose(self) -> None:
+        if self._lean is not None:
+            self._lean.close()
         await self._client.aclose()
 
     # -- keys ----------------------------------------------------------------
@@ -244,6 +255,22 @@ class RedisLimiter:
         return await self._fcall(self._function, keys, args), quota
 
     async def _fcall(self, function: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        lean = self._lean
+        if lean is not None:
+            try:
+                try:
+                    return await lean.call("FCALL", function, len(keys), *keys, *args)
+                except ResponseError as exc:
+                    if "function not found" not in str(exc).lower():
+                        raise
+                # The function did not run: loading it and calling again is no replay.
+                await self._bounded(self._client.function_load(self._source, replace=True))
+                return await lean.call("FCALL", function, len(keys), *keys, *args)
+            except (RedisError, OSError) as exc:  # bounded by the connection's own timer
+                if not isinstance(exc, ResponseError):
+                    await self._drop_idle()
+                raise self._unavailable(exc) from exc
+
         async def call() -> Any:
             try:
                 return await self._client.fcall(function, len(keys), *keys, *args)
@@ -262,14 +289,18 @@ class RedisLimiter:
                 return await awaitable
         except (RedisError, OSError) as exc:  # TimeoutError is an OSError
             if not isinstance(exc, ResponseError):
-                # The server went away (or hangs): the pool's idle connections are to the
-                # old one, and each would fail once more after it returns. Drop them.
-                with contextlib.suppress(Exception):
-                    await self._client.connection_pool.disconnect(inuse_connections=False)
-            detail = str(exc) or "no answer"
-            raise LimiterUnavailable(
-                f"the Redis limiter{self._where} is unavailable: {type(exc).__name__}: {detail}"
-            ) from exc
+                await self._drop_idle()
+            raise self._unavailable(exc) from exc
+
+    async def _drop_idle(self) -> None:
+        """The server went away (or hangs): redis-py's idle pooled connections are to the
+        old one, and each would fail once more after it returns. Drop them."""
+        with contextlib.suppress(Exception):
+            await self._client.connection_pool.disconnect(inuse_connections=False)
+
+    def _unavailable(self, exc: BaseException) -> LimiterUnavailable:
+        detail = str(exc) or "no answer"
+        return LimiterUnavailable(f"the Redis limiter{self._where} is unavailable: {type(exc).__name__}: {detail}")
 
     # -- key changes -------------------------------------------------------------
 
@@ -284,7 +315,16 @@ class RedisLimiter:
         await self._bounded(self._client.set(f"{self.key_tag(key.id)}:revoked", b"1"))
 
     async def generation(self) -> int:
-        value = await self._bounded(self._client.get(self.generation_key))
+        lean = self._lean
+        if lean is not None:
+            try:
+                value = await lean.call("GET", self.generation_key)
+            except (RedisError, OSError) as exc:
+                if not isinstance(exc, ResponseError):
+                    await self._drop_idle()
+                raise self._unavailable(exc) from exc
+        else:
+            value = await self._bounded(self._client.get(self.generation_key))
         return int(value or 0)
 
     async def bump_generation(self) -> int:
