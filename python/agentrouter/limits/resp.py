@@ -95,8 +95,9 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # (uvloop calls this a loop turn after create_connection returned; its transports
+        # are not asyncio.Transport subclasses.)
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
@@ -219,10 +220,11 @@ class RespConnection:
             return _Protocol(self)
 
         if self._path is not None:
-            _transport, protocol = await loop.create_unix_connection(factory, self._path)
+            transport, protocol = await loop.create_unix_connection(factory, self._path)
         else:
             context = ssl.create_default_context() if self._ssl else None
-            _transport, protocol = await loop.create_connection(factory, self._host, self._port, ssl=context)
+            transport, protocol = await loop.create_connection(factory, self._host, self._port, ssl=context)
+        protocol.transport = transport
         return protocol
 
     async def _raw_call(self, protocol: _Protocol, command: tuple[bytes | str | int, ...]) -> Any:
