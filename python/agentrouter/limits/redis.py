@@ -89,7 +89,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from agentrouter.limits.base import UNLIMITED, Decision, KeyRef, LimiterUnavailable, Verdict
 from agentrouter.limits.gcra import NS_PER_SEC, Quota, validate_cost
-from agentrouter.limits.resp import RespConnection
+from agentrouter.limits.resp import RespConnection, encode
 
 __all__ = ["DEFAULT_TIMEOUT", "LIBRARY", "RedisLimiter", "library_source"]
 
@@ -99,6 +99,7 @@ _ACQUIRE: Final = "ar_acquire_v1"
 _ACQUIRE_AT: Final = "ar_acquire_at_v1"
 _BUMP: Final = "ar_bump_v1"
 _EXPLICIT_OFF: Final = "local EXPLICIT_TIME = false"
+_MAX_ENCODED: Final = 65536
 
 
 def library_source(*, explicit_time: bool = False) -> str:
@@ -143,6 +144,7 @@ class RedisLimiter:
         self._source = library_source(explicit_time=test_clock is not None)
         self._where = f" at {where}" if where else ""
         self._lean = lean
+        self._encoded: dict[tuple[str, int | None, float, int], tuple[Quota | None, bytes]] = {}
         self.generation_key: Final = f"{prefix}:generation"
         self.channel: Final = f"{prefix}:keys"
 
@@ -219,8 +221,14 @@ class RedisLimiter:
     # -- the hot path ----------------------------------------------------------
 
     async def acquire(self, key: KeyRef, requests: int | None, interval: float, cost: int = 1) -> Verdict:
-        keys = self._keys(self.key_tag(key.id), with_generation=True)
-        reply, quota = await self._acquire(keys, requests, interval, cost)
+        memo = (key.id, requests, interval, cost)
+        encoded = self._encoded.get(memo)
+        if encoded is not None:  # the same key at the same limit: the same command bytes
+            quota, command = encoded
+            reply = await self._lean_fcall(command)
+        else:
+            keys = self._keys(self.key_tag(key.id), with_generation=True)
+            reply, quota = await self._acquire(keys, requests, interval, cost, memo)
         revoked, generation = reply[0] == 1, reply[1]
         shown = None if self._cluster else int(generation or 0)
         if revoked:
@@ -238,7 +246,12 @@ class RedisLimiter:
         return _decision(reply, quota, cost)
 
     async def _acquire(
-        self, keys: list[str], requests: int | None, interval: float, cost: int
+        self,
+        keys: list[str],
+        requests: int | None,
+        interval: float,
+        cost: int,
+        memo: tuple[str, int | None, float, int] | None = None,
     ) -> tuple[list[Any], Quota | None]:
         validate_cost(cost)
         args: tuple[str | int, ...]
@@ -252,24 +265,34 @@ class RedisLimiter:
                 args = (*fixed, *divmod(cost * quota.t, quota.units_per_sec), 0)
         if self._test_clock is not None:
             args = (*divmod(self._test_clock(), NS_PER_SEC), *args)
+        elif memo is not None and self._lean is not None:
+            command = encode(("FCALL", self._function, len(keys), *keys, *args))
+            if len(self._encoded) >= _MAX_ENCODED:
+                self._encoded.clear()  # (one entry per key in use: rarely reached)
+            self._encoded[memo] = (quota, command)
+            return await self._lean_fcall(command), quota
         return await self._fcall(self._function, keys, args), quota
 
-    async def _fcall(self, function: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+    async def _lean_fcall(self, command: bytes) -> Any:
         lean = self._lean
-        if lean is not None:
+        assert lean is not None
+        try:
             try:
-                try:
-                    return await lean.call("FCALL", function, len(keys), *keys, *args)
-                except ResponseError as exc:
-                    if "function not found" not in str(exc).lower():
-                        raise
-                # The function did not run: loading it and calling again is no replay.
-                await self._bounded(self._client.function_load(self._source, replace=True))
-                return await lean.call("FCALL", function, len(keys), *keys, *args)
-            except (RedisError, OSError) as exc:  # bounded by the connection's own timer
-                if not isinstance(exc, ResponseError):
-                    await self._drop_idle()
-                raise self._unavailable(exc) from exc
+                return await lean.call_encoded(command)
+            except ResponseError as exc:
+                if "function not found" not in str(exc).lower():
+                    raise
+            # The function did not run: loading it and calling again is no replay.
+            await self._bounded(self._client.function_load(self._source, replace=True))
+            return await lean.call_encoded(command)
+        except (RedisError, OSError) as exc:  # bounded by the connection's own timer
+            if not isinstance(exc, ResponseError):
+                await self._drop_idle()
+            raise self._unavailable(exc) from exc
+
+    async def _fcall(self, function: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        if self._lean is not None:
+            return await self._lean_fcall(encode(("FCALL", function, len(keys), *keys, *args)))
 
         async def call() -> Any:
             try:

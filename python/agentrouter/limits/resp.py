@@ -61,6 +61,34 @@ def parse(buf: bytes, pos: int) -> tuple[Any, int]:
     if end < 0:
         raise _INCOMPLETE
     kind = buf[pos]
+    if kind == 42:  # '*': an array; its integers and bulk strings read here, without a call each
+        count = int(buf[pos + 1 : end])
+        if count < 0:
+            return None, end + 2
+        items: list[Any] = []
+        pos = end + 2
+        for _ in range(count):
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                raise _INCOMPLETE
+            kind = buf[pos]
+            if kind == 58:
+                items.append(int(buf[pos + 1 : end]))
+                pos = end + 2
+            elif kind == 36:
+                size = int(buf[pos + 1 : end])
+                if size < 0:
+                    items.append(None)
+                    pos = end + 2
+                else:
+                    pos = end + 2 + size + 2
+                    if len(buf) < pos:
+                        raise _INCOMPLETE
+                    items.append(buf[end + 2 : pos - 2])
+            else:
+                item, pos = parse(buf, pos)
+                items.append(item)
+        return items, pos
     if kind == 58:  # ':'
         return int(buf[pos + 1 : end]), end + 2
     if kind == 36:  # '$'
@@ -71,16 +99,6 @@ def parse(buf: bytes, pos: int) -> tuple[Any, int]:
         if len(buf) < start + size + 2:
             raise _INCOMPLETE
         return buf[start : start + size], start + size + 2
-    if kind == 42:  # '*'
-        count = int(buf[pos + 1 : end])
-        if count < 0:
-            return None, end + 2
-        items = []
-        pos = end + 2
-        for _ in range(count):
-            item, pos = parse(buf, pos)
-            items.append(item)
-        return items, pos
     if kind == 43:  # '+'
         return buf[pos + 1 : end], end + 2
     if kind == 45:  # '-'
@@ -89,37 +107,94 @@ def parse(buf: bytes, pos: int) -> tuple[Any, int]:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, owner: RespConnection) -> None:
-        self.owner = owner
+    """One connection: the calls waiting on it, in the order they were sent, each with
+    its deadline, and one timer for the oldest."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
         self.buf = b""
         self.transport: asyncio.Transport | None = None
+        self.outbox: list[bytes] = []
+        self.pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self.failed: Exception | None = None
+        self._watch: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop calls this a loop turn after create_connection returned; its transports
         # are not asyncio.Transport subclasses.)
         self.transport = transport  # type: ignore[assignment]
 
+    def send(self, command: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+        """Queue ``command``; its future gets the reply. Written once at the end of this
+        loop turn with every other command queued in it (one system call for all the
+        requests a turn handles)."""
+        future: asyncio.Future[Any] = loop.create_future()
+        deadline = loop.time() + self.timeout
+        self.pending.append((future, deadline))
+        if self._watch is None:
+            self._watch = loop.call_at(deadline, self._check)
+        outbox = self.outbox
+        outbox.append(command)
+        if len(outbox) == 1:
+            loop.call_soon(self.flush)
+        return future
+
+    def flush(self) -> None:
+        outbox, self.outbox = self.outbox, []
+        transport = self.transport
+        if transport is not None and self.failed is None and outbox:
+            transport.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
+
+    def _check(self) -> None:
+        """The timer: fail the connection if its oldest call is past its deadline, else
+        wait for the deadline of the oldest (one timer per connection, not per call)."""
+        self._watch = None
+        if self.failed is not None or not self.pending:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = self.pending[0][1]
+        if deadline <= loop.time():
+            self.fail(TimeoutError(f"no answer from Redis within {self.timeout:g} s"))
+        else:
+            self._watch = loop.call_at(deadline, self._check)
+
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
-        pending = self.owner._pending
+        pending = self.pending
         pos = 0
         try:
             while pos < len(buf):
                 value, pos = parse(buf, pos)
                 if not pending:
                     raise ConnectionError("a reply from Redis that no call waits for")
-                future = pending.popleft()
+                future, _deadline = pending.popleft()
                 if not future.done():  # done: its call was abandoned (cancelled)
                     future.set_result(value)
         except _Incomplete:
             pass
         except (ConnectionError, ValueError, IndexError) as exc:
-            self.owner._fail(self, ConnectionError(f"the connection to Redis is out of step: {exc}"))
+            self.fail(ConnectionError(f"the connection to Redis is out of step: {exc}"))
             return
         self.buf = buf[pos:]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.owner._fail(self, ConnectionError(f"the connection to Redis was lost{f': {exc}' if exc else ''}"))
+        self.fail(ConnectionError(f"the connection to Redis was lost{f': {exc}' if exc else ''}"))
+
+    def fail(self, exc: Exception) -> None:
+        """Close the connection and fail every call waiting on it (their outcome is
+        unknown: none is sent again)."""
+        if self.failed is not None:
+            return
+        self.failed = exc
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        pending, self.pending = self.pending, collections.deque()
+        for future, _deadline in pending:
+            if not future.done():
+                future.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class RespConnection:
@@ -141,48 +216,20 @@ class RespConnection:
             self._setup.append(("SELECT", db))
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
-        self._pending: collections.deque[asyncio.Future[Any]] = collections.deque()
 
     async def call(self, *args: bytes | str | int) -> Any:
+        return await self.call_encoded(encode(args))
+
+    async def call_encoded(self, command: bytes) -> Any:
+        """``call`` with the command already encoded (``encode``): a caller that sends
+        the same command often encodes it once."""
         protocol = self._protocol
-        if protocol is None:
-            await self._connect()
-            protocol = self._protocol  # None again if it failed in between
-            if protocol is None:
-                raise ConnectionError("the connection to Redis was lost as it opened")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(future)
-        assert protocol.transport is not None
-        protocol.transport.write(encode(args))
-        timer = loop.call_at(loop.time() + self._timeout, self._expire, protocol, future)
-        try:
-            value = await future
-        finally:
-            timer.cancel()
+        if protocol is None or protocol.failed is not None:
+            protocol = await self._connect()
+        value = await protocol.send(command, asyncio.get_running_loop())
         if isinstance(value, ResponseError):
             raise value
         return value
-
-    def _expire(self, protocol: _Protocol, future: asyncio.Future[Any]) -> None:
-        if not future.done():
-            exc = TimeoutError(f"no answer from Redis within {self._timeout:g} s")
-            self._fail(protocol, exc)
-            if not future.done():  # the connection was replaced already: fail the call anyway
-                future.set_exception(exc)
-
-    def _fail(self, protocol: _Protocol, exc: Exception) -> None:
-        """Close ``protocol``'s connection (if it is the current one) and fail every call
-        waiting on it."""
-        if protocol is not self._protocol:
-            return
-        self._protocol = None
-        pending, self._pending = self._pending, collections.deque()
-        for future in pending:
-            if not future.done():
-                future.set_exception(exc)
-        if protocol.transport is not None:
-            protocol.transport.abort()
 
     async def _connect(self) -> _Protocol:
         connecting = self._connecting
@@ -195,10 +242,12 @@ class RespConnection:
             async with asyncio.timeout(self._timeout):
                 protocol = opened = await self._open(loop)
                 for command in self._setup:
-                    await self._raw_call(protocol, command)
+                    value = await protocol.send(encode(command), loop)
+                    if isinstance(value, ResponseError):
+                        raise value
         except BaseException as exc:
-            if opened is not None and opened.transport is not None:
-                opened.transport.abort()
+            if opened is not None:
+                opened.fail(ConnectionError("the connection to Redis could not be set up"))
             error = exc
             if isinstance(exc, TimeoutError | asyncio.TimeoutError):
                 error = TimeoutError(f"could not connect to Redis within {self._timeout:g} s")
@@ -217,7 +266,7 @@ class RespConnection:
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
         def factory() -> _Protocol:
-            return _Protocol(self)
+            return _Protocol(self._timeout)
 
         if self._path is not None:
             transport, protocol = await loop.create_unix_connection(factory, self._path)
@@ -227,21 +276,7 @@ class RespConnection:
         protocol.transport = transport
         return protocol
 
-    async def _raw_call(self, protocol: _Protocol, command: tuple[bytes | str | int, ...]) -> Any:
-        """A call before the connection is the current one (AUTH, SELECT)."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append(future)
-        assert protocol.transport is not None
-        protocol.transport.write(encode(command))
-        self._protocol = protocol  # so that a failure now fails it
-        try:
-            value = await future
-        finally:
-            self._protocol = None
-        if isinstance(value, ResponseError):
-            raise value
-        return value
-
     def close(self) -> None:
-        if self._protocol is not None:
-            self._fail(self._protocol, ConnectionError("the connection to Redis was closed"))
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            protocol.fail(ConnectionError("the connection to Redis was closed"))
