@@ -125,18 +125,27 @@ class _Protocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def send(self, command: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
-        """Queue ``command``; its future gets the reply. Written once at the end of this
-        loop turn with every other command queued in it (one system call for all the
-        requests a turn handles)."""
+        """Send ``command``; its future gets the reply. On an idle connection it is
+        written at once (a lone request pays no extra loop turn); while calls are in
+        flight it is queued and written at the end of this loop turn with every other
+        command queued in it (one system call for all the requests a turn handles)."""
         future: asyncio.Future[Any] = loop.create_future()
+        if self.failed is not None:  # failed since the caller got it
+            future.set_exception(self.failed)
+            return future
         deadline = loop.time() + self.timeout
+        idle = not self.pending
         self.pending.append((future, deadline))
         if self._watch is None:
             self._watch = loop.call_at(deadline, self._check)
         outbox = self.outbox
-        outbox.append(command)
-        if len(outbox) == 1:
-            loop.call_soon(self.flush)
+        if idle and not outbox:
+            assert self.transport is not None
+            self.transport.write(command)
+        else:
+            outbox.append(command)
+            if len(outbox) == 1:
+                loop.call_soon(self.flush)
         return future
 
     def flush(self) -> None:
