@@ -27,6 +27,7 @@ from agentrouter.core import Core
 from agentrouter.limits import FailureMode, SharedMemoryLimiter
 from agentrouter.limits.failover import FailoverLimiter
 from agentrouter.store import Store
+from agentrouter.store.sqlite import SqliteStore
 from tests.conftest import SECRET
 from tests.services import RedisServer, RedisServers, free_port
 from tests.waiting import until, until_async
@@ -154,7 +155,7 @@ async def test_a_revocation_made_through_redis_alone_is_refused_on_the_next_requ
 
 
 async def other_host_store(data_dir: Path) -> Store:
-    return await Store.open(data_dir / "agentrouter.db")
+    return await SqliteStore.open(data_dir / "agentrouter.db")
 
 
 async def test_an_expiry_set_on_another_host_is_in_force_on_the_next_request_without_any_message(

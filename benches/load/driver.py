@@ -28,6 +28,7 @@ TARGETS = {
     "added_p50_us": 300.0,
     "added_p99_us": 1000.0,
     "added_ttfb_us": 500.0,
+    "metrics_rps_ratio": 0.97,
     # Redis mode (limiter_url) against the shared-memory mode, same run (issue 11).
     "redis_rps_ratio": 0.7,
     "redis_added_p50_us": 150.0,
@@ -206,6 +207,17 @@ def rps(r: dict[str, float]) -> float:
     return r["requests"] / (r["duration_us"] / 1e6)
 
 
+def rps_of(runs: list[dict[str, float]]) -> float:
+    """The requests per second of several runs taken together."""
+    return sum(r["requests"] for r in runs) / (sum(r["duration_us"] for r in runs) / 1e6)
+
+
+METRICS_ON = ("gw_tput", "gw_metrics_tput2")
+METRICS_OFF = ("gw_nometrics_tput", "gw_nometrics_tput2")
+"""The throughput runs of the gateway with metrics on and off (metrics_enabled), in
+the order on, off, off, on: what drifts during the phase weighs on both alike."""
+
+
 def report(results: dict[str, dict[str, float]]) -> tuple[str, bool]:
     rows: list[tuple[str, str, str, str, str, str]] = []
     ok = True
@@ -225,6 +237,8 @@ def report(results: dict[str, dict[str, float]]) -> tuple[str, bool]:
         "gw_lat_b",
         "direct_stream_tput",
         "gw_stream_tput",
+        *METRICS_ON,
+        *METRICS_OFF,
         "long",
         "rgw_tput",
         "rgw_lat",
@@ -245,8 +259,9 @@ def report(results: dict[str, dict[str, float]]) -> tuple[str, bool]:
             f">= {TARGETS['throughput_rps']:,.0f}",
             g_rps >= TARGETS["throughput_rps"],
         )
-    if "gw_tput" in results and "rgw_tput" in results:
-        s_rps, r_rps = rps(results["gw_tput"]), rps(results["rgw_tput"])
+    shared_runs = [results[n] for n in METRICS_ON if n in results]  # the same gateway settings
+    if shared_runs and "rgw_tput" in results:
+        s_rps, r_rps = rps_of(shared_runs), rps(results["rgw_tput"])
         ratio = r_rps / s_rps
         row(
             "Redis mode JSON req/s @16 conns [T]",
@@ -255,6 +270,19 @@ def report(results: dict[str, dict[str, float]]) -> tuple[str, bool]:
             f"{ratio:.3f}x shared memory",
             f">= {TARGETS['redis_rps_ratio']:.1f}x",
             ratio >= TARGETS["redis_rps_ratio"],
+        )
+    on = [results[n] for n in METRICS_ON if n in results]
+    off = [results[n] for n in METRICS_OFF if n in results]
+    if on and off:
+        on_rps, off_rps = rps_of(on), rps_of(off)
+        ratio = TARGETS["metrics_rps_ratio"]
+        row(
+            "JSON req/s @16 conns, metrics off | on [T]",
+            f"{off_rps:,.0f} (off)",
+            f"{on_rps:,.0f} (on)",
+            f"{on_rps / off_rps:.3f}x on/off",
+            f"on >= {ratio:.2f}x off",
+            on_rps >= ratio * off_rps,
         )
     if "direct_stream_tput" in results and "gw_stream_tput" in results:
         d_rps, g_rps = rps(results["direct_stream_tput"]), rps(results["gw_stream_tput"])

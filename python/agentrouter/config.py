@@ -15,14 +15,42 @@ The file::
     limiter_url = "redis://redis.internal:6379/0"   # buckets in Redis, for several hosts (default: none)
     limiter_failure_mode = "local"   # while Redis is unreachable: local | open | closed
     limiter_timeout = 0.25       # seconds any Redis call may take before the failure mode decides
+    store_url = "postgresql://agentrouter@db.internal/agentrouter"   # default: the SQLite file in data_dir
+    store_pool_min = 1           # PostgreSQL connections each process keeps open
+    store_pool_max = 10          # and at most
+    store_connect_timeout = 5    # seconds to connect to PostgreSQL (statements: 30 s)
+    usage_buffer_records = 100000   # request-log records a worker buffers while the store is down
     shutdown_timeout = 30        # seconds to drain in-flight requests on SIGTERM
     request_log_retention_days = 30
     alert_webhook_url = "https://hooks.example.com/agentrouter"   # default: none
     monitor_enabled = true       # false: no detector runs (the request log is still pruned)
     monitor_interval = 60        # seconds between monitor runs
+    metrics_enabled = true       # GET /metrics (Prometheus); false: 404, nothing counted
+    metrics_require_key = true   # /metrics needs a management key; false: open
 
     [monitor]                    # thresholds of the unusual-usage detectors
     volume_factor = 5            # (DetectorConfig; reasoning in agentrouter.monitor.detectors)
+
+    [accounts]                   # people: registration, sessions, sign-in throttling
+    registration = "invite"      # open | domains | invite
+    registration_domains = ["example.com"]   # for "domains"
+    session_days = 30
+
+    [smtp]                       # outgoing mail; without host: the server log and <data dir>/outbox/
+    host = "smtp.example.com"
+    port = 587                   # default: 587 (starttls), 465 (tls), 25 (none)
+    security = "starttls"        # starttls | tls | none
+    user = "agentrouter"
+    password_env = "SMTP_PASSWORD"   # or password = "..."
+    sender = "AgentRouter <noreply@example.com>"
+
+    [oauth.github]               # a provider without client_id is not offered
+    client_id = "..."
+    client_secret_env = "GITHUB_CLIENT_SECRET"   # or client_secret = "..."
+
+    [oauth.google]
+    client_id = "....apps.googleusercontent.com"
+    client_secret_env = "GOOGLE_CLIENT_SECRET"
 
     [[providers]]
     name = "openai"
@@ -46,8 +74,11 @@ the secret is the data directory's ``secret`` file, created on first run),
 every provider setting from ``AGENTROUTER_PROVIDERS__<PROVIDER>__<NAME>`` (for instance
 ``AGENTROUTER_PROVIDERS__OPENAI__BASE_URL``; lists are comma-separated; a provider named
 only in the environment needs its ``TYPE``), every ``[monitor]`` threshold from
-``AGENTROUTER_MONITOR_<NAME>`` (``AGENTROUTER_MONITOR_VOLUME_FACTOR``), and the file
-itself from ``AGENTROUTER_CONFIG``. The environment wins over the file; an empty
+``AGENTROUTER_MONITOR_<NAME>`` (``AGENTROUTER_MONITOR_VOLUME_FACTOR``), every ``[accounts]``
+setting from ``AGENTROUTER_ACCOUNTS_<NAME>``, every ``[smtp]`` one from
+``AGENTROUTER_SMTP_<NAME>`` (``AGENTROUTER_SMTP_HOST``), every ``[oauth.<provider>]`` one
+from ``AGENTROUTER_OAUTH_<PROVIDER>_<NAME>`` (``AGENTROUTER_OAUTH_GITHUB_CLIENT_ID``), and
+the file itself from ``AGENTROUTER_CONFIG``. The environment wins over the file; an empty
 ``AGENTROUTER_ALERT_WEBHOOK_URL`` means no webhook. Other variables this module does
 not know are ignored: ``AGENTROUTER_API_KEY`` and ``AGENTROUTER_BASE_URL`` belong to
 clients (see the product document), not to the server.
@@ -68,13 +99,14 @@ import math
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
 
-from agentrouter.datadir import default_data_dir
+from agentrouter.datadir import DB_FILE, default_data_dir
 from agentrouter.errors import AgentRouterError
 
 __all__ = [
@@ -84,6 +116,7 @@ __all__ = [
     "ProviderSettings",
     "Settings",
     "load_settings",
+    "redact_url",
 ]
 
 ENV_PREFIX = "AGENTROUTER_"
@@ -186,6 +219,140 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         return max(self.volume_baseline_days, self.unusual_hour_baseline_days, self.failure_baseline_days) + 1
 
 
+RegistrationMode = Literal["open", "domains", "invite"]
+SmtpSecurity = Literal["starttls", "tls", "none"]
+
+# argon2-cffi's defaults (RFC 9106's second recommended option): the floor of the settings.
+ARGON2_TIME_COST = 3
+ARGON2_MEMORY_KIB = 65536
+ARGON2_PARALLELISM = 4
+
+
+class AccountsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """People and their sessions (``[accounts]``, ``AGENTROUTER_ACCOUNTS_<NAME>``);
+    the reasoning is in ``agentrouter.accounts``."""
+
+    registration: RegistrationMode = "invite"
+    """Who may create an account with email and password (and a first OAuth sign-in):
+    ``open`` anyone, ``domains`` addresses of ``registration_domains`` only, ``invite``
+    (the default, so a fresh gateway on a network is not open to strangers) only with
+    an admin's invitation link."""
+    registration_domains: tuple[str, ...] = ()
+    """Email domains allowed to register under ``registration = "domains"`` (exact,
+    case-insensitive: ``example.com`` does not admit ``sub.example.com``)."""
+    session_days: _Positive = 30.0
+    """A session ends this long after its sign-in (the product document's 30 days)."""
+    verification_hours: _Positive = 48.0
+    """An email verification link works this long (once)."""
+    reset_minutes: _Positive = 30.0
+    """A password reset link works this long (once)."""
+    invitation_days: _Positive = 7.0
+    """An invitation works this long (once)."""
+    second_factor_minutes: _Positive = 5.0
+    """Time to enter the TOTP code after a password or OAuth sign-in."""
+    signin_account_attempts: _Count = 10
+    """Sign-in attempts per account per ``signin_account_interval`` seconds."""
+    signin_account_interval: _Seconds = 900.0
+    signin_ip_attempts: _Count = 50
+    """Sign-in attempts per client IP per ``signin_ip_interval`` seconds."""
+    signin_ip_interval: _Seconds = 900.0
+    throttle_buckets: Annotated[int, msgspec.Meta(ge=64, le=1 << 20)] = 16384
+    """Buckets per kind (accounts, client IPs) in the throttle's own limiter region;
+    names are spread over them by a keyed hash."""
+    password_time_cost: Annotated[int, msgspec.Meta(ge=ARGON2_TIME_COST, le=100)] = ARGON2_TIME_COST
+    password_memory_kib: Annotated[int, msgspec.Meta(ge=ARGON2_MEMORY_KIB, le=4 << 20)] = ARGON2_MEMORY_KIB
+    password_parallelism: Annotated[int, msgspec.Meta(ge=ARGON2_PARALLELISM, le=64)] = ARGON2_PARALLELISM
+    """Argon2id parameters, at or above argon2-cffi's defaults. Raising one rehashes
+    each password at its owner's next sign-in."""
+    hash_threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    """Threads per process that hash passwords (off the event loop, so a burst of
+    sign-ins never stalls ``/v1``); more waiting hashes queue."""
+
+
+class SmtpSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Outgoing mail (``[smtp]``, ``AGENTROUTER_SMTP_<NAME>``). Without ``host`` every
+    mail is written to the server log and to ``<data dir>/outbox/`` as an ``.eml``
+    file, so a newcomer can register offline."""
+
+    host: str | None = None
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+    """Default by ``security``: 587 (starttls), 465 (tls), 25 (none)."""
+    security: SmtpSecurity = "starttls"
+    user: str | None = None
+    password: str | None = None
+    password_env: str | None = None
+    """Name of the environment variable holding the password; read once at load time."""
+    sender: str | None = None
+    """The From address; default ``AgentRouter <agentrouter@HOSTNAME>``."""
+    timeout: _Seconds = 30.0
+    ca_file: str | None = None
+    """A PEM bundle to trust instead of the system's store (a private CA)."""
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or {"starttls": 587, "tls": 465, "none": 25}[self.security]
+
+    def __repr__(self) -> str:
+        return (
+            f"SmtpSettings(host={self.host!r}, port={self.effective_port}, security={self.security!r}, "
+            f"user={self.user!r}, password={'***' if self.password else None}, sender={self.sender!r})"
+        )
+
+
+class OAuthProviderSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One OAuth provider (``[oauth.github]``, ``[oauth.google]``;
+    ``AGENTROUTER_OAUTH_<PROVIDER>_<NAME>``). The endpoints are overridable so tests
+    run against fake providers on loopback; the defaults are the real ones."""
+
+    client_id: str | None = None
+    """None: the provider is not offered."""
+    client_secret: str | None = None
+    client_secret_env: str | None = None
+    """Name of the environment variable holding the secret; read once at load time."""
+    authorize_url: str | None = None
+    """GitHub: default ``https://github.com/login/oauth/authorize``."""
+    access_token_url: str | None = None
+    """GitHub: default ``https://github.com/login/oauth/access_token``."""
+    api_base_url: str | None = None
+    """GitHub: default ``https://api.github.com/`` (``/user``, ``/user/emails``)."""
+    server_metadata_url: str | None = None
+    """Google: the OpenID Connect discovery document, default
+    ``https://accounts.google.com/.well-known/openid-configuration``."""
+
+    def __repr__(self) -> str:
+        secret = "***" if self.client_secret else None
+        return f"OAuthProviderSettings(client_id={self.client_id!r}, client_secret={secret})"
+
+
+OAUTH_DEFAULTS: dict[str, dict[str, str]] = {
+    "github": {
+        "authorize_url": "https://github.com/login/oauth/authorize",
+        "access_token_url": "https://github.com/login/oauth/access_token",
+        "api_base_url": "https://api.github.com/",
+    },
+    "google": {"server_metadata_url": "https://accounts.google.com/.well-known/openid-configuration"},
+}
+OAUTH_PROVIDERS = tuple(OAUTH_DEFAULTS)
+
+
+class OAuthSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[oauth.github]`` and ``[oauth.google]``; a provider is offered when its
+    ``client_id`` is set (then its secret is required)."""
+
+    github: OAuthProviderSettings = msgspec.field(default_factory=OAuthProviderSettings)
+    google: OAuthProviderSettings = msgspec.field(default_factory=OAuthProviderSettings)
+
+    def provider(self, name: str) -> OAuthProviderSettings | None:
+        """The settings of ``name`` when it is offered (has a client id), else None."""
+        found: OAuthProviderSettings | None = getattr(self, name, None) if name in OAUTH_PROVIDERS else None
+        return found if found is not None and found.client_id else None
+
+    @property
+    def offered(self) -> tuple[str, ...]:
+        """The providers with a client id, in a fixed order."""
+        return tuple(p for p in OAUTH_PROVIDERS if self.provider(p) is not None)
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Everything the server needs; build it with ``load_settings``."""
 
@@ -233,6 +400,25 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cors_allow_origins: tuple[str, ...] = ()
     """Browser origins allowed by CORS (``https://app.example.com``, exact; ``*`` for
     any, then never with credentials). None by default: no CORS headers at all."""
+    store_url: str | None = None
+    """Where keys, usage and the request log live: None (the default) for the SQLite
+    file ``agentrouter.db`` in ``data_dir``, ``sqlite:///ABSOLUTE/PATH`` for another
+    file, or ``postgresql://user:password@host:port/database`` (``postgres://`` too;
+    asyncpg's query parameters, e.g. ``?sslmode=require``) for PostgreSQL. Shown
+    without its password (``redact_url``)."""
+    store_pool_min: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 1
+    """PostgreSQL: connections each process keeps open."""
+    store_pool_max: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
+    """PostgreSQL: at most this many connections per process (a server of W workers
+    opens up to W × (this + 1): each worker's usage writer has one of its own)."""
+    store_connect_timeout: _Seconds = 5.0
+    """PostgreSQL: seconds to connect (or to get a pooled connection) before the
+    store counts as unavailable (503 on the management API, ``/readyz`` not ready). A
+    statement may take up to 30 s (or this, if longer) before it counts as such."""
+    usage_buffer_records: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    """Request-log records each worker keeps while the store cannot be written (about
+    300 bytes each); past that the newest are dropped, counted and logged (the key
+    totals still count them)."""
     shutdown_timeout: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     usage_flush_interval: _Seconds = 1.0
     usage_writer: Literal["process", "inline"] = "process"
@@ -242,6 +428,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     embedding and tests, at a cost in tail latency)."""
     log_level: Literal["critical", "error", "warning", "warn", "info", "debug"] = "info"
     access_log: bool = False
+    metrics_enabled: bool = True
+    """Serve ``GET /metrics`` (the Prometheus text format, summed over the workers);
+    false: no counting at all, and ``/metrics`` answers 404."""
+    metrics_require_key: bool = True
+    """``/metrics`` needs a management key (scope "manage"), refused like ``/api``;
+    false: anyone who reaches the port may read it (bind it to a private network)."""
 
     # The request log and the unusual-usage monitor (agentrouter.monitor).
     request_log_retention_days: _Positive = 30.0
@@ -264,6 +456,18 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     monitor: DetectorConfig = msgspec.field(default_factory=DetectorConfig)
     """The detectors' thresholds (``[monitor]``, ``AGENTROUTER_MONITOR_<NAME>``)."""
 
+    public_url: str | None = None
+    """The address people reach this server at (``https://gateway.example.com``), used
+    in the links of mails (verification, reset, invitations, the first admin's setup);
+    an ``https`` one also makes session cookies ``Secure`` with the ``__Host-`` prefix.
+    Default: ``http://HOST:PORT`` (``127.0.0.1`` for a wildcard host)."""
+    accounts: AccountsSettings = msgspec.field(default_factory=AccountsSettings)
+    """Registration, sessions and sign-in throttling (``[accounts]``)."""
+    smtp: SmtpSettings = msgspec.field(default_factory=SmtpSettings)
+    """Outgoing mail (``[smtp]``)."""
+    oauth: OAuthSettings = msgspec.field(default_factory=OAuthSettings)
+    """GitHub and Google sign-in (``[oauth.github]``, ``[oauth.google]``)."""
+
     providers: tuple[ProviderSettings, ...] = ()
 
     @property
@@ -274,6 +478,33 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def data_path(self) -> Path:
         """``data_dir`` as a path (the default one when unset)."""
         return Path(self.data_dir) if self.data_dir else default_data_dir()
+
+    @property
+    def base_url(self) -> str:
+        """``public_url`` without a trailing slash, else ``http://HOST:PORT``."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def https(self) -> bool:
+        """Whether people reach the server over HTTPS (``public_url`` is https): session
+        cookies are then ``Secure`` and ``__Host-`` prefixed."""
+        return self.base_url.startswith("https://")
+
+    @property
+    def store_backend(self) -> Literal["sqlite", "postgresql"]:
+        return "postgresql" if self.store_url and _is_postgres(self.store_url) else "sqlite"
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite file (the default store, or a ``sqlite:///`` URL)."""
+        if self.store_url and self.store_url.startswith("sqlite:///"):
+            return Path(urllib.parse.unquote(self.store_url[len("sqlite://") :]))
+        return self.data_path / DB_FILE
 
     @property
     def secret_bytes(self) -> bytes | None:
@@ -288,25 +519,40 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def __repr__(self) -> str:
         # The secret (and providers' keys) must not reach a log through a repr.
         shown = {f: getattr(self, f) for f in self.__struct_fields__ if f not in ("secret", "providers")}
+        # (smtp and oauth hide their own passwords and client secrets in their reprs)
         shown["secret"] = None if self.secret is None else "***"
         shown["limiter_url"] = self.redacted_limiter_url
+        shown["store_url"] = None if self.store_url is None else redact_url(self.store_url)
         shown["providers"] = tuple(p.name for p in self.providers)
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 
+def _is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
 def redact_url(url: str) -> str:
-    """``url`` with the password of its user information (``user:password@``) shown as
-    ``***``, and a ``password=`` query parameter too."""
-    scheme, sep, rest = url.partition("://")
-    if sep:
-        authority, slash, path = rest.partition("/")
-        userinfo, at, host = authority.rpartition("@")
-        if at:
-            # A lone part before "@" may be a password too (some clients read it so).
-            user, colon, _password = userinfo.partition(":")
-            authority = f"{user}:***@{host}" if colon else f"***@{host}"
-        url = f"{scheme}{sep}{authority}{slash}{path}"
-    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
+    """``url`` without its password (in the authority or a ``password`` parameter),
+    for messages and logs."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<an unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        if ":" in userinfo:
+            netloc = f"{user}:***@{hostport}"
+        elif parts.scheme.lower() in ("redis", "rediss", "unix"):
+            netloc = f"***@{hostport}"  # Redis reads a lone redis://secret@host as the password
+        else:
+            netloc = f"{user}@{hostport}"  # PostgreSQL reads it as the user
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        query = urllib.parse.urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _secret_bytes(secret: str) -> bytes:
@@ -315,13 +561,20 @@ def _secret_bytes(secret: str) -> bytes:
 
 
 # Server settings: file key == Settings field == AGENTROUTER_<FIELD upper>.
-_TABLES = ("providers", "monitor")
+_TABLES = ("providers", "monitor", "accounts", "smtp", "oauth")
 _SERVER_FIELDS = tuple(f for f in Settings.__struct_fields__ if f not in _TABLES)
 _PROVIDER_FIELDS = ProviderSettings.__struct_fields__
 _MONITOR_FIELDS = DetectorConfig.__struct_fields__
 # AGENTROUTER_MONITOR_ENABLED is a server setting, AGENTROUTER_MONITOR_<threshold> a
 # [monitor] one: the two sets of names must never meet.
 assert not {f"monitor_{f}" for f in _MONITOR_FIELDS} & set(_SERVER_FIELDS)
+# The same for AGENTROUTER_ACCOUNTS_*, AGENTROUTER_SMTP_* and AGENTROUTER_OAUTH_*: no
+# server setting may start with those words.
+assert not [f for f in _SERVER_FIELDS if f.startswith(("accounts_", "smtp_", "oauth_"))]
+_ACCOUNTS_FIELDS = AccountsSettings.__struct_fields__
+_SMTP_FIELDS = SmtpSettings.__struct_fields__
+_OAUTH_FIELDS = OAuthProviderSettings.__struct_fields__
+_ACCOUNTS_LIST_FIELDS = {"registration_domains"}
 _LIST_FIELDS = {"models"}
 _SERVER_LIST_FIELDS = {"cors_allow_origins"}
 
@@ -391,8 +644,35 @@ def _flatten_file(raw: dict[str, Any], where: str) -> dict[str, Any]:
                 if mkey not in _MONITOR_FIELDS:
                     raise ConfigError(f"{where}: monitor.{mkey}: unknown setting")
             data["monitor"] = dict(value)
+        elif key in ("accounts", "smtp"):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {key}: expected a table ([{key}])")
+            fields = _ACCOUNTS_FIELDS if key == "accounts" else _SMTP_FIELDS
+            for tkey in value:
+                if tkey not in fields:
+                    raise ConfigError(f"{where}: {key}.{tkey}: unknown setting")
+            data[key] = dict(value)
+        elif key == "oauth":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: oauth: expected tables ([oauth.github], [oauth.google])")
+            oauth: dict[str, Any] = {}
+            for provider, table in value.items():
+                if provider not in OAUTH_PROVIDERS:
+                    raise ConfigError(
+                        f"{where}: oauth.{provider}: unknown provider (expected {', '.join(OAUTH_PROVIDERS)})"
+                    )
+                if not isinstance(table, dict):
+                    raise ConfigError(f"{where}: oauth.{provider}: expected a table ([oauth.{provider}])")
+                for tkey in table:
+                    if tkey not in _OAUTH_FIELDS:
+                        raise ConfigError(f"{where}: oauth.{provider}.{tkey}: unknown setting")
+                oauth[provider] = dict(table)
+            data["oauth"] = oauth
         else:
-            raise ConfigError(f"{where}: {key}: unknown setting (expected [server], [monitor] or [[providers]])")
+            raise ConfigError(
+                f"{where}: {key}: unknown setting (expected [server], [monitor], [accounts], [smtp], "
+                "[oauth.<provider>] or [[providers]])"
+            )
     return data
 
 
@@ -423,6 +703,40 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str], origin: dict[str, s
             )
         data.setdefault("monitor", {})[field] = env[var]
         origin[f"monitor.{field}"] = var
+
+    for table, fields in (("accounts", _ACCOUNTS_FIELDS), ("smtp", _SMTP_FIELDS)):
+        prefix = f"{ENV_PREFIX}{table.upper()}_"
+        for var in sorted(env):
+            if not var.startswith(prefix):
+                continue
+            field = var[len(prefix) :].lower()
+            if field not in fields:
+                raise ConfigError(
+                    f"{var}: unknown setting; {prefix}<NAME> takes NAME from: " + ", ".join(f.upper() for f in fields)
+                )
+            value = env[var]
+            if field in _ACCOUNTS_LIST_FIELDS:
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if table == "smtp" and value == "" and field != "password":
+                continue  # an empty variable leaves the setting unset
+            data.setdefault(table, {})[field] = value
+            origin[f"{table}.{field}"] = var
+    oauth_prefix = f"{ENV_PREFIX}OAUTH_"
+    for var in sorted(env):
+        if not var.startswith(oauth_prefix):
+            continue
+        rest = var[len(oauth_prefix) :]
+        pname, _, field = rest.partition("_")
+        pname, field = pname.lower(), field.lower()
+        if pname not in OAUTH_PROVIDERS or field not in _OAUTH_FIELDS:
+            raise ConfigError(
+                f"{var}: expected {oauth_prefix}<PROVIDER>_<NAME> with PROVIDER one of "
+                + ", ".join(p.upper() for p in OAUTH_PROVIDERS)
+                + " and NAME one of "
+                + ", ".join(f.upper() for f in _OAUTH_FIELDS)
+            )
+        data.setdefault("oauth", {}).setdefault(pname, {})[field] = env[var]
+        origin[f"oauth.{pname}.{field}"] = var
 
     providers: list[dict[str, Any]] = data.setdefault("providers", [])
     by_key = {_env_key(str(p.get("name", ""))): p for p in providers}
@@ -467,6 +781,8 @@ def _validate(data: dict[str, Any], env: Mapping[str, str], origin: dict[str, st
             + where
         )
 
+    settings = _check_accounts(settings, env, origin, where)
+
     seen: set[str] = set()
     resolved: list[ProviderSettings] = []
     for i, p in enumerate(settings.providers):
@@ -497,6 +813,28 @@ def _check_server(settings: Settings, env: Mapping[str, str], origin: dict[str, 
         raise fail("secret", f"must be at least {MIN_SECRET_BYTES} bytes long")
     if settings.body_idle_timeout > settings.body_timeout:
         raise fail("body_idle_timeout", f"must not exceed body_timeout ({settings.body_timeout:g} s)")
+    if settings.store_pool_min > settings.store_pool_max:
+        raise fail("store_pool_min", f"must not exceed store_pool_max ({settings.store_pool_max})")
+    url = (settings.store_url or "").strip()
+    if not url:
+        changes["store_url"] = None
+    elif _is_postgres(url):
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError as exc:
+            raise fail("store_url", f"{redact_url(url)} is not a valid URL ({exc})") from None
+        if not parts.hostname and "host=" not in parts.query:
+            raise fail("store_url", f"{redact_url(url)} names no host: postgresql://user:password@host:5432/database")
+        changes["store_url"] = url
+    elif url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        changes["store_url"] = url
+    else:
+        raise fail(
+            "store_url",
+            f"{redact_url(url)!r} is not a store URL: give postgresql://user:password@host:5432/database, "
+            "sqlite:///absolute/path.db, or nothing for the SQLite file in data_dir",
+        )
     origins = []
     for value in settings.cors_allow_origins:
         origin_ = value.strip().lower()
@@ -507,26 +845,125 @@ def _check_server(settings: Settings, env: Mapping[str, str], origin: dict[str, 
             )
         origins.append(origin_)
     changes["cors_allow_origins"] = tuple(dict.fromkeys(origins))
-    url = settings.limiter_url
-    if url is not None:
-        url = url.strip()
-        if not url:
-            url = None  # an empty AGENTROUTER_LIMITER_URL: no Redis
-        elif not url.lower().startswith(LIMITER_URL_SCHEMES) or len(url) <= len(url.partition("://")[0]) + 3:
+    limiter_url = settings.limiter_url
+    if limiter_url is not None:
+        limiter_url = limiter_url.strip() or None  # an empty AGENTROUTER_LIMITER_URL: no Redis
+        if limiter_url is not None and (
+            not limiter_url.lower().startswith(LIMITER_URL_SCHEMES)
+            or len(limiter_url) <= len(limiter_url.partition("://")[0]) + 3
+        ):
             raise fail(
                 "limiter_url",
-                f"expected a redis://, rediss:// or unix:// URL, got {redact_url(url)!r}",
+                f"expected a redis://, rediss:// or unix:// URL, got {redact_url(limiter_url)!r}",
             )
-        changes["limiter_url"] = url
+        changes["limiter_url"] = limiter_url
     return msgspec.structs.replace(settings, **changes)
 
 
+_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+")
+
+
+def _check_accounts(settings: Settings, env: Mapping[str, str], origin: dict[str, str], where: str) -> Settings:
+    """``public_url``, ``[accounts]`` (the registration domains), ``[smtp]`` (the
+    password's variable, the sender) and ``[oauth.*]`` (each offered provider's secret,
+    its endpoints)."""
+
+    def fail(field: str, message: str) -> ConfigError:
+        var = origin.get(field)
+        return ConfigError(f"{field}: {message}" + (f" (from {var})" if var else "") + where)
+
+    url = settings.public_url
+    if url is not None and _PUBLIC_URL.fullmatch(url.lower()) is None:
+        var = origin.get("server.public_url")
+        raise ConfigError(
+            f"server.public_url: expected http(s)://host[:port][/path] without a query, got {url!r}"
+            + (f" (from {var})" if var else "")
+            + where
+        )
+
+    acc = settings.accounts
+    domains = []
+    for d in acc.registration_domains:
+        domain = d.strip().lower().removeprefix("@")
+        if _DOMAIN.fullmatch(domain) is None:
+            raise fail("accounts.registration_domains", f"{d!r} is not an email domain (example.com)")
+        domains.append(domain)
+    if acc.registration == "domains" and not domains:
+        raise fail("accounts.registration", 'registration = "domains" needs registration_domains (["example.com"])')
+    accounts = msgspec.structs.replace(acc, registration_domains=tuple(dict.fromkeys(domains)))
+
+    smtp = settings.smtp
+    smtp_changes: dict[str, Any] = {}
+    if smtp.password is not None and smtp.password_env is not None:
+        raise fail("smtp.password", "give password or password_env, not both")
+    if smtp.password_env is not None:
+        password = env.get(smtp.password_env)
+        if not password:
+            raise fail("smtp.password_env", f"environment variable {smtp.password_env} is not set")
+        smtp_changes["password"] = password
+    if smtp.host is not None and not smtp.host.strip():
+        smtp_changes["host"] = None
+    if smtp.password is not None and smtp.user is None:
+        raise fail("smtp.user", "a password needs a user")
+    if smtp.sender is not None:
+        from email.headerregistry import Address
+        from email.utils import parseaddr
+
+        name, address = parseaddr(smtp.sender)
+        if "@" not in address:
+            raise fail(
+                "smtp.sender", f"expected an address like 'AgentRouter <noreply@example.com>', got {smtp.sender!r}"
+            )
+        try:
+            Address(display_name=name, addr_spec=address)
+        except (ValueError, IndexError) as exc:
+            raise fail("smtp.sender", f"{smtp.sender!r}: {exc}") from None
+    if smtp.ca_file is not None and not Path(smtp.ca_file).is_file():
+        raise fail("smtp.ca_file", f"no such file: {smtp.ca_file}")
+    if smtp_changes:
+        smtp = msgspec.structs.replace(smtp, **smtp_changes)
+
+    oauth_changes: dict[str, Any] = {}
+    for name in OAUTH_PROVIDERS:
+        p: OAuthProviderSettings = getattr(settings.oauth, name)
+        label = f"oauth.{name}"
+        changes: dict[str, Any] = {}
+        if p.client_secret is not None and p.client_secret_env is not None:
+            raise fail(f"{label}.client_secret", "give client_secret or client_secret_env, not both")
+        if p.client_secret_env is not None:
+            secret = env.get(p.client_secret_env)
+            if not secret:
+                raise fail(f"{label}.client_secret_env", f"environment variable {p.client_secret_env} is not set")
+            changes["client_secret"] = secret
+        if p.client_id is not None and not p.client_id.strip():
+            changes["client_id"] = None
+        elif p.client_id and not (p.client_secret or changes.get("client_secret")):
+            raise fail(f"{label}.client_secret", "required with client_id (or client_secret_env)")
+        for field, default in OAUTH_DEFAULTS[name].items():
+            value = getattr(p, field) or default
+            if not value.startswith(("http://", "https://")):
+                raise fail(f"{label}.{field}", f"expected an http:// or https:// URL, got {value!r}")
+            changes[field] = value
+        for field in ("authorize_url", "access_token_url", "api_base_url", "server_metadata_url"):
+            if field not in OAUTH_DEFAULTS[name] and getattr(p, field) is not None:
+                raise fail(f"{label}.{field}", f"not a setting of {name} (it takes {', '.join(OAUTH_DEFAULTS[name])})")
+        oauth_changes[name] = msgspec.structs.replace(p, **changes)
+    oauth = msgspec.structs.replace(settings.oauth, **oauth_changes)
+    return msgspec.structs.replace(settings, accounts=accounts, smtp=smtp, oauth=oauth)
+
+
+_PUBLIC_URL = re.compile(r"https?://(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)(:[0-9]{1,5})?(/[^?#\s]*)?")
 _ORIGIN = re.compile(r"https?://(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)(:[0-9]{1,5})?")
 
 
 def _check_finite(settings: Settings, origin: dict[str, str], where: str) -> None:
     """Infinity and NaN pass msgspec's bounds; no duration or threshold here means them."""
-    structs: list[tuple[str, Any]] = [("server", settings), ("monitor", settings.monitor)]
+    structs: list[tuple[str, Any]] = [
+        ("server", settings),
+        ("monitor", settings.monitor),
+        ("accounts", settings.accounts),
+        ("smtp", settings.smtp),
+    ]
     structs += [(f"providers[{i}] ({p.name!r})", p) for i, p in enumerate(settings.providers)]
     for label, struct in structs:
         for field in struct.__struct_fields__:
@@ -598,8 +1035,8 @@ def _explain(message: str, providers: list[dict[str, Any]], origin: dict[str, st
         var = origin.get(f"providers.{_env_key(str(name))}.{field}") if name else None
         field_label = f"{label}.{field}" if field else label
         return f"{field_label}: {text}" + (f" (from {var})" if var else "")
-    if path == "monitor" or path.startswith("monitor."):
-        var = origin.get(path)
+    if path.split(".", 1)[0] in ("monitor", "accounts", "smtp", "oauth"):
+        var = origin.get(path.split("[", 1)[0])
         return f"{path}: {text}" + (f" (from {var})" if var else "")
     field = path.split(".", 1)[0].split("[", 1)[0]
     var = origin.get(f"server.{field}")

@@ -3,8 +3,9 @@
 ``Core.from_settings(settings)`` is the one place that builds it — the gateway workers,
 ``serve``'s preparation, the management API on its own, the CLI and the tests all come
 through here — so there is one way to put the store, the shared limiter region, the
-digester and the key authenticator together, and one place that picks the limiter
-backend from the settings:
+digester, the key authenticator and the accounts service (``core.accounts``: its
+mailer, its sign-in throttle on its own limiter region) together, and one place that
+picks the limiter backend from the settings:
 
 * no ``limiter_url``: this host's shared-memory region decides alone (``limits``
   is a ``SharedMemoryLimiter``; the hot path stays the one native call
@@ -16,7 +17,8 @@ backend from the settings:
   reloads the key table when the shared generation moves (pub/sub and a poll),
   and from the store about once a second while Redis cannot be reached.
 
-(The store backend chosen by settings, PostgreSQL, is to be picked here too.)
+The store is the one ``store_url`` names (``store.open_store``: the SQLite file by
+default, or PostgreSQL).
 
 What cannot be opened (the data directory, the database file, the limiter region) is
 a ``StateError`` whose message names the file and says what to do.
@@ -31,8 +33,10 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agentrouter._core import Digester, FakeClock, KeyRecord, KeyTable, LimiterError, RateLimiter
+from agentrouter.accounts.throttle import THROTTLE_FILE
 from agentrouter.auth import KeyAuthenticator
 from agentrouter.config import Settings
 from agentrouter.datadir import DB_FILE, LIMITER_FILE, ensure_data_dir
@@ -41,7 +45,10 @@ from agentrouter.keys import KeyService
 from agentrouter.limits import FailureMode, Limiter, SharedMemoryLimiter
 from agentrouter.limits.failover import FailoverLimiter
 from agentrouter.secret import load_secret
-from agentrouter.store import KeyRow, Store
+from agentrouter.store import KeyRow, Store, StoreUnavailable, open_store
+
+if TYPE_CHECKING:
+    from agentrouter.accounts.service import AccountService
 
 __all__ = ["Core", "StateError", "key_record", "state_error"]
 
@@ -65,6 +72,8 @@ class Core:
         digester: Digester,
         clock: FakeClock | None = None,
         *,
+        settings: Settings,
+        secret: bytes,
         limits: Limiter | None = None,
     ) -> None:
         self.data_dir = data_dir
@@ -80,12 +89,17 @@ class Core:
         # operations must read the same clock.
         self.now: Callable[[], float] = time.time if clock is None else (lambda: clock.unix)
         self.keys = KeyService(store, limiter, digester, clock=self.now, limits=self.limits)
+        self.accounts: AccountService = _accounts(self, settings, secret, clock)
+        self.store_target = store.url
+        """What a child process opens to reach the same store (the usage writer): the
+        SQLite file, or the full PostgreSQL URL (with its password: never log it)."""
         # One key table per process, shared by every edge it serves (/v1, /api).
         self.auth = KeyAuthenticator(self.new_table(), self, limiter.generation, shared=self.remote)
         self._follower: asyncio.Task[None] | None = None
         # The files this process opened (path → device and inode), to tell at
         # readiness whether they are still the ones at those paths.
-        paths = [store.path] + ([Path(limiter.path)] if limiter.path is not None else [])
+        self._store_files = set(store.files())
+        paths = [*store.files()] + ([Path(limiter.path)] if limiter.path is not None else [])
         self._opened = {path: _identity(path) for path in paths}
 
     @classmethod
@@ -108,7 +122,7 @@ class Core:
                 "or set limiter_slots to the value the server uses."
             ) from exc
         try:
-            store = await Store.open(data_dir / DB_FILE)
+            store = await open_store(settings)
         except (sqlite3.Error, OSError) as exc:
             raise state_error(exc, data_dir) from exc
         try:
@@ -116,7 +130,20 @@ class Core:
         except BaseException:
             await store.close()
             raise
-        core = cls(data_dir, store, limiter, Digester(secret), clock, limits=limits)
+        try:
+            core = cls(
+                data_dir, store, limiter, Digester(secret), clock, settings=settings, secret=secret, limits=limits
+            )
+        except LimiterError as exc:
+            await limits.aclose()
+            await store.close()
+            raise StateError(
+                f"{exc}. The sign-in throttle's region ({data_dir / THROTTLE_FILE}) is rebuilt when it is missing: "
+                "stop every AgentRouter process using the data directory, remove it, and start again; or set "
+                "accounts.throttle_buckets to the value the server uses."
+            ) from exc
+        if settings.store_url is not None and settings.store_backend == "postgresql":
+            core.store_target = settings.store_url
         try:
             await core._sync_slots()
         except BaseException:
@@ -138,6 +165,7 @@ class Core:
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
         try:
+            await self.accounts.aclose()
             await self.limits.aclose()
         finally:
             await self.store.close()
@@ -157,7 +185,7 @@ class Core:
         if not self.auth.loaded:
             problems.append("key table: not loaded yet")
         for path, identity in self._opened.items():
-            part = "store" if path == self.store.path else "limiter"
+            part = "store" if path in self._store_files else "limiter"
             now = _identity(path)
             if now != identity:
                 log.warning("not ready: %s was removed or replaced since this process opened it", path)
@@ -175,6 +203,9 @@ class Core:
             await asyncio.wait_for(self.store.schema_version(), READY_QUERY_TIMEOUT)
         except TimeoutError:
             problems.append(f"store: no answer within {READY_QUERY_TIMEOUT:g} s")
+        except StoreUnavailable as exc:
+            log.warning("not ready: %s", exc)
+            problems.append("store: the database is unavailable")
         except Exception as exc:  # noqa: BLE001 - any failure of the query means "not ready"
             log.warning("not ready: the store failed: %s", exc)
             problems.append("store: the query failed")
@@ -205,6 +236,23 @@ class Core:
         entries = [(digest, key_record(row)) for digest, row in rows]
         deleted = await self.store.deleted_key_digests()
         table.replace_all(entries, generation, deleted)
+
+
+def _accounts(core: Core, settings: Settings, secret: bytes, clock: FakeClock | None) -> AccountService:
+    from agentrouter.accounts.mail import Mailer
+    from agentrouter.accounts.service import AccountService
+    from agentrouter.accounts.throttle import SignInThrottle
+
+    throttle = SignInThrottle(core.data_dir / THROTTLE_FILE, settings.accounts, secret, clock=clock)
+    return AccountService(
+        store=core.store,
+        settings=settings,
+        secret=secret,
+        keys=core.keys,
+        mailer=Mailer(settings.smtp, core.data_dir),
+        throttle=throttle,
+        clock=core.now,
+    )
 
 
 async def open_limits(settings: Settings, region: RateLimiter, clock: FakeClock | None = None) -> Limiter:

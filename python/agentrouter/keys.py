@@ -6,10 +6,22 @@ every host, through ``Limiter.changed``) and the digests. A change is visible to
 every running gateway process, on every host sharing the limiter, on its next
 request: deletion through the revoked flag, everything else through the generation
 counter, which makes each process reload its key table once.
+
+Keys belong to people. Every method takes an ``actor`` (``agentrouter.actor``):
+the operator (``INSTANCE``: the CLI, a manage key without an owner — the default,
+which is what every edge had before accounts) sees and changes every key; a user
+sees and changes their own keys only, an admin everyone's. A key the actor may not
+see is ``KeyNotFound`` (404), exactly like a key that does not exist. A key created
+by a user is owned by that user, and only once their email address is verified
+(``EmailNotVerified``); a key created by the operator is an instance key unless it
+names an ``owner``. ``revoke_owned`` deletes every key of a user (disabled or
+deleted accounts): refused on the next request on every worker, like any deletion.
+Each change is written to the audit log when the service has one.
 """
 
 from __future__ import annotations
 
+import builtins
 import math
 import secrets
 import time
@@ -19,6 +31,8 @@ from typing import Any, Final
 import msgspec
 
 from agentrouter._core import Digester, RateLimiter, display_prefix, generate_key
+from agentrouter.actor import INSTANCE, Actor
+from agentrouter.audit import AuditLog
 from agentrouter.errors import AgentRouterError
 from agentrouter.limits import KeyId, Limiter, SharedMemoryLimiter
 from agentrouter.store import KeyRow, Store
@@ -43,6 +57,14 @@ class KeyConflict(AgentRouterError):
     """The key's state does not allow the operation (already rotated, expired)."""
 
 
+class EmailNotVerified(AgentRouterError):
+    """A user whose email address is not verified yet may not create keys (403,
+    code ``email_not_verified``)."""
+
+    status = 403
+    code = "email_not_verified"
+
+
 class _Unset:
     def __repr__(self) -> str:
         return "UNSET"
@@ -65,6 +87,7 @@ class KeyService:
         limiter: RateLimiter,
         digester: Digester,
         clock: Callable[[], float] = time.time,
+        audit: AuditLog | None = None,
         *,
         limits: Limiter | None = None,
     ) -> None:
@@ -73,6 +96,15 @@ class KeyService:
         self._limits = limits if limits is not None else SharedMemoryLimiter(limiter)
         self._digester = digester
         self._clock = clock
+        self._audit = audit
+
+    def use_audit(self, audit: AuditLog) -> None:
+        """Write key changes to ``audit`` from now on (set once by the core)."""
+        self._audit = audit
+
+    async def _record(self, event: str, actor: Actor, row: KeyRow, **detail: Any) -> None:
+        if self._audit is not None:
+            await self._audit.record(event, actor=actor, user_id=row.owner, target=row.id, detail=detail or None)
 
     async def create(
         self,
@@ -84,12 +116,26 @@ class KeyService:
         expires_in: float | None = None,
         scope: str = "inference",
         owner: str | None = None,
+        actor: Actor = INSTANCE,
     ) -> CreatedKey:
+        """A new key. A user actor's key is theirs (``owner`` may name another user
+        only for an admin); the operator's is an instance key unless ``owner`` names
+        a user (``KeyInputError`` when there is no such user)."""
         now = self._clock()
         requests, interval = validate_limit(requests, interval)
         if expires_in is not None and not (expires_in > 0 and math.isfinite(expires_in)):
             raise KeyInputError("expires_in must be a positive duration")
-        return await self._insert(
+        if actor.kind == "user":
+            if not actor.email_verified:
+                raise EmailNotVerified(
+                    "verify your email address before creating keys: follow the link in the verification "
+                    "mail, or ask for a new one"
+                )
+            if owner is None or not actor.is_admin:
+                owner = actor.user_id
+        if owner is not None and owner != actor.user_id and await self._store.accounts.get_user(owner) is None:
+            raise KeyInputError(f"owner: no user with id {owner!r}")
+        created = await self._insert(
             name=validate_name(name),
             requests=requests,
             interval=interval,
@@ -99,6 +145,8 @@ class KeyService:
             expires_at=None if expires_in is None else now + expires_in,
             now=now,
         )
+        await self._record("key_created", actor, created.row, name=created.row.name, scope=created.row.scope)
+        return created
 
     async def _insert(
         self,
@@ -111,13 +159,15 @@ class KeyService:
         owner: str | None,
         expires_at: float | None,
         now: float,
-        before_commit: Any = None,
         key_id: str | None = None,
+        replaces: str | None = None,
+        replaced_until: float | None = None,
     ) -> CreatedKey:
         raw = generate_key()
         tag = secrets.randbits(63) | 1  # non-zero, fits SQLite's signed 64-bit integer
+        new_id = key_id or new_key_id()
         row = await self._store.insert_key(
-            id=key_id or new_key_id(),
+            id=new_id,
             name=name,
             prefix=display_prefix(raw),
             digest=self._digester.digest(raw),
@@ -131,17 +181,28 @@ class KeyService:
             expires_at=expires_at,
             slot_capacity=self._limiter.capacity,
             claim=lambda slot: self._limiter.claim_slot(slot, tag),
-            before_commit=before_commit,
+            replaces=replaces,
+            replaced_until=replaced_until,
         )
+        if row is None:
+            raise KeyNotFound(f"no active key with id {replaces!r} (deleted or rotated meanwhile)")
         await self._limits.changed()
         return CreatedKey(key=raw, row=row)
 
-    async def list(self, *, include_deleted: bool = False) -> list[KeyRow]:
-        return await self._store.list_keys(include_deleted=include_deleted)
+    async def list(
+        self, *, include_deleted: bool = False, actor: Actor = INSTANCE, owner: str | None = None
+    ) -> list[KeyRow]:
+        """The keys ``actor`` may see: a member's own; an admin's or the operator's
+        all, or only ``owner``'s when given."""
+        if not actor.is_admin:
+            owner = actor.user_id
+        return await self._store.list_keys(include_deleted=include_deleted, owner=owner)
 
-    async def get(self, key_id: str) -> KeyRow:
+    async def get(self, key_id: str, *, actor: Actor = INSTANCE) -> KeyRow:
+        """The key (deleted ones too); ``KeyNotFound`` when there is none or ``actor``
+        may not see it."""
         row = await self._store.get_key(key_id)
-        if row is None:
+        if row is None or not actor.may_see(row.owner):
             raise KeyNotFound(f"no key with id {key_id!r}")
         return row
 
@@ -154,8 +215,9 @@ class KeyService:
         interval: float | _Unset | None = UNSET,
         metadata: Mapping[str, Any] | _Unset = UNSET,
         expires_at: float | _Unset | None = UNSET,
+        actor: Actor = INSTANCE,
     ) -> KeyRow:
-        current = await self.get(key_id)
+        current = await self.get(key_id, actor=actor)
         if current.state != "active":
             raise KeyNotFound(f"key {key_id!r} is deleted")
         changes: dict[str, Any] = {}
@@ -177,9 +239,18 @@ class KeyService:
         if row is None:
             raise KeyNotFound(f"no active key with id {key_id!r}")
         await self._limits.changed()
+        await self._record("key_updated", actor, row, fields=sorted(changes))
         return row
 
-    async def delete(self, key_id: str) -> KeyRow:
+    async def delete(self, key_id: str, *, actor: Actor = INSTANCE) -> KeyRow:
+        await self.get(key_id, actor=actor)  # not found for an actor who may not see it
+        row = await self._delete(key_id)
+        if row is None:
+            raise KeyNotFound(f"no active key with id {key_id!r}")
+        await self._record("key_deleted", actor, row)
+        return row
+
+    async def _delete(self, key_id: str) -> KeyRow | None:
         revoked: list[KeyId] = []
 
         def revoke(slot: int, tag: int) -> None:
@@ -189,17 +260,27 @@ class KeyService:
             revoked.append(KeyId(key_id, slot, tag))
 
         row = await self._store.delete_key(key_id, now=self._clock(), revoke=revoke)
-        if row is None:
-            raise KeyNotFound(f"no active key with id {key_id!r}")
-        await self._limits.changed(revoked)
+        if row is not None:
+            await self._limits.changed(revoked)
         return row
 
-    async def rotate(self, key_id: str, *, grace: float) -> CreatedKey:
+    async def revoke_owned(self, owner: str, *, actor: Actor = INSTANCE, reason: str) -> builtins.list[KeyRow]:
+        """Delete every active key of ``owner`` (a disabled or deleted user): refused on
+        the next request on every worker. Returns the keys deleted."""
+        deleted = []
+        for row in await self._store.list_keys(owner=owner):
+            gone = await self._delete(row.id)
+            if gone is not None:
+                deleted.append(gone)
+                await self._record("key_deleted", actor, gone, reason=reason)
+        return deleted
+
+    async def rotate(self, key_id: str, *, grace: float, actor: Actor = INSTANCE) -> CreatedKey:
         """A new key with the same settings; the old one works until ``grace`` seconds
         from now, then it is refused as expired."""
         if not (grace >= 0 and math.isfinite(grace)):
             raise KeyInputError("grace must be a duration of zero or more")
-        old = await self.get(key_id)
+        old = await self.get(key_id, actor=actor)
         if old.state != "active":
             raise KeyNotFound(f"key {key_id!r} is deleted")
         now = self._clock()
@@ -210,17 +291,8 @@ class KeyService:
         if old.expires_at is not None and old.expires_at <= now:
             raise KeyConflict(f"key {key_id} has expired; create a new key instead")
         old_until = now + grace if old.expires_at is None else min(old.expires_at, now + grace)
-        new_id = new_key_id()
-
-        async def retire_old(db: Any) -> None:
-            cur = await db.execute(
-                "UPDATE keys SET expires_at = ?, rotated_to = ? WHERE id = ? AND state = 'active'",
-                (old_until, new_id, key_id),
-            )
-            if cur.rowcount == 0:
-                raise KeyNotFound(f"no active key with id {key_id!r}")
-
-        return await self._insert(  # same settings, same expiry (still in the future)
+        # The old key is retired in the new one's transaction (``replaces``).
+        created = await self._insert(  # same settings, same expiry (still in the future)
             name=old.name,
             requests=old.requests,
             interval=old.interval,
@@ -229,9 +301,11 @@ class KeyService:
             owner=old.owner,
             expires_at=old.expires_at,
             now=now,
-            before_commit=retire_old,
-            key_id=new_id,
+            replaces=key_id,
+            replaced_until=old_until,
         )
+        await self._record("key_rotated", actor, old, new_key=created.row.id, grace_seconds=grace)
+        return created
 
 
 def new_key_id() -> str:
@@ -304,6 +378,8 @@ def validate_name(name: str | None) -> str | None:
     if not isinstance(name, str):
         raise KeyInputError("name must be text")
     name = name.strip()
+    if "\x00" in name:
+        raise KeyInputError("name must not contain NUL characters")
     if len(name) > MAX_NAME:
         raise KeyInputError(f"name must be at most {MAX_NAME} characters")
     return name or None

@@ -28,7 +28,7 @@ import redis
 from agentrouter._core import Digester, display_prefix, generate_key
 from agentrouter.config import load_settings
 from agentrouter.core import Core
-from agentrouter.store import Store
+from agentrouter.store import open_store
 from tests.e2e.conftest import BIG_LIMIT, Gateway, async_client, write_config
 from tests.services import RedisServer, RedisServers
 from tests.upstream_fake import FakeUpstream
@@ -156,7 +156,7 @@ async def test_expiry_and_new_keys_from_another_host_are_in_force_on_the_next_re
     created = rgw.create_key(name="expired-elsewhere")
     assert {a.status_code for a in await fire(rgw.url, created["key"], 6)} == {200}
     digester_key = generate_key()
-    store = await Store.open(rgw.data_dir / "agentrouter.db")
+    store = await open_store(load_settings(rgw.config, env=rgw.env))  # as another host opens it
     try:
         await store.update_key(created["id"], {"expires_at": time.time() - 1})
         secret = rgw.env["AGENTROUTER_SECRET"].encode()

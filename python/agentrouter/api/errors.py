@@ -1,6 +1,6 @@
 """One error shape for everything under ``/api``::
 
-    {"error": {"type": "not_found", "message": "no key with id 'key_…'", "field": null}}
+    {"error": {"type": "not_found", "message": "no key with id 'key_…'", "field": null, "code": null}}
 
 ``type`` is one of ``ERROR_TYPES``; ``field`` names the offending body field or query
 parameter (``requests``, ``rate_limit.interval``, ``label``) when there is one.
@@ -24,6 +24,7 @@ ErrorType = Literal[
     "conflict",
     "rate_limit_error",
     "api_error",
+    "service_unavailable",
 ]
 
 STATUS_TYPES: Final[dict[int, ErrorType]] = {
@@ -48,6 +49,9 @@ class ErrorDetail(msgspec.Struct, kw_only=True):
     message: str
     field: str | None = None
     """The body field (dotted path) or query parameter at fault, when there is one."""
+    code: str | None = None
+    """A stable, more precise reason for the account routes (``invalid_credentials``,
+    ``too_many_attempts``, ``email_not_verified``, ``csrf_failed``…); null otherwise."""
 
 
 class ErrorBody(msgspec.Struct, kw_only=True):
@@ -64,19 +68,41 @@ class ApiError(AgentRouterError):
         *,
         field: str | None = None,
         headers: list[tuple[bytes, bytes]] | None = None,
+        type_: ErrorType | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.field = field
         self.headers = headers or []
+        self._type = type_
+        self.code = code
 
     @property
     def type(self) -> ErrorType:
+        if self._type is not None:
+            return self._type
         return STATUS_TYPES.get(self.status, "api_error" if self.status >= 500 else "invalid_request")
 
     def body(self) -> ErrorBody:
-        return ErrorBody(error=ErrorDetail(type=self.type, message=self.message, field=self.field))
+        return ErrorBody(error=ErrorDetail(type=self.type, message=self.message, field=self.field, code=self.code))
+
+
+STORE_RETRY_AFTER: Final = 5
+"""Seconds a caller is told to wait when the database is unavailable."""
+
+
+def store_unavailable() -> ApiError:
+    """The database (PostgreSQL) cannot be reached: 503 ``service_unavailable``, for
+    reads and writes alike. The gateway's ``/v1`` goes on serving the keys it loaded."""
+    return ApiError(
+        503,
+        "The database is unavailable, so keys, usage and alerts can be neither read nor changed right now; "
+        "retry shortly.",
+        headers=[(b"retry-after", str(STORE_RETRY_AFTER).encode())],
+        type_="service_unavailable",
+    )
 
 
 def not_found(what: str, ident: str) -> ApiError:
