@@ -39,6 +39,7 @@ BOTH_LOOPS = frozenset(
         "tests.test_gateway_tls",
         "tests.test_gateway_client",
         "tests.test_usage_writer",
+        "tests.test_limits_resp",
     }
 )
 

@@ -317,3 +317,43 @@ async def test_revocations_reach_an_outage_host_from_the_store(redis_servers: Re
         assert time.monotonic() - deleted_at < 2.0
     finally:
         await core.close()
+
+
+# ------------------------------------------------------------------ through the app
+
+
+async def test_closed_mode_is_a_503_in_each_dialect_and_on_the_api(tmp_path: Path) -> None:
+    from agentrouter.api import build_api
+    from agentrouter.gateway.app import create_app
+    from tests.gateway_fixtures import call
+
+    data_dir = tmp_path / "data"
+    s = settings(data_dir, f"redis://127.0.0.1:{free_port()}/0", "closed", AGENTROUTER_USAGE_WRITER="inline")
+    app = create_app(s, fallback=build_api(settings=s, run_monitor=False))  # type: ignore[arg-type]
+    await app.startup()
+    try:
+        inference = (await app.core.keys.create()).key
+        manage = (await app.core.keys.create(scope="manage")).key
+        body = b'{"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]}'
+        reply = await call(
+            app, "POST", "/v1/chat/completions", headers={"authorization": f"Bearer {inference}"}, body=body
+        )
+        assert reply.status == 503 and reply.headers["retry-after"] == "1"
+        assert reply.json()["error"]["code"] == "service_unavailable"
+        assert "rate limiter cannot be reached" in reply.json()["error"]["message"]
+        reply = await call(
+            app,
+            "POST",
+            "/v1/messages",
+            headers={"x-api-key": inference, "anthropic-version": "2023-06-01"},
+            body=b'{"model": "mock-claude", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}',
+        )
+        assert reply.status == 503 and reply.json()["type"] == "error"
+        reply = await call(app, "GET", "/api/v1/keys", headers={"authorization": f"Bearer {manage}"})
+        assert reply.status == 503, reply.json()
+        ready = await call(app, "GET", "/readyz")
+        assert ready.status == 503
+        assert ready.json()["limiter"] == "redis unavailable: closed"
+        assert "limiter_failure_mode is closed" in ready.json()["reason"]
+    finally:
+        await app.shutdown()

@@ -29,6 +29,9 @@ TARGETS = {
     "added_p99_us": 1000.0,
     "added_ttfb_us": 500.0,
     "metrics_rps_ratio": 0.97,
+    # Redis mode (limiter_url) against the shared-memory mode, same run (issue 11).
+    "redis_rps_ratio": 0.7,
+    "redis_added_p50_us": 150.0,
 }
 
 
@@ -38,6 +41,8 @@ PLACEMENTS = {
     "B": "nginx on CPU 1 beside wrk: the direct path never leaves CPU 1, the gateway path crosses CPUs "
     "4 times (not judged)",
 }
+# Redis mode: redis-server is moved with nginx, so it sits where the upstream does in
+# each placement (a second server the gateway talks to, like the upstream).
 """Where nginx ran for the rows tagged so (run.sh's header explains the choice)."""
 
 
@@ -235,6 +240,9 @@ def report(results: dict[str, dict[str, float]]) -> tuple[str, bool]:
         *METRICS_ON,
         *METRICS_OFF,
         "long",
+        "rgw_tput",
+        "rgw_lat",
+        "rgw_lat_b",
     ):
         r = results.get(name)
         if r and (r.get("non2xx", 0) or r.get("connect_errors", 0) or r.get("read_errors", 0) or r.get("timeouts", 0)):
@@ -250,6 +258,18 @@ def report(results: dict[str, dict[str, float]]) -> tuple[str, bool]:
             f"{g_rps / d_rps:.3f}x",
             f">= {TARGETS['throughput_rps']:,.0f}",
             g_rps >= TARGETS["throughput_rps"],
+        )
+    shared_runs = [results[n] for n in METRICS_ON if n in results]  # the same gateway settings
+    if shared_runs and "rgw_tput" in results:
+        s_rps, r_rps = rps_of(shared_runs), rps(results["rgw_tput"])
+        ratio = r_rps / s_rps
+        row(
+            "Redis mode JSON req/s @16 conns [T]",
+            f"{s_rps:,.0f} shared memory",
+            f"{r_rps:,.0f} redis",
+            f"{ratio:.3f}x shared memory",
+            f">= {TARGETS['redis_rps_ratio']:.1f}x",
+            ratio >= TARGETS["redis_rps_ratio"],
         )
     on = [results[n] for n in METRICS_ON if n in results]
     off = [results[n] for n in METRICS_OFF if n in results]
@@ -281,7 +301,8 @@ def report(results: dict[str, dict[str, float]]) -> tuple[str, bool]:
                     f"added <= {target:.0f}" if judged else "(not judged)",
                     added <= target if judged else None,
                 )
-        cpu = results.get(f"gw_lat_cpu{suffix}")
+        # run.sh names them NAME_cpu: gw_lat_cpu, gw_lat_b_cpu.
+        cpu = results.get(f"gw_lat{suffix}_cpu")
         if cpu and lat_g:
             row(
                 f"gateway CPU per request @1 conn (us) [{tag}]",
@@ -300,6 +321,36 @@ def report(results: dict[str, dict[str, float]]) -> tuple[str, bool]:
                     "",
                     None,
                 )
+        lat_r = results.get(f"rgw_lat{suffix}")
+        if lat_g and lat_r:
+            added = lat_r["p50_us"] - lat_g["p50_us"]
+            target = TARGETS["redis_added_p50_us"]
+            row(
+                f"Redis mode latency p50 @1 conn (us) [{tag}]",
+                f"{lat_g['p50_us']:.0f} shared memory",
+                f"{lat_r['p50_us']:.0f} redis",
+                f"{added:+.0f} us over shared memory",
+                f"added <= {target:.0f}" if judged else "(not judged)",
+                added <= target if judged else None,
+            )
+            row(
+                f"Redis mode latency p99 @1 conn (us) [{tag}]",
+                f"{lat_g['p99_us']:.0f} shared memory",
+                f"{lat_r['p99_us']:.0f} redis",
+                f"{lat_r['p99_us'] - lat_g['p99_us']:+.0f} us over shared memory",
+                "",
+                None,
+            )
+        rcpu = results.get(f"rgw_lat{suffix}_cpu")
+        if rcpu and lat_r:
+            row(
+                f"Redis mode gateway CPU per request @1 conn (us) [{tag}]",
+                "",
+                f"{rcpu['us_per_request']:.0f}",
+                f"{rcpu['us_per_request'] / lat_r['p50_us']:.0%} of its p50",
+                "",
+                None,
+            )
         ttfb_d, ttfb_g = results.get(f"direct_ttfb{suffix}"), results.get(f"gw_ttfb{suffix}")
         if ttfb_d and ttfb_g:
             added = ttfb_g["first_p50_us"] - ttfb_d["first_p50_us"]

@@ -33,6 +33,14 @@
 #       gateway and provider on different machines) pays on the direct path too.
 #   nginx is moved between CPUs with `taskset -a -p` (master and worker), in one run.
 #
+# Redis mode (issue 11): a second gateway, also one worker on CPU 0, with limiter_url
+# pointing at a private redis-server that this script starts (and stops by PID); it
+# is measured right after the shared-memory gateway in each phase of the same run
+# (16-connection throughput [T], 1-connection latency [A] and [B]), on a key of its
+# own, and judged against it: >= 0.7x its requests/s at 16 connections, <= +0.15 ms
+# p50 at 1 connection. redis-server is moved between CPUs with nginx (it is, like the
+# upstream, a server the gateway talks to). BENCH_REDIS=0 leaves it out.
+#
 # At 1 connection the request chain is serial, so the gateway's latency is close to
 # the CPU time its worker spends per request (reported too, from schedstat): anything
 # else that takes CPU 0 meanwhile (another process on a busy machine, or the worker's
@@ -61,6 +69,7 @@ LONG_REQUESTS=${BENCH_LONG_REQUESTS:-1000000}
 LONG_MAX_SECONDS=${BENCH_LONG_MAX_SECONDS:-300}
 TTFB_N=${BENCH_TTFB_N:-5000}
 PHASES=" ${BENCH_PHASES:-throughput latency memory} "
+REDIS_MODE=${BENCH_REDIS:-1}
 if [ "${1:-}" = "--quick" ]; then
     SECONDS_EACH=3 LONG_MAX_SECONDS=20 TTFB_N=1500
 fi
@@ -71,6 +80,7 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ "$REDIS_MODE" = 1 ]; then command -v redis-server >/dev/null 2>&1 || need+=(redis-server); fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing bench dependencies from Debian: ${need[*]}"
     apt-get update -qq
@@ -83,7 +93,7 @@ if [ -x .venv/bin/agentrouter ]; then AR=(.venv/bin/agentrouter); else AR=("$PY"
 
 # --- workspace and cleanup -------------------------------------------------------
 WORK=$(mktemp -d /tmp/agentrouter-load.XXXXXX)
-NGINX_PID="" GW_PID="" GW_OFF_PID="" WRK_PID=""
+NGINX_PID="" GW_PID="" GW_OFF_PID="" WRK_PID="" RGW_PID="" REDIS_PID=""
 stop_pid() {  # stop_pid PID: SIGTERM, wait up to 30 s, then SIGKILL
     local pid=$1
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
@@ -96,11 +106,14 @@ cleanup() {
     stop_pid "$WRK_PID"
     stop_pid "$GW_PID"
     stop_pid "$GW_OFF_PID"
+    stop_pid "$RGW_PID"
+    stop_pid "$REDIS_PID"
     stop_pid "$NGINX_PID"
     wait 2>/dev/null || true
     if [ $status -ne 0 ]; then
         echo "--- gateway log (tail) ---" >&2; tail -n 40 "$WORK/gateway.log" 2>/dev/null >&2 || true
         echo "--- nginx error log ---" >&2; tail -n 20 "$WORK/nginx-error.log" 2>/dev/null >&2 || true
+        [ -f "$WORK/gateway-redis.log" ] && { echo "--- Redis-mode gateway log (tail) ---" >&2; tail -n 40 "$WORK/gateway-redis.log" >&2; }
     fi
     rm -rf "$WORK"
     exit $status
@@ -111,6 +124,8 @@ free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)
 NGINX_PORT=$(free_port)
 GW_PORT=$(free_port)
 GW_OFF_PORT=$(free_port)
+RGW_PORT=$(free_port)
+REDIS_PORT=$(free_port)
 RESULTS=$WORK/results.txt
 : > "$RESULTS"
 
@@ -164,16 +179,37 @@ AGENTROUTER_METRICS_ENABLED=false taskset -c 0 "${AR[@]}" serve --host 127.0.0.1
 GW_OFF_PID=$!
 wait_http "http://127.0.0.1:$GW_OFF_PORT/v1/models"
 
+# --- Redis mode: redis-server (CPU 1, moved with nginx) and a second gateway on CPU 0 --------
+if [ "$REDIS_MODE" = 1 ]; then
+    mkdir -p "$WORK/redis"
+    taskset -c 1 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK/redis" --save "" \
+        --appendonly no --daemonize no > "$WORK/redis.log" 2>&1 &
+    REDIS_PID=$!
+    for _ in $(seq 1 100); do
+        "$PY" -c "import redis,sys; sys.exit(0 if redis.Redis(port=$REDIS_PORT).ping() else 1)" 2>/dev/null && break
+        sleep 0.1
+    done
+    REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
+    RKEY=$(AGENTROUTER_DATA_DIR=$WORK/data-redis AGENTROUTER_LIMITER_URL=$REDIS_URL "${AR[@]}" keys create \
+        --name load-bench-redis --requests 4294967295 --interval 1 --json \
+        | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+    AGENTROUTER_DATA_DIR=$WORK/data-redis AGENTROUTER_LIMITER_URL=$REDIS_URL taskset -c 0 "${AR[@]}" serve \
+        --host 127.0.0.1 --port "$RGW_PORT" --workers 1 --config "$WORK/agentrouter.toml" \
+        > "$WORK/gateway-redis.log" 2>&1 &
+    RGW_PID=$!
+    wait_http "http://127.0.0.1:$RGW_PORT/v1/models"
+fi
+
 # The process that serves: Granian's worker (a child of the server), else the server.
-worker_pid() {
+worker_pid() {  # worker_pid [SERVER_PID]
     local kids
-    kids=$(ps -o pid= --ppid "$GW_PID" 2>/dev/null | tr -d ' ' || true)
+    kids=$(ps -o pid= --ppid "${1:-$GW_PID}" 2>/dev/null | tr -d ' ' || true)
     if [ -n "$kids" ]; then
         # The child with the largest RSS is the ASGI worker.
         for k in $kids; do echo "$("$PY" "$HERE/driver.py" rss "$k" 2>/dev/null || echo 0) $k"; done \
             | sort -n | tail -n 1 | cut -d' ' -f2
     else
-        echo "$GW_PID"
+        echo "${1:-$GW_PID}"
     fi
 }
 
@@ -181,6 +217,7 @@ DIRECT_JSON=http://127.0.0.1:$NGINX_PORT/json/v1/chat/completions
 DIRECT_SSE=http://127.0.0.1:$NGINX_PORT/sse/v1/chat/completions
 GW_URL=http://127.0.0.1:$GW_PORT/v1/chat/completions
 GW_OFF_URL=http://127.0.0.1:$GW_OFF_PORT/v1/chat/completions
+RGW_URL=http://127.0.0.1:$RGW_PORT/v1/chat/completions
 
 # --- sanity: the same request works both ways ------------------------------------------
 for url in "$DIRECT_JSON" "$GW_URL" "$GW_OFF_URL"; do
@@ -198,10 +235,19 @@ curl -s -H "Authorization: Bearer $MANAGE_KEY" "http://127.0.0.1:$GW_PORT/metric
     | grep -q '^agentrouter_requests_total{' || { echo "no request counts in the gateway's /metrics" >&2; exit 1; }
 code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $MANAGE_KEY" "http://127.0.0.1:$GW_OFF_PORT/metrics")
 [ "$code" = 404 ] || { echo "/metrics of the gateway with metrics off: HTTP $code, expected 404" >&2; exit 1; }
+if [ "$REDIS_MODE" = 1 ]; then
+    code=$(curl -s -o "$WORK/check.out" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+        -H "Authorization: Bearer $RKEY" --data-binary @"$HERE/request.json" "$RGW_URL")
+    [ "$code" = 200 ] || { echo "check $RGW_URL: HTTP $code: $(head -c 300 "$WORK/check.out")" >&2; exit 1; }
+    # The Redis-mode gateway decides in Redis: the acquire function ran there.
+    "$PY" -c "import redis,sys; s=redis.Redis(port=$REDIS_PORT).info('commandstats'); \
+sys.exit(0 if s.get('cmdstat_fcall', {}).get('calls', 0) > 0 else 1)" \
+        || { echo "the Redis-mode gateway did not call Redis" >&2; exit 1; }
+fi
 
-run_wrk() {  # run_wrk NAME CONNECTIONS SECONDS URL BODY
-    local name=$1 conns=$2 secs=$3 url=$4 body=$5 line
-    BENCH_BODY=$body BENCH_KEY=$KEY taskset -c 1 wrk -t1 -c"$conns" -d"${secs}s" --timeout 10s \
+run_wrk() {  # run_wrk NAME CONNECTIONS SECONDS URL BODY [KEY]
+    local name=$1 conns=$2 secs=$3 url=$4 body=$5 key=${6:-$KEY} line
+    BENCH_BODY=$body BENCH_KEY=$key taskset -c 1 wrk -t1 -c"$conns" -d"${secs}s" --timeout 10s \
         -s "$HERE/post.lua" "$url" > "$WORK/wrk-$name.out" 2>&1 &
     WRK_PID=$!
     wait "$WRK_PID"
@@ -213,13 +259,13 @@ run_wrk() {  # run_wrk NAME CONNECTIONS SECONDS URL BODY
 }
 
 run_wrk_cpu() {  # run_wrk_cpu NAME ...: run_wrk, and the CPU time per request of the gateway
-    # worker and of its usage writer process
-    local name=$1 before after wbefore wafter n
-    before=$("$PY" "$HERE/driver.py" cpu "$WPID")
-    wbefore=$("$PY" "$HERE/driver.py" cpu "$WRITER_PID")
+    # worker and of its usage writer process (CPU_WPID / CPU_WRITER_PID: another gateway's)
+    local name=$1 before after wbefore wafter n wpid=${CPU_WPID:-$WPID} writer=${CPU_WRITER_PID:-$WRITER_PID}
+    before=$("$PY" "$HERE/driver.py" cpu "$wpid")
+    wbefore=$("$PY" "$HERE/driver.py" cpu "$writer")
     run_wrk "$@"
-    after=$("$PY" "$HERE/driver.py" cpu "$WPID")
-    wafter=$("$PY" "$HERE/driver.py" cpu "$WRITER_PID")
+    after=$("$PY" "$HERE/driver.py" cpu "$wpid")
+    wafter=$("$PY" "$HERE/driver.py" cpu "$writer")
     n=$(grep "^$name " "$RESULTS" | sed -E 's/.*requests=([0-9]+).*/\1/')
     echo "${name}_cpu {\"us_per_request\": $(awk -v a="$after" -v b="$before" -v n="$n" \
         'BEGIN { printf "%.1f", (a - b) / 1000 / (n > 0 ? n : 1) }'), \"writer_us_per_request\": $(awk \
@@ -235,11 +281,13 @@ run_ttfb() {  # run_ttfb NAME PORT PATH
     echo "  $name: $out"
 }
 
-pin_nginx() {  # pin_nginx CPU: move nginx (master and workers, every thread) to CPU
+pin_nginx() {  # pin_nginx CPU: move nginx (master and workers, every thread) to CPU, and
+    # redis-server with it (Redis mode)
     local cpu=$1 pid
     for pid in "$NGINX_PID" $(ps -o pid= --ppid "$NGINX_PID" | tr -d ' '); do
         taskset -a -p -c "$cpu" "$pid" >/dev/null
     done
+    [ -z "$REDIS_PID" ] || taskset -a -p -c "$cpu" "$REDIS_PID" >/dev/null
     for pid in "$NGINX_PID" $(ps -o pid= --ppid "$NGINX_PID" | tr -d ' '); do
         [ "$(taskset -p "$pid" | sed 's/.*: //')" = "$(printf '%x' $((1 << cpu)))" ] \
             || { echo "nginx pid $pid is not on CPU $cpu" >&2; exit 1; }
@@ -254,6 +302,10 @@ measure_latency() {  # measure_latency SUFFIX TAG WHERE: 1-connection latency an
     echo "latency at 1 connection (${SECONDS_EACH}s each) [$tag]: $where"
     run_wrk "direct_lat$suffix" 1 "$SECONDS_EACH" "$DIRECT_JSON" "$HERE/request.json"
     run_wrk_cpu "gw_lat$suffix" 1 "$SECONDS_EACH" "$GW_URL" "$HERE/request.json"
+    if [ "$REDIS_MODE" = 1 ]; then
+        CPU_WPID=$RWPID CPU_WRITER_PID=$RWRITER_PID \
+            run_wrk_cpu "rgw_lat$suffix" 1 "$SECONDS_EACH" "$RGW_URL" "$HERE/request.json" "$RKEY"
+    fi
     echo "time to first streamed byte (${TTFB_N} requests each, one keep-alive connection) [$tag]"
     run_ttfb "direct_ttfb$suffix" "$NGINX_PORT" /sse/v1/chat/completions
     run_ttfb "gw_ttfb$suffix" "$GW_PORT" /v1/chat/completions
@@ -274,6 +326,12 @@ WPID=$(worker_pid)
 # The worker's usage writer (agentrouter.store.writer): its one child, on CPU 0 too.
 WRITER_PID=$(ps -o pid= --ppid "$WPID" | tr -d ' ' | head -n 1)
 [ -n "$WRITER_PID" ] || { echo "no usage writer process under the worker $WPID" >&2; exit 1; }
+if [ "$REDIS_MODE" = 1 ]; then
+    run_wrk warm_rgw 16 3 "$RGW_URL" "$HERE/request.json" "$RKEY"
+    RWPID=$(worker_pid "$RGW_PID")
+    RWRITER_PID=$(ps -o pid= --ppid "$RWPID" | tr -d ' ' | head -n 1)
+    [ -n "$RWRITER_PID" ] || { echo "no usage writer process under the Redis-mode worker $RWPID" >&2; exit 1; }
+fi
 WARM_KIB=$("$PY" "$HERE/driver.py" rss "$WPID")
 WRITER_WARM_KIB=$("$PY" "$HERE/driver.py" rss "$WRITER_PID")
 
@@ -285,6 +343,7 @@ if has_phase throughput; then
     run_wrk gw_nometrics_tput 16 "$SECONDS_EACH" "$GW_OFF_URL" "$HERE/request.json"
     run_wrk gw_nometrics_tput2 16 "$SECONDS_EACH" "$GW_OFF_URL" "$HERE/request.json"
     run_wrk gw_metrics_tput2 16 "$SECONDS_EACH" "$GW_URL" "$HERE/request.json"
+    [ "$REDIS_MODE" != 1 ] || run_wrk rgw_tput 16 "$SECONDS_EACH" "$RGW_URL" "$HERE/request.json" "$RKEY"
     run_wrk direct_stream_tput 16 "$SECONDS_EACH" "$DIRECT_SSE" "$HERE/request-stream.json"
     run_wrk gw_stream_tput 16 "$SECONDS_EACH" "$GW_URL" "$HERE/request-stream.json"
 fi
@@ -329,6 +388,10 @@ stop_pid "$GW_PID"
 GW_PID=""
 stop_pid "$GW_OFF_PID"  # the same key, the same data directory: its usage counts too
 GW_OFF_PID=""
+stop_pid "$RGW_PID"
+RGW_PID=""
+stop_pid "$REDIS_PID"
+REDIS_PID=""
 STORED=$("${AR[@]}" keys show "$KEY_ID" --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["usage"]["requests"])')
 LOGGED=$("${AR[@]}" usage "$KEY_ID" --since 1d --json \
     | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["totals"]["requests"])')

@@ -148,3 +148,33 @@ def test_cpu_of_a_process_counts_its_threads() -> None:
     while time.process_time() < end:
         pass
     assert driver.cpu_ns(os.getpid()) - before >= 40_000_000
+
+
+def test_report_of_the_redis_mode(tmp_path: Path) -> None:
+    """Redis mode is judged against the shared-memory mode of the same run."""
+    results = tmp_path / "results.txt"
+    results.write_text(
+        "gw_tput RESULT requests=50000 duration_us=10000000 p50_us=2000 p99_us=4000 non2xx=0\n"
+        "rgw_tput RESULT requests=36000 duration_us=10000000 p50_us=2600 p99_us=5000 non2xx=0\n"
+        "gw_lat RESULT requests=20000 duration_us=10000000 p50_us=300 p99_us=700 non2xx=0\n"
+        "rgw_lat RESULT requests=15000 duration_us=10000000 p50_us=480 p99_us=900 non2xx=0\n"
+        'rgw_lat_cpu {"us_per_request": 300, "writer_us_per_request": 6.0}\n'
+        "rgw_lat_b RESULT requests=15000 duration_us=10000000 p50_us=400 p99_us=900 non2xx=0\n"
+        "gw_lat_b RESULT requests=15000 duration_us=10000000 p50_us=390 p99_us=900 non2xx=0\n"
+    )
+    table, ok = driver.report(driver.parse_results(results))
+    rows = {line.split("  ")[0]: line for line in table.splitlines()}
+    assert rows["Redis mode JSON req/s @16 conns [T]"].endswith("PASS")  # 0.72x
+    assert "0.720x shared memory" in rows["Redis mode JSON req/s @16 conns [T]"]
+    assert rows["Redis mode latency p50 @1 conn (us) [A]"].endswith("FAIL")  # +180 us
+    assert "+180 us over shared memory" in rows["Redis mode latency p50 @1 conn (us) [A]"]
+    assert rows["Redis mode latency p50 @1 conn (us) [B]"].endswith("-")
+    assert "62% of its p50" in rows["Redis mode gateway CPU per request @1 conn (us) [A]"]
+    assert not ok
+
+
+def test_errors_in_the_redis_mode_fail_the_run(tmp_path: Path) -> None:
+    results = tmp_path / "results.txt"
+    results.write_text("rgw_tput RESULT requests=5 duration_us=1 p50_us=1 p99_us=1 non2xx=3\n")
+    table, ok = driver.report(driver.parse_results(results))
+    assert not ok and "ERRORS in rgw_tput" in table

@@ -33,6 +33,8 @@ generation, atomically. Key changes on other hosts reach this table so:
 * **a key this table does not know** (made on another host a moment ago): the
   generation is read (``Limiter.generation``, one round trip) and the table
   reloaded only when it moved, so a flood of random keys makes no reloads;
+* changes made on this host (by any of its processes or the CLI) also move its
+  shared-memory region's generation, which is checked first, as without Redis;
 * ``follow`` (a task per process) also reloads on each announced change (pub/sub,
   or a poll every 0.5 s) so that idle processes are up to date too;
 * **Redis unreachable**: the failure mode decides; ``follow`` reloads the table
@@ -275,11 +277,15 @@ class KeyAuthenticator:
 
     async def _check_shared(self, raw: str, scope: str, shared: Limiter) -> AuthResult:
         """The check with a shared limiter (see the module docstring)."""
-        if not self._loaded:
-            await self._refresh()
         table = self._table
+        # This host's own changes (any of its processes, the CLI) move its region's
+        # generation too: seen here at once, Redis reachable or not.
+        if not self._loaded or self._generation() != table.generation:
+            await self._refresh()
         code, record = table.authenticate(raw)
-        if code in (AUTH_UNKNOWN, AUTH_STALE) and await self._maybe_reload(shared):
+        if code == AUTH_STALE or (code == AUTH_UNKNOWN and await self._maybe_reload(shared)):
+            if code == AUTH_STALE:
+                await self._refresh()
             code, record = table.authenticate(raw)
         if code != AUTH_OK:
             return _refused(code, raw)

@@ -248,8 +248,9 @@ class FailoverLimiter:
             await asyncio.gather(self._flushing, return_exceptions=True)
         if self._pending_bump and not await self.flush():
             self._log.warning(
-                "%d key changes were never sent to Redis (it was unavailable): other hosts learn of them "
-                "when they reload their key tables from the store",
+                "%d key changes were never sent to Redis (it was unavailable): hosts in an outage too "
+                "reload their key tables from the store, but hosts that reach Redis learn of them only at "
+                "their next reload (any later key change causes one)",
                 self.pending,
             )
         await self.remote.aclose()

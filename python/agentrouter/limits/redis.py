@@ -55,6 +55,11 @@ Caveats: a failover to a replica that had not received the flag yet can lose it
 (asynchronous replication); and during an outage the flag cannot be read (see
 ``limits.failover``).
 
+The hot path's calls (the acquire and the generation read) go over one pipelined
+connection of the process (``limits.resp``: a few microseconds of client work per
+call where redis-py takes over a hundred); the rare ones (loading the library,
+key changes, pub/sub) use redis-py.
+
 Failures. Every call is bounded by ``timeout`` (socket, connect and the whole
 call), redis-py's own retries are off, and a failed call is never replayed: a
 timeout after sending may have been applied, and sending it again would charge
@@ -71,6 +76,7 @@ production caller can choose the time a bucket is charged at.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from importlib import resources
@@ -83,6 +89,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from agentrouter.limits.base import UNLIMITED, Decision, KeyRef, LimiterUnavailable, Verdict
 from agentrouter.limits.gcra import NS_PER_SEC, Quota, validate_cost
+from agentrouter.limits.resp import RespConnection, encode
 
 __all__ = ["DEFAULT_TIMEOUT", "LIBRARY", "RedisLimiter", "library_source"]
 
@@ -92,6 +99,7 @@ _ACQUIRE: Final = "ar_acquire_v1"
 _ACQUIRE_AT: Final = "ar_acquire_at_v1"
 _BUMP: Final = "ar_bump_v1"
 _EXPLICIT_OFF: Final = "local EXPLICIT_TIME = false"
+_MAX_ENCODED: Final = 65536
 
 
 def library_source(*, explicit_time: bool = False) -> str:
@@ -121,6 +129,7 @@ class RedisLimiter:
         cluster: bool = False,
         test_clock: Callable[[], int] | None = None,
         where: str = "",
+        lean: RespConnection | None = None,
     ) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"the key prefix must be non-empty and without braces, got {prefix!r}")
@@ -134,6 +143,8 @@ class RedisLimiter:
         self._function = _ACQUIRE if test_clock is None else _ACQUIRE_AT
         self._source = library_source(explicit_time=test_clock is not None)
         self._where = f" at {where}" if where else ""
+        self._lean = lean
+        self._encoded: dict[tuple[str, int | None, float, int], tuple[Quota | None, bytes]] = {}
         self.generation_key: Final = f"{prefix}:generation"
         self.channel: Final = f"{prefix}:keys"
 
@@ -165,6 +176,7 @@ class RedisLimiter:
             cluster=cluster,
             test_clock=test_clock,
             where=redact_url(url) if where is None else where,
+            lean=None if cluster else RespConnection(url, timeout=timeout),
         )
         try:
             await limiter.load()
@@ -191,6 +203,8 @@ class RedisLimiter:
         await self._bounded(self._client.function_load(self._source, replace=True))
 
     async def aclose(self) -> None:
+        if self._lean is not None:
+            self._lean.close()
         await self._client.aclose()
 
     # -- keys ----------------------------------------------------------------
@@ -207,8 +221,14 @@ class RedisLimiter:
     # -- the hot path ----------------------------------------------------------
 
     async def acquire(self, key: KeyRef, requests: int | None, interval: float, cost: int = 1) -> Verdict:
-        keys = self._keys(self.key_tag(key.id), with_generation=True)
-        reply, quota = await self._acquire(keys, requests, interval, cost)
+        memo = (key.id, requests, interval, cost)
+        encoded = self._encoded.get(memo)
+        if encoded is not None:  # the same key at the same limit: the same command bytes
+            quota, command = encoded
+            reply = await self._lean_fcall(command)
+        else:
+            keys = self._keys(self.key_tag(key.id), with_generation=True)
+            reply, quota = await self._acquire(keys, requests, interval, cost, memo)
         revoked, generation = reply[0] == 1, reply[1]
         shown = None if self._cluster else int(generation or 0)
         if revoked:
@@ -226,7 +246,12 @@ class RedisLimiter:
         return _decision(reply, quota, cost)
 
     async def _acquire(
-        self, keys: list[str], requests: int | None, interval: float, cost: int
+        self,
+        keys: list[str],
+        requests: int | None,
+        interval: float,
+        cost: int,
+        memo: tuple[str, int | None, float, int] | None = None,
     ) -> tuple[list[Any], Quota | None]:
         validate_cost(cost)
         args: tuple[str | int, ...]
@@ -240,9 +265,35 @@ class RedisLimiter:
                 args = (*fixed, *divmod(cost * quota.t, quota.units_per_sec), 0)
         if self._test_clock is not None:
             args = (*divmod(self._test_clock(), NS_PER_SEC), *args)
+        elif memo is not None and self._lean is not None:
+            command = encode(("FCALL", self._function, len(keys), *keys, *args))
+            if len(self._encoded) >= _MAX_ENCODED:
+                self._encoded.clear()  # (one entry per key in use: rarely reached)
+            self._encoded[memo] = (quota, command)
+            return await self._lean_fcall(command), quota
         return await self._fcall(self._function, keys, args), quota
 
+    async def _lean_fcall(self, command: bytes) -> Any:
+        lean = self._lean
+        assert lean is not None
+        try:
+            try:
+                return await lean.call_encoded(command)
+            except ResponseError as exc:
+                if "function not found" not in str(exc).lower():
+                    raise
+            # The function did not run: loading it and calling again is no replay.
+            await self._bounded(self._client.function_load(self._source, replace=True))
+            return await lean.call_encoded(command)
+        except (RedisError, OSError) as exc:  # bounded by the connection's own timer
+            if not isinstance(exc, ResponseError):
+                await self._drop_idle()
+            raise self._unavailable(exc) from exc
+
     async def _fcall(self, function: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        if self._lean is not None:
+            return await self._lean_fcall(encode(("FCALL", function, len(keys), *keys, *args)))
+
         async def call() -> Any:
             try:
                 return await self._client.fcall(function, len(keys), *keys, *args)
@@ -260,10 +311,19 @@ class RedisLimiter:
             async with asyncio.timeout(self._timeout):
                 return await awaitable
         except (RedisError, OSError) as exc:  # TimeoutError is an OSError
-            detail = str(exc) or "no answer"
-            raise LimiterUnavailable(
-                f"the Redis limiter{self._where} is unavailable: {type(exc).__name__}: {detail}"
-            ) from exc
+            if not isinstance(exc, ResponseError):
+                await self._drop_idle()
+            raise self._unavailable(exc) from exc
+
+    async def _drop_idle(self) -> None:
+        """The server went away (or hangs): redis-py's idle pooled connections are to the
+        old one, and each would fail once more after it returns. Drop them."""
+        with contextlib.suppress(Exception):
+            await self._client.connection_pool.disconnect(inuse_connections=False)
+
+    def _unavailable(self, exc: BaseException) -> LimiterUnavailable:
+        detail = str(exc) or "no answer"
+        return LimiterUnavailable(f"the Redis limiter{self._where} is unavailable: {type(exc).__name__}: {detail}")
 
     # -- key changes -------------------------------------------------------------
 
@@ -278,7 +338,16 @@ class RedisLimiter:
         await self._bounded(self._client.set(f"{self.key_tag(key.id)}:revoked", b"1"))
 
     async def generation(self) -> int:
-        value = await self._bounded(self._client.get(self.generation_key))
+        lean = self._lean
+        if lean is not None:
+            try:
+                value = await lean.call("GET", self.generation_key)
+            except (RedisError, OSError) as exc:
+                if not isinstance(exc, ResponseError):
+                    await self._drop_idle()
+                raise self._unavailable(exc) from exc
+        else:
+            value = await self._bounded(self._client.get(self.generation_key))
         return int(value or 0)
 
     async def bump_generation(self) -> int:
