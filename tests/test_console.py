@@ -84,14 +84,14 @@ async def test_the_console_takes_what_is_neither_v1_nor_api(app: Gateway) -> Non
     missing = await call(app, "GET", "/chat/completions")  # an SDK without /v1: still told so
     assert missing.status == 404 and "/v1/chat/completions" in missing.json()["error"]["message"]
     home = await call(app, "GET", "/")
-    assert home.status == 303 and home.headers["location"] == "/signin"
+    assert home.status == 303 and home.headers["location"] == "/sign-in"
     nothing = await call(app, "GET", "/no/such/page")
     assert nothing.status == 404 and nothing.headers["content-type"] == "text/html; charset=utf-8"
     assert_security_headers(nothing)
     assert (await call(app, "GET", "/healthz")).status == 200
 
 
-@pytest.mark.parametrize("path", ["/signin", "/keys", "/no-page", "/static/app.css"])
+@pytest.mark.parametrize("path", ["/sign-in", "/keys", "/no-page", "/static/app.css"])
 async def test_every_answer_carries_the_security_headers(app: Gateway, path: str) -> None:
     reply = await call(app, "GET", path)
     assert_security_headers(reply)
@@ -113,7 +113,7 @@ async def test_the_csp_is_strict(app: Gateway) -> None:
 
 
 async def test_static_files_have_hashed_urls_and_are_cached_for_good(app: Gateway) -> None:
-    page = text(await call(app, "GET", "/signin"))
+    page = text(await call(app, "GET", "/sign-in"))
     urls = re.findall(r'(?:href|src)="(/static/[^"]+)"', page)
     assert {re.sub(r"\.[0-9a-f]{12}\.", ".", u) for u in urls} >= {
         "/static/app.css",
@@ -154,8 +154,8 @@ def test_no_inline_script_or_style_anywhere() -> None:
 async def test_a_page_that_needs_a_user_sends_to_sign_in_and_back(app: Gateway) -> None:
     reply = await call(app, "GET", "/keys/key_abc", query=b"range=7d")
     assert reply.status == 303
-    assert reply.headers["location"] == "/signin?next=%2Fkeys%2Fkey_abc%3Frange%3D7d"
-    signin = await call(app, "GET", "/signin", query=b"next=%2Fkeys%2Fkey_abc%3Frange%3D7d")
+    assert reply.headers["location"] == "/sign-in?next=%2Fkeys%2Fkey_abc%3Frange%3D7d"
+    signin = await call(app, "GET", "/sign-in", query=b"next=%2Fkeys%2Fkey_abc%3Frange%3D7d")
     assert signin.status == 200 and 'name="next" value="/keys/key_abc?range=7d"' in text(signin)
 
 
@@ -229,13 +229,13 @@ async def test_create_shows_the_key_once_with_snippets(app: Gateway, manage: dic
 
 async def test_form_errors_are_shown_next_to_their_field(app: Gateway, manage: dict[str, str]) -> None:
     bad_json = await post(app, "/keys/new", manage, name="x", preset="custom", metadata="{nope")
-    assert bad_json.status == 422
+    assert bad_json.status == 200  # the form again (a 4xx would be a console error in the browser)
     page = text(bad_json)
     assert re.search(r'id="e-metadata"[^>]*>Not valid JSON', page)
     assert "{nope" in page and 'value="x"' in page  # what was typed is kept
     # The API's own validation, with the field it names.
     too_many = await post(app, "/keys/new", manage, preset="custom", requests="0", interval="60")
-    assert too_many.status == 422
+    assert too_many.status == 200
     assert re.search(r'id="e-requests"[^>]*>rate_limit.requests: ', text(too_many))
     not_object = await post(app, "/keys/new", manage, preset="none", metadata="[1, 2]")
     assert re.search(r'id="e-metadata"[^>]*>Labels are a JSON object', text(not_object))

@@ -46,7 +46,7 @@ def test_the_api_is_served_beside_v1(gateway: Gateway, key: dict[str, Any]) -> N
         resp = http.get("/favicon.ico")
         assert resp.status_code == 404 and resp.headers["content-type"].startswith("text/html")
         resp = http.get("/")
-        assert resp.status_code == 303 and resp.headers["location"] == "/signin"
+        assert resp.status_code == 303 and resp.headers["location"] == "/sign-in"
 
 
 def test_an_sdk_missing_v1_in_its_base_url_is_told_so(gateway: Gateway, key: dict[str, Any]) -> None:

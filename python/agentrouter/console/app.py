@@ -8,7 +8,7 @@ where a plain form can; the console's own scripts (``static/``) add copying, dia
 presets, in-place checks, local times and the charts.
 
 A page that needs a signed-in user and gets 401 from the API sends the browser to
-``/signin?next=<the page>``; signing in returns there. 404 from the API (another
+``/sign-in?next=<the page>``; signing in returns there. 404 from the API (another
 user's key) is the console's 404.
 """
 
@@ -212,15 +212,18 @@ class Console:
         return await self.api.call(req, method, path, **options)
 
     async def viewer(self, req: Request) -> Viewer | None:
-        """Who is signed in (None: nobody). Asks ``GET /api/v1/me``; a caller that sent
-        a management key (no user) is the operator."""
-        reply = await self.call(req, "GET", "/api/v1/me")
+        """Who is signed in (None: nobody): ``GET /api/v1/auth/session``, which gives the
+        user and the session's CSRF token. A caller that sent a management key is that
+        key's owner, or the instance's operator for an instance key."""
+        reply = await self.call(req, "GET", "/api/v1/auth/session")
         if reply.ok and isinstance(reply.data, dict):
-            user = reply.data.get("user", reply.data)
+            user = reply.data.get("user")
             csrf = reply.data.get("csrf_token")
             return Viewer(user=user if isinstance(user, dict) else None, csrf=str(csrf) if csrf else None)
-        if reply.status in (404, 405) and req.header(b"authorization"):
-            return Viewer(user=None)  # no accounts routes: a management key is the only way in
+        if reply.status == 404 and req.header(b"authorization"):
+            # A server without the account routes: a management key is the only way in.
+            keys = await self.call(req, "GET", "/api/v1/keys", query={"limit": "1"})
+            return Viewer(user=None) if keys.ok else None
         return None
 
     async def require_viewer(self, req: Request, *, admin: bool = False) -> Viewer:

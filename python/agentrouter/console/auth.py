@@ -31,7 +31,6 @@ async def signin(c: Console, req: Request) -> Response:
         req,
         "signin.html",
         None,
-        http_status=reply.status,
         title="Sign in",
         next=next_path,
         values={"email": email},
@@ -41,4 +40,4 @@ async def signin(c: Console, req: Request) -> Response:
 
 async def signout(c: Console, req: Request) -> Response:
     await c.call(req, "POST", "/api/v1/auth/signout", csrf=req.field("csrf_token"))
-    return redirect("/signin")
+    return redirect("/sign-in")

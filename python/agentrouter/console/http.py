@@ -158,7 +158,7 @@ def safe_next(value: str | None, default: str = "/keys") -> str:
 
 
 def signin_url(next_path: str) -> str:
-    return "/signin?" + urlencode({"next": next_path}, quote_via=quote)
+    return "/sign-in?" + urlencode({"next": next_path}, quote_via=quote)
 
 
 def query_with(req: Request, **changes: Any) -> str:

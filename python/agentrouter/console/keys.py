@@ -117,7 +117,6 @@ def _new_page(c: Console, req: Request, viewer: Viewer, values: dict[str, str], 
         req,
         "key_new.html",
         viewer,
-        http_status=422 if errors else 200,
         nav="keys",
         title="Create API key",
         values=values,
@@ -302,13 +301,13 @@ async def update_key(c: Console, req: Request) -> Response:
         body = key_body(req, create=False)
     except FormError as exc:
         errors[exc.field] = exc.message
-        return await _detail(c, req, viewer, errors=errors, values=values, status=422)
+        return await _detail(c, req, viewer, errors=errors, values=values)
     reply = await c.call(req, "PATCH", f"/api/v1/keys/{key_id}", body=body, csrf=req.field("csrf_token"))
     if reply.status in (401, 404):
         raise c.fail(req, viewer, reply, back=f"/keys/{key_id}")
     if not reply.ok:
         _error_for(errors, reply.field, reply.message)
-        return await _detail(c, req, viewer, errors=errors, values=values, status=reply.status)
+        return await _detail(c, req, viewer, errors=errors, values=values)
     return c.flash(f"/keys/{key_id}", "Saved. The new settings apply from the key's next request.")
 
 
@@ -325,9 +324,7 @@ async def rotate_key(c: Console, req: Request) -> Response:
     if reply.status in (401, 404):
         raise c.fail(req, viewer, reply, back=f"/keys/{key_id}")
     if not reply.ok:
-        return await _detail(
-            c, req, viewer, errors={form_field(reply.field) or "grace": reply.message}, status=reply.status
-        )
+        return await _detail(c, req, viewer, errors={form_field(reply.field) or "grace": reply.message})
     return _shown_once(c, req, viewer, reply.data, rotated_from={**old.data, "grace": grace})
 
 

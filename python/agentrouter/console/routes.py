@@ -9,14 +9,14 @@ from agentrouter.console.http import Request, Response, redirect
 
 async def home(c: Console, req: Request) -> Response:
     viewer = await c.viewer(req)
-    return redirect("/keys" if viewer is not None else "/signin")
+    return redirect("/keys" if viewer is not None else "/sign-in")
 
 
 ROUTES = (
     ("GET", "/", home),
-    ("GET", "/signin", auth.signin_page),
-    ("POST", "/signin", auth.signin),
-    ("POST", "/signout", auth.signout),
+    ("GET", "/sign-in", auth.signin_page),
+    ("POST", "/sign-in", auth.signin),
+    ("POST", "/sign-out", auth.signout),
     ("GET", "/keys", keys.key_list),
     ("GET", "/keys/new", keys.new_key),
     ("POST", "/keys/new", keys.create_key),

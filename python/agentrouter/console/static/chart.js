@@ -35,20 +35,23 @@
     return node;
   }
 
-  function niceStep(max, count) {
+  // A round step (1, 2, 2.5 or 5 times a power of ten; no 2.5 for counts) that
+  // divides max into about count parts.
+  function niceStep(max, count, integer) {
     if (!(max > 0)) {
       return 1;
     }
     var raw = max / count;
     var mag = Math.pow(10, Math.floor(Math.log10(raw)));
     var norm = raw / mag;
-    var step = norm <= 1 ? 1 : norm <= 2 ? 2 : norm <= 2.5 ? 2.5 : norm <= 5 ? 5 : 10;
+    var quarter = !integer || mag >= 10;
+    var step = norm <= 1 ? 1 : norm <= 2 ? 2 : norm <= 2.5 && quarter ? 2.5 : norm <= 5 ? 5 : 10;
     return step * mag;
   }
 
   // The y-axis ticks for values up to max: 0, step, ..., top >= max (4 or so).
   function ticks(max, integer) {
-    var step = niceStep(max, 4);
+    var step = niceStep(max, 4, integer);
     if (integer) {
       step = Math.max(1, Math.ceil(step));
     }
