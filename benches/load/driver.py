@@ -28,6 +28,7 @@ TARGETS = {
     "added_p50_us": 300.0,
     "added_p99_us": 1000.0,
     "added_ttfb_us": 500.0,
+    "metrics_rps_ratio": 0.97,
 }
 
 
@@ -201,6 +202,17 @@ def rps(r: dict[str, float]) -> float:
     return r["requests"] / (r["duration_us"] / 1e6)
 
 
+def rps_of(runs: list[dict[str, float]]) -> float:
+    """The requests per second of several runs taken together."""
+    return sum(r["requests"] for r in runs) / (sum(r["duration_us"] for r in runs) / 1e6)
+
+
+METRICS_ON = ("gw_tput", "gw_metrics_tput2")
+METRICS_OFF = ("gw_nometrics_tput", "gw_nometrics_tput2")
+"""The throughput runs of the gateway with metrics on and off (metrics_enabled), in
+the order on, off, off, on: what drifts during the phase weighs on both alike."""
+
+
 def report(results: dict[str, dict[str, float]]) -> tuple[str, bool]:
     rows: list[tuple[str, str, str, str, str, str]] = []
     ok = True
@@ -220,6 +232,8 @@ def report(results: dict[str, dict[str, float]]) -> tuple[str, bool]:
         "gw_lat_b",
         "direct_stream_tput",
         "gw_stream_tput",
+        *METRICS_ON,
+        *METRICS_OFF,
         "long",
     ):
         r = results.get(name)
@@ -236,6 +250,19 @@ def report(results: dict[str, dict[str, float]]) -> tuple[str, bool]:
             f"{g_rps / d_rps:.3f}x",
             f">= {TARGETS['throughput_rps']:,.0f}",
             g_rps >= TARGETS["throughput_rps"],
+        )
+    on = [results[n] for n in METRICS_ON if n in results]
+    off = [results[n] for n in METRICS_OFF if n in results]
+    if on and off:
+        on_rps, off_rps = rps_of(on), rps_of(off)
+        ratio = TARGETS["metrics_rps_ratio"]
+        row(
+            "JSON req/s @16 conns, metrics off | on [T]",
+            f"{off_rps:,.0f} (off)",
+            f"{on_rps:,.0f} (on)",
+            f"{on_rps / off_rps:.3f}x on/off",
+            f"on >= {ratio:.2f}x off",
+            on_rps >= ratio * off_rps,
         )
     if "direct_stream_tput" in results and "gw_stream_tput" in results:
         d_rps, g_rps = rps(results["direct_stream_tput"]), rps(results["gw_stream_tput"])

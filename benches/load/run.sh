@@ -4,8 +4,11 @@
 #
 #   upstream   nginx (Debian) serving a canned chat completion and a canned SSE stream
 #   gateway    agentrouter serve --workers 1, pinned to CPU 0 with its usage writer
-#              process; auth, the shared limiter (a key whose limit is never reached)
-#              and usage recording (key totals and the request log) all on
+#              process; auth, the shared limiter (a key whose limit is never reached),
+#              usage recording (key totals and the request log) and metrics all on
+#   gateway'   the same with metrics_enabled = false (its own port, CPU 0, same data
+#              directory and key), idle except for the throughput runs that compare
+#              the two: on, off, off, on (the issue's bound: metrics cost <= 3% req/s)
 #   load       wrk (Debian) pinned to CPU 1; driver.py (also on CPU 1) for the time to
 #              the first streamed byte
 #
@@ -80,7 +83,7 @@ if [ -x .venv/bin/agentrouter ]; then AR=(.venv/bin/agentrouter); else AR=("$PY"
 
 # --- workspace and cleanup -------------------------------------------------------
 WORK=$(mktemp -d /tmp/agentrouter-load.XXXXXX)
-NGINX_PID="" GW_PID="" WRK_PID=""
+NGINX_PID="" GW_PID="" GW_OFF_PID="" WRK_PID=""
 stop_pid() {  # stop_pid PID: SIGTERM, wait up to 30 s, then SIGKILL
     local pid=$1
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
@@ -92,6 +95,7 @@ cleanup() {
     local status=$?
     stop_pid "$WRK_PID"
     stop_pid "$GW_PID"
+    stop_pid "$GW_OFF_PID"
     stop_pid "$NGINX_PID"
     wait 2>/dev/null || true
     if [ $status -ne 0 ]; then
@@ -106,6 +110,7 @@ trap cleanup EXIT INT TERM
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 NGINX_PORT=$(free_port)
 GW_PORT=$(free_port)
+GW_OFF_PORT=$(free_port)
 RESULTS=$WORK/results.txt
 : > "$RESULTS"
 
@@ -154,6 +159,10 @@ taskset -c 0 "${AR[@]}" serve --host 127.0.0.1 --port "$GW_PORT" --workers 1 \
     --config "$WORK/agentrouter.toml" > "$WORK/gateway.log" 2>&1 &
 GW_PID=$!
 wait_http "http://127.0.0.1:$GW_PORT/v1/models"
+AGENTROUTER_METRICS_ENABLED=false taskset -c 0 "${AR[@]}" serve --host 127.0.0.1 --port "$GW_OFF_PORT" \
+    --workers 1 --config "$WORK/agentrouter.toml" > "$WORK/gateway-nometrics.log" 2>&1 &
+GW_OFF_PID=$!
+wait_http "http://127.0.0.1:$GW_OFF_PORT/v1/models"
 
 # The process that serves: Granian's worker (a child of the server), else the server.
 worker_pid() {
@@ -171,9 +180,10 @@ worker_pid() {
 DIRECT_JSON=http://127.0.0.1:$NGINX_PORT/json/v1/chat/completions
 DIRECT_SSE=http://127.0.0.1:$NGINX_PORT/sse/v1/chat/completions
 GW_URL=http://127.0.0.1:$GW_PORT/v1/chat/completions
+GW_OFF_URL=http://127.0.0.1:$GW_OFF_PORT/v1/chat/completions
 
 # --- sanity: the same request works both ways ------------------------------------------
-for url in "$DIRECT_JSON" "$GW_URL"; do
+for url in "$DIRECT_JSON" "$GW_URL" "$GW_OFF_URL"; do
     code=$(curl -s -o "$WORK/check.out" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
         -H "Authorization: Bearer $KEY" --data-binary @"$HERE/request.json" "$url")
     [ "$code" = 200 ] || { echo "check $url: HTTP $code: $(head -c 300 "$WORK/check.out")" >&2; exit 1; }
@@ -181,6 +191,13 @@ for url in "$DIRECT_JSON" "$GW_URL"; do
 done
 curl -s -X POST -H "Authorization: Bearer $KEY" --data-binary @"$HERE/request-stream.json" "$GW_URL" \
     | cmp -s - "$HERE/chat.sse" || { echo "the gateway did not relay the SSE stream byte for byte" >&2; exit 1; }
+# Metrics are on in the one and off in the other (a management key, made now, reads them).
+MANAGE_KEY=$("${AR[@]}" keys create --name load-bench-metrics --scope manage --json \
+    | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+curl -s -H "Authorization: Bearer $MANAGE_KEY" "http://127.0.0.1:$GW_PORT/metrics" \
+    | grep -q '^agentrouter_requests_total{' || { echo "no request counts in the gateway's /metrics" >&2; exit 1; }
+code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $MANAGE_KEY" "http://127.0.0.1:$GW_OFF_PORT/metrics")
+[ "$code" = 404 ] || { echo "/metrics of the gateway with metrics off: HTTP $code, expected 404" >&2; exit 1; }
 
 run_wrk() {  # run_wrk NAME CONNECTIONS SECONDS URL BODY
     local name=$1 conns=$2 secs=$3 url=$4 body=$5 line
@@ -252,6 +269,7 @@ echo "warm-up [T]"
 run_wrk warm_direct 16 2 "$DIRECT_JSON" "$HERE/request.json"
 run_wrk warm_gw 16 3 "$GW_URL" "$HERE/request.json"
 run_wrk warm_gw_stream 16 2 "$GW_URL" "$HERE/request-stream.json"
+run_wrk warm_gw_nometrics 16 3 "$GW_OFF_URL" "$HERE/request.json"
 WPID=$(worker_pid)
 # The worker's usage writer (agentrouter.store.writer): its one child, on CPU 0 too.
 WRITER_PID=$(ps -o pid= --ppid "$WPID" | tr -d ' ' | head -n 1)
@@ -263,6 +281,10 @@ if has_phase throughput; then
     echo "throughput at 16 connections (${SECONDS_EACH}s each) [T]: gateway alone on CPU 0, nginx and wrk on CPU 1"
     run_wrk direct_tput 16 "$SECONDS_EACH" "$DIRECT_JSON" "$HERE/request.json"
     run_wrk gw_tput 16 "$SECONDS_EACH" "$GW_URL" "$HERE/request.json"
+    # Metrics on (gw_tput above) and off, in the order on, off, off, on.
+    run_wrk gw_nometrics_tput 16 "$SECONDS_EACH" "$GW_OFF_URL" "$HERE/request.json"
+    run_wrk gw_nometrics_tput2 16 "$SECONDS_EACH" "$GW_OFF_URL" "$HERE/request.json"
+    run_wrk gw_metrics_tput2 16 "$SECONDS_EACH" "$GW_URL" "$HERE/request.json"
     run_wrk direct_stream_tput 16 "$SECONDS_EACH" "$DIRECT_SSE" "$HERE/request-stream.json"
     run_wrk gw_stream_tput 16 "$SECONDS_EACH" "$GW_URL" "$HERE/request-stream.json"
 fi
@@ -277,7 +299,7 @@ if has_phase latency; then
 fi
 
 # --- memory over a long run [T] -------------------------------------------------------------
-GW_SENT_RUNS='warm_gw|warm_gw_stream|gw_tput|gw_stream_tput|gw_lat|gw_lat_b'
+GW_SENT_RUNS='warm_gw|warm_gw_stream|warm_gw_nometrics|gw_tput|gw_nometrics_tput|gw_nometrics_tput2|gw_metrics_tput2|gw_stream_tput|gw_lat|gw_lat_b'
 if has_phase memory; then
     GW_RPS=$(grep -E '^(gw_tput|warm_gw) ' "$RESULTS" | head -n 1 \
         | sed -E 's/.*requests=([0-9]+) duration_us=([0-9]+).*/\1 \2/' | awk '{printf "%d", $1 / ($2 / 1e6)}')
@@ -305,6 +327,8 @@ fi
 # Usage recording was on: the key's stored request count covers the run (flushed on SIGTERM).
 stop_pid "$GW_PID"
 GW_PID=""
+stop_pid "$GW_OFF_PID"  # the same key, the same data directory: its usage counts too
+GW_OFF_PID=""
 STORED=$("${AR[@]}" keys show "$KEY_ID" --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["usage"]["requests"])')
 LOGGED=$("${AR[@]}" usage "$KEY_ID" --since 1d --json \
     | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["totals"]["requests"])')
@@ -314,7 +338,7 @@ SENT=$(grep -E "^($GW_SENT_RUNS|long1|long2) " "$RESULTS" \
 echo
 "$PY" "$HERE/driver.py" report "$RESULTS"
 echo "usage stored for the bench key: $STORED requests (wrk counted $SENT completed; wrk does not count"
-echo "requests cut off at the end of each run, so stored >= counted; plus 3 sanity checks and the TTFB runs)"
+echo "requests cut off at the end of each run, so stored >= counted; plus 4 sanity checks and the TTFB runs)"
 echo "request-log rows for the bench key: $LOGGED ($([ "$LOGGED" = "$STORED" ] && echo "= the stored total" \
     || echo "DIFFERS from the stored total $STORED: records were dropped; see the gateway log"))"
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), loadavg $(cut -d' ' -f1-3 /proc/loadavg)"

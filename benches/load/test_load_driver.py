@@ -74,6 +74,9 @@ def test_report_verdicts(tmp_path: Path) -> None:
     lines = [
         "direct_tput RESULT requests=200000 duration_us=10000000 p50_us=500 p99_us=900 non2xx=0",
         "gw_tput RESULT requests=50000 duration_us=10000000 p50_us=2000 p99_us=4000 non2xx=0",
+        "gw_nometrics_tput RESULT requests=51000 duration_us=10000000 p50_us=2000 p99_us=4000 non2xx=0",
+        "gw_nometrics_tput2 RESULT requests=50000 duration_us=10000000 p50_us=2000 p99_us=4000 non2xx=0",
+        "gw_metrics_tput2 RESULT requests=49000 duration_us=10000000 p50_us=2000 p99_us=4000 non2xx=0",
         "direct_lat RESULT requests=50000 duration_us=10000000 p50_us=60 p99_us=120 non2xx=0",
         "gw_lat RESULT requests=20000 duration_us=10000000 p50_us=300 p99_us=700 non2xx=0",
         'gw_lat_cpu {"us_per_request": 240, "writer_us_per_request": 6.5}',
@@ -94,6 +97,9 @@ def test_report_verdicts(tmp_path: Path) -> None:
     rows = {line.split("  ")[0]: line for line in table.splitlines()}
     assert rows["JSON req/s @16 conns [T]"].endswith("PASS")
     assert "0.250x" in rows["JSON req/s @16 conns [T]"]
+    metrics = rows["JSON req/s @16 conns, metrics off | on [T]"]
+    assert "5,050 (off)" in metrics and "4,950 (on)" in metrics and "0.980x" in metrics
+    assert metrics.endswith("PASS")  # within 3%
     assert rows["latency p50 @1 conn (us) [A]"].endswith("PASS")  # +240 us
     assert rows["latency p99 @1 conn (us) [A]"].endswith("PASS")  # +580 us
     assert rows["first streamed byte p50 (us) [A]"].endswith("FAIL")  # +820 us
@@ -120,6 +126,17 @@ def test_report_without_the_comparison_placement(tmp_path: Path) -> None:
     table, ok = driver.report(driver.parse_results(results))
     assert not ok  # +440 us p50
     assert "[B]" not in table and "[T]" not in table
+
+
+def test_report_fails_metrics_costing_more_than_3_percent(tmp_path: Path) -> None:
+    results = tmp_path / "results.txt"
+    results.write_text(
+        "gw_tput RESULT requests=9600 duration_us=2000000 p50_us=1 p99_us=1 non2xx=0\n"
+        "gw_nometrics_tput RESULT requests=10000 duration_us=2000000 p50_us=1 p99_us=1 non2xx=0\n"
+    )
+    table, ok = driver.report(driver.parse_results(results))
+    assert not ok
+    assert "0.960x on/off" in table
 
 
 def test_cpu_of_a_process_counts_its_threads() -> None:

@@ -17,6 +17,8 @@ The file::
     alert_webhook_url = "https://hooks.example.com/agentrouter"   # default: none
     monitor_enabled = true       # false: no detector runs (the request log is still pruned)
     monitor_interval = 60        # seconds between monitor runs
+    metrics_enabled = true       # GET /metrics (Prometheus); false: 404, nothing counted
+    metrics_require_key = true   # /metrics needs a management key; false: open
 
     [monitor]                    # thresholds of the unusual-usage detectors
     volume_factor = 5            # (DetectorConfig; reasoning in agentrouter.monitor.detectors)
@@ -223,6 +225,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     embedding and tests, at a cost in tail latency)."""
     log_level: Literal["critical", "error", "warning", "warn", "info", "debug"] = "info"
     access_log: bool = False
+    metrics_enabled: bool = True
+    """Serve ``GET /metrics`` (the Prometheus text format, summed over the workers);
+    false: no counting at all, and ``/metrics`` answers 404."""
+    metrics_require_key: bool = True
+    """``/metrics`` needs a management key (scope "manage"), refused like ``/api``;
+    false: anyone who reaches the port may read it (bind it to a private network)."""
 
     # The request log and the unusual-usage monitor (agentrouter.monitor).
     request_log_retention_days: _Positive = 30.0

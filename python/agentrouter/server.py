@@ -4,7 +4,8 @@
 
 1. opens the core once (creates the data directory, the server secret, the database
    and its migrations, and the shared limiter region) so that workers never race to
-   create them, then closes it;
+   create them, then closes it, and removes the metrics snapshot files that workers
+   of an earlier run left (``gateway.metrics.snapshot``);
 2. starts Granian's process manager with an in-process target loader: each worker
    builds the gateway from the same frozen settings (nothing is passed through the
    environment), with the management API mounted under ``/api`` and the web console
@@ -146,9 +147,13 @@ def _parameters(function: Callable[..., Any]) -> list[str] | None:
 
 async def _prepare(settings: Settings) -> None:
     from agentrouter.core import Core
+    from agentrouter.gateway.metrics import clear_stale
 
     core = await Core.from_settings(settings)
     await core.close()
+    # The metrics snapshots of workers of an earlier run (those of a server still
+    # running on this data directory are left alone).
+    clear_stale(settings.data_path / "metrics")
 
 
 def prepare(settings: Settings) -> None:

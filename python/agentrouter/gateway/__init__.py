@@ -10,4 +10,6 @@ serves it with Granian. Modules, one job each:
 * ``upstream``  the hot-path HTTP client (HTTP/1.1 on an asyncio Protocol, keep-alive pool)
 * ``mock``      the built-in offline provider
 * ``usage``     per-key usage aggregation, token parsing, batched flushing
+* ``health``    ``/healthz`` and ``/readyz``
+* ``metrics``   ``/metrics``: per-worker counters, snapshot files, the exposition
 """

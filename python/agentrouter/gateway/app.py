@@ -2,7 +2,7 @@
 
 One request, in order::
 
-    path → route            (dict; /healthz and /readyz beside it, never under /v1)
+    path → route            (dict; /healthz, /readyz, /metrics beside it, never under /v1)
     headers, one pass       (key headers, Content-Length, Origin, what is forwarded)
     OPTIONS                 (answered without a key: CORS preflight, else 204 + Allow)
     authenticate + limit    (agentrouter.auth: native key table and shared buckets)
@@ -18,6 +18,9 @@ Every answer to a request whose key was valid carries ``X-RateLimit-Limit``,
 ``-Remaining`` and ``-Reset`` (when the key has a limit at all) and is counted for the
 key in one place, whatever produced it (the gateway's own 500 included):
 ``Gateway._record``, called once per request from the ``finally`` of ``_handle``.
+The metrics recorder (``gateway.metrics``) counts every answer on ``/v1`` in the same
+places (that ``finally``, and the answers given before a key is known), a few
+integer additions each.
 Every answer carries ``x-request-id`` (and ``request-id`` on the Anthropic routes,
 where the SDK reads it); answers to an allowed browser origin carry the CORS headers
 (``agentrouter.cors``). ``HEAD`` on a ``GET`` route answers like ``GET`` without the
@@ -38,6 +41,7 @@ import functools
 import gc
 import itertools
 import logging
+import os
 import re
 import secrets
 import signal
@@ -55,6 +59,8 @@ from agentrouter.errors import AgentRouterError
 from agentrouter.gateway import health, mock
 from agentrouter.gateway.errors import Dialect, ErrorKind, Kinds, error_body, error_event
 from agentrouter.gateway.http1 import CLOSE
+from agentrouter.gateway.metrics import NO_PROVIDER, Endpoint, NullRecorder, Publisher, Recorder, Snapshot
+from agentrouter.gateway.metrics.snapshot import process_start
 from agentrouter.gateway.providers import Provider
 from agentrouter.gateway.routing import ROUTES, ModelRouter, Route, RouteKind
 from agentrouter.gateway.upstream import (
@@ -192,17 +198,27 @@ class Gateway:
         self._router: ModelRouter[Provider] = ModelRouter([(p, p.settings.models) for p in self._providers])
         self._clients = {p.name: UpstreamClient(p.settings) for p in self._providers if not p.is_mock}
         self._models_openai, self._models_anthropic = self._model_lists()
+        for i, provider in enumerate(self._providers):
+            provider.metrics_index = i + 1
+        names = [p.name for p in self._providers]
+        self.metrics = Recorder(_ROUTE_LABELS, names) if settings.metrics_enabled else NullRecorder((), ())
+        self._metrics_dir = settings.data_path / "metrics"
+        self._metrics_endpoint = Endpoint(
+            self._metrics_snapshot, self._metrics_dir, require_key=settings.metrics_require_key
+        )
+        self._metrics_publisher: Publisher | None = None
+        self._process_start = 0
         self.core: Any = None
         self.auth: KeyAuthenticator | None = None
         self.usage: UsageRecorder | None = None
         self.usage_writer: UsageWriter | None = None
         self._rid_prefix = "req_"
         self._rid_counter = itertools.count(1)
-        # Operator endpoints served before the fallback app, never under /v1. The
-        # metrics endpoint (/metrics) is to be added to this table.
+        # Operator endpoints served before the fallback app, never under /v1.
         self._operator_routes: dict[str, Callable[[Scope, Send], Awaitable[None]]] = {
             "/healthz": self._healthz,
             "/readyz": self._readyz,
+            "/metrics": self._metrics_answer,
         }
         self._inflight: set[asyncio.Task[Any]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()  # watchers and the drain timer
@@ -251,6 +267,11 @@ class Gateway:
         self.usage_writer = writer
         self.usage = UsageRecorder(writer or core.store.add_usage, self.settings.usage_flush_interval)
         self.usage.start()
+        if self.settings.metrics_enabled:
+            self.metrics.usage = self.usage
+            self._process_start = process_start(os.getpid()) or 0
+            self._metrics_publisher = Publisher(self._metrics_snapshot, self._metrics_dir)
+            self._metrics_publisher.start()
         self._hook_termination_signals()
         # What start-up allocated lives as long as the worker: keep it out of the
         # collector's full passes (shorter pauses on the hot path).
@@ -275,6 +296,9 @@ class Gateway:
             await self.usage.close()
         if self.usage_writer is not None:
             await self.usage_writer.close()
+        if self._metrics_publisher is not None:
+            await self._metrics_publisher.close()  # the last counts, the usage written
+            self._metrics_publisher = None
         try:
             shutdown = getattr(self._fallback, "shutdown", None)
             if shutdown is not None:
@@ -368,6 +392,7 @@ class Gateway:
                 else:
                     dialect, message = _unknown_path(path)
                     await _send_error(send, dialect, Kinds.ROUTE_NOT_FOUND, message, self._request_id(), None)
+                    self.metrics.answer(_OTHER_ROUTE, dialect, 404, NO_PROVIDER, 0, 0)
                 return
 
         task = asyncio.current_task()
@@ -378,7 +403,8 @@ class Gateway:
         except Exception as exc:  # noqa: BLE001 - answered by the one mapping, _failure
             # Before a key was found (the store failing during a key-table reload), or a
             # bug: answered here, and counted for no key (there is none yet).
-            await self._failure(exc, send, route.dialect, self._request_id(), None)
+            status = await self._failure(exc, send, route.dialect, self._request_id(), None)
+            self.metrics.answer(route.index, route.dialect, status, NO_PROVIDER, 0, 0)
         finally:
             self._inflight.discard(task)
 
@@ -440,6 +466,7 @@ class Gateway:
         method: str = scope["method"]
         if method == "OPTIONS":
             await self._options(route, scope, rid, dialect, origin, send)
+            self.metrics.answer(route.index, dialect, 204, NO_PROVIDER, 0, 0)
             return
 
         assert self.auth is not None and self.usage is not None, "lifespan startup has not run"
@@ -447,7 +474,9 @@ class Gateway:
         record = auth.record
         if record is None:  # no valid key: answered, counted for no key
             assert auth.refusal is not None
-            await _send_error(send, dialect, _REFUSALS[auth.refusal], auth.message, rid, auth.decision)
+            kind = _REFUSALS[auth.refusal]
+            await _send_error(send, dialect, kind, auth.message, rid, auth.decision)
+            self.metrics.answer(route.index, dialect, kind.status, NO_PROVIDER, 0, 0)
             return
 
         # From here on the request is counted for the key, once, in `finally`,
@@ -456,8 +485,11 @@ class Gateway:
         status = 500
         inp = out = 0
         model: str | None = None
+        provider_index = NO_PROVIDER
         try:
             if auth.refusal is not None:
+                if auth.refusal is Refusal.RATE_LIMITED:
+                    self.metrics.refused(route.index)
                 kind = _REFUSALS[auth.refusal]
                 await _send_error(send, dialect, kind, auth.message, rid, decision)
                 status = kind.status
@@ -483,6 +515,7 @@ class Gateway:
                         f"The model '{model}' does not exist or is not served by this gateway.",
                         "model",
                     )
+                provider_index = provider.metrics_index
                 if not provider.speaks(dialect):
                     raise _BadRequest(Kinds.DIALECT_MISMATCH, _mismatch_message(model, provider, route), "model")
             except _BadRequest as exc:
@@ -494,13 +527,15 @@ class Gateway:
                 return
 
             if provider.is_mock:
-                status, inp, out = await self._serve_mock(route, dialect, model, body, rid, decision, send)
+                status, inp, out = await self._serve_mock(
+                    route, dialect, provider, model, body, rid, decision, send, started
+                )
             else:
                 if connection is not None:
                     nominated = {t.strip().lower() for t in connection.split(b",")}
                     forward = [(n, v) for n, v in forward if n not in nominated]
                 status, inp, out = await self._proxy(
-                    route, dialect, provider, body, forward, scope, receive, send, rid, decision
+                    route, dialect, provider, body, forward, scope, receive, send, rid, decision, started
                 )
         except asyncio.CancelledError:
             status = _CLIENT_CLOSED
@@ -508,6 +543,7 @@ class Gateway:
         except Exception as exc:  # noqa: BLE001 - answered by the one mapping, _failure
             status = await self._failure(exc, send, dialect, rid, decision)
         finally:
+            self.metrics.answer(route.index, dialect, status, provider_index, inp, out)
             self._record(record.id, status, inp, out, started, scope, model, user_agent, caller_rid)
 
     def _record(
@@ -568,6 +604,16 @@ class Gateway:
     async def _healthz(self, scope: Scope, send: Send) -> None:
         await health.answer(scope, send, 200, health.ALIVE)
 
+    async def _metrics_answer(self, scope: Scope, send: Send) -> None:
+        if not self.settings.metrics_enabled:
+            message = "Unknown path '/metrics': metrics are disabled on this server (metrics_enabled = false)."
+            await _send_error(send, Dialect.OPENAI, Kinds.ROUTE_NOT_FOUND, message, self._request_id(), None)
+            return
+        await self._metrics_endpoint.answer(scope, send, self.auth)
+
+    def _metrics_snapshot(self) -> Snapshot:
+        return self.metrics.snapshot(os.getpid(), os.getppid(), self._process_start)
+
     async def _readyz(self, scope: Scope, send: Send) -> None:
         problem = await health.readiness(self.core, self._draining)
         if problem is None:
@@ -605,14 +651,28 @@ class Gateway:
         return _encode(openai_list), _encode(anthropic_list)
 
     async def _serve_mock(
-        self, route: Route, dialect: Dialect, model: str, body: bytes, rid: str, decision: Any, send: Send
+        self,
+        route: Route,
+        dialect: Dialect,
+        provider: Provider,
+        model: str,
+        body: bytes,
+        rid: str,
+        decision: Any,
+        send: Send,
+        started: float,
     ) -> tuple[int, int, int]:
+        """The built-in provider's answer; all its time is the gateway's own (no upstream)."""
         result = mock.handle(route.kind, dialect, model, body, rid)
         headers = [(b"content-type", result.content_type)]
+        metrics = self.metrics
+        index = provider.metrics_index
         if not result.stream:
+            metrics.added(index, time.perf_counter() - started)
             await _send_response(send, result.status, headers, result.chunks[0], rid, dialect, decision)
             return result.status, result.input_tokens, result.output_tokens
         headers.append((b"cache-control", b"no-cache"))
+        metrics.added(index, time.perf_counter() - started)
         await send(
             {
                 "type": "http.response.start",
@@ -620,10 +680,18 @@ class Gateway:
                 "headers": headers + _common_headers(rid, dialect, decision),
             }
         )
-        for chunk in result.chunks:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await asyncio.sleep(0)  # one event at a time, as a real upstream delivers them
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        metrics.active_streams += 1
+        try:
+            first = True
+            for chunk in result.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if first:
+                    first = False
+                    metrics.first_byte(index, time.perf_counter() - started)
+                await asyncio.sleep(0)  # one event at a time, as a real upstream delivers them
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            metrics.active_streams -= 1
         return result.status, result.input_tokens, result.output_tokens
 
     async def _proxy(
@@ -638,6 +706,7 @@ class Gateway:
         send: Send,
         rid: str,
         decision: Any,
+        started: float,
     ) -> tuple[int, int, int]:
         """Forward the request and relay the answer; (status to count, input, output).
 
@@ -669,7 +738,10 @@ class Gateway:
         status = 502
         upstream = None
         meter: StreamUsage | None = None
+        metrics = self.metrics
+        index = provider.metrics_index
         try:
+            sent_at = time.perf_counter()
             try:
                 upstream = await client.post(path, body, forward)
             except UpstreamError as exc:
@@ -700,6 +772,8 @@ class Gateway:
                     return await _upstream_failed(
                         send, dialect, provider, exc, rid, decision, " while reading the answer"
                     )
+                upstream_time = time.perf_counter() - sent_at
+                metrics.upstream(index, upstream_time)
                 tokens = _NO_TOKENS
                 if 200 <= status < 300 and status != 204:  # a 204 has no body to check
                     try:
@@ -721,14 +795,19 @@ class Gateway:
                         self._bad_usage(provider)
                 out_headers.append((b"content-length", b"%d" % len(data)))
                 started_response = True
+                metrics.added(index, time.perf_counter() - started - upstream_time)
                 await send({"type": "http.response.start", "status": status, "headers": out_headers + common})
                 await send({"type": "http.response.body", "body": data, "more_body": False})
                 return status, tokens.input, tokens.output
 
+            upstream_time = time.perf_counter() - sent_at
+            metrics.upstream(index, upstream_time)
             started_response = streaming = True
+            metrics.active_streams += 1
+            metrics.added(index, time.perf_counter() - started - upstream_time)
             await send({"type": "http.response.start", "status": status, "headers": out_headers + common})
             meter = StreamUsage()
-            status = await _relay_stream(upstream, meter, dialect, provider, rid, send)
+            status = await _relay_stream(upstream, meter, dialect, provider, rid, send, metrics, started)
             tokens = meter.tokens()
             if tokens.ignored:
                 self._bad_usage(provider)
@@ -753,6 +832,8 @@ class Gateway:
             await _send_error(send, dialect, kind, "The gateway is shutting down; retry the request.", rid, decision)
             return kind.status, 0, 0
         finally:
+            if streaming:
+                metrics.active_streams -= 1
             if upstream is not None:
                 UpstreamClient.release(upstream)
             watch.cancel()
@@ -819,9 +900,17 @@ def _ends_with_terminal_event(data: bytes) -> bool:
 
 
 async def _relay_stream(
-    upstream: UpstreamResponse, meter: StreamUsage, dialect: Dialect, provider: Provider, rid: str, send: Send
+    upstream: UpstreamResponse,
+    meter: StreamUsage,
+    dialect: Dialect,
+    provider: Provider,
+    rid: str,
+    send: Send,
+    metrics: Recorder,
+    started: float,
 ) -> int:
-    """Relay an SSE body as it arrives, whole events at a time; the status to count.
+    """Relay an SSE body as it arrives, whole events at a time; the status to count
+    (and, to ``metrics``, the time from ``started`` to the first bytes relayed).
 
     A read of the upstream that ends inside an event keeps that event's start until
     its end arrives (one ``endswith`` per read when the upstream writes whole events,
@@ -838,6 +927,7 @@ async def _relay_stream(
     held: list[bytes] = []
     held_size = 0
     last = b""
+    first = True
     try:
         async for chunk in UpstreamClient.iter_chunks(upstream):
             meter.feed(chunk)
@@ -862,6 +952,9 @@ async def _relay_stream(
                 held, held_size = [rest], len(rest)
             last = chunk
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if first:
+                first = False
+                metrics.first_byte(provider.metrics_index, time.perf_counter() - started)
     except UpstreamError as exc:
         log.warning("provider %s: %s during a stream (%s)", provider.name, exc, rid)
         if isinstance(exc, UpstreamTimeout):
@@ -913,6 +1006,10 @@ async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], left: _Le
 
 
 _MODEL_DETAIL = Route(RouteKind.MODELS, Dialect.OPENAI, "GET")
+_MODEL_DETAIL.index = len(ROUTES)
+_OTHER_ROUTE = len(ROUTES) + 1
+"""The metrics slot of a path under /v1 that is no route (answered 404)."""
+_ROUTE_LABELS = (*ROUTES, "/v1/models/{model}", "other")
 
 
 def _for_fallback(path: str) -> bool:

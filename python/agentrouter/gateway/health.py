@@ -9,8 +9,8 @@
   or shutting down, so a load balancer stops sending before the drain.
 
 Both answer ``HEAD`` like ``GET`` without the body, and refuse other methods with 405.
-The gateway serves them before its fallback app (``Gateway._operator_routes``, where
-``/metrics`` is to go too).
+The gateway serves them before its fallback app (``Gateway._operator_routes``, beside
+``/metrics``: ``gateway.metrics``).
 """
 
 from __future__ import annotations

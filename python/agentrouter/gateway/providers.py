@@ -30,6 +30,7 @@ class Provider:
         "default_headers",
         "dialects",
         "is_mock",
+        "metrics_index",
         "name",
         "paths",
         "settings",
@@ -61,6 +62,8 @@ class Provider:
             self.auth_headers = ((b"x-api-key", key),) if key else ()
         else:
             self.auth_headers = ()
+        self.metrics_index = 0
+        """The provider's slot in the worker's metrics recorder (set by the gateway)."""
         self.bad_usage_logged = False
         """Whether this worker logged that the provider sent usage numbers that are no counts."""
         # Headers sent when the caller did not send their own (lower-case names).

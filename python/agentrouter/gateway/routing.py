@@ -30,7 +30,7 @@ class Route:
     """One API path: its dialect, its method, and the upstream path it forwards to
     (relative to the provider's ``base_url``, which ends in ``/v1``)."""
 
-    __slots__ = ("allow_header", "dialect", "kind", "method", "path", "upstream_path")
+    __slots__ = ("allow_header", "dialect", "index", "kind", "method", "path", "upstream_path")
 
     def __init__(self, kind: RouteKind, dialect: Dialect, method: str) -> None:
         self.kind = kind
@@ -39,6 +39,8 @@ class Route:
         self.path = "/v1/" + kind.value
         self.upstream_path = "/" + kind.value
         self.allow_header = (b"allow", method.encode())
+        self.index = -1
+        """The route's place in ``ROUTES`` (the metrics recorder's slot for it)."""
 
     def __repr__(self) -> str:
         return f"Route({self.method} {self.path})"
@@ -57,6 +59,8 @@ ROUTES: dict[str, Route] = {
     )
 }
 """Path → route. ``GET /v1/models/{id}`` is handled beside ``/v1/models``."""
+for _i, _route in enumerate(ROUTES.values()):
+    _route.index = _i
 
 
 def is_glob(pattern: str) -> bool:

@@ -305,6 +305,10 @@ class UsageRecorder:
         """Requests written so far by this process (for tests and logs)."""
         self.dropped_records = 0
         """Request-log records this process dropped because too many were waiting."""
+        self.written_batches = 0
+        """Batches the sink wrote (for ``/metrics``)."""
+        self.failed_batches = 0
+        """Batches the sink failed to write, each kept for the next flush (for ``/metrics``)."""
 
     def record(
         self,
@@ -399,7 +403,9 @@ class UsageRecorder:
                     len(records),
                 )
                 self._restore(deltas, records)
+                self.failed_batches += 1
                 return False
+            self.written_batches += 1
             self.flushed_requests += sum(d.requests for d in deltas)
             return True
 
