@@ -23,6 +23,27 @@ The file::
     [monitor]                    # thresholds of the unusual-usage detectors
     volume_factor = 5            # (DetectorConfig; reasoning in agentrouter.monitor.detectors)
 
+    [accounts]                   # people: registration, sessions, sign-in throttling
+    registration = "invite"      # open | domains | invite
+    registration_domains = ["example.com"]   # for "domains"
+    session_days = 30
+
+    [smtp]                       # outgoing mail; without host: the server log and <data dir>/outbox/
+    host = "smtp.example.com"
+    port = 587                   # default: 587 (starttls), 465 (tls), 25 (none)
+    security = "starttls"        # starttls | tls | none
+    user = "agentrouter"
+    password_env = "SMTP_PASSWORD"   # or password = "..."
+    sender = "AgentRouter <noreply@example.com>"
+
+    [oauth.github]               # a provider without client_id is not offered
+    client_id = "..."
+    client_secret_env = "GITHUB_CLIENT_SECRET"   # or client_secret = "..."
+
+    [oauth.google]
+    client_id = "....apps.googleusercontent.com"
+    client_secret_env = "GOOGLE_CLIENT_SECRET"
+
     [[providers]]
     name = "openai"
     type = "openai"              # openai | anthropic | mock
@@ -44,8 +65,11 @@ the secret is the data directory's ``secret`` file, created on first run),
 every provider setting from ``AGENTROUTER_PROVIDERS__<PROVIDER>__<NAME>`` (for instance
 ``AGENTROUTER_PROVIDERS__OPENAI__BASE_URL``; lists are comma-separated; a provider named
 only in the environment needs its ``TYPE``), every ``[monitor]`` threshold from
-``AGENTROUTER_MONITOR_<NAME>`` (``AGENTROUTER_MONITOR_VOLUME_FACTOR``), and the file
-itself from ``AGENTROUTER_CONFIG``. The environment wins over the file; an empty
+``AGENTROUTER_MONITOR_<NAME>`` (``AGENTROUTER_MONITOR_VOLUME_FACTOR``), every ``[accounts]``
+setting from ``AGENTROUTER_ACCOUNTS_<NAME>``, every ``[smtp]`` one from
+``AGENTROUTER_SMTP_<NAME>`` (``AGENTROUTER_SMTP_HOST``), every ``[oauth.<provider>]`` one
+from ``AGENTROUTER_OAUTH_<PROVIDER>_<NAME>`` (``AGENTROUTER_OAUTH_GITHUB_CLIENT_ID``), and
+the file itself from ``AGENTROUTER_CONFIG``. The environment wins over the file; an empty
 ``AGENTROUTER_ALERT_WEBHOOK_URL`` means no webhook. Other variables this module does
 not know are ignored: ``AGENTROUTER_API_KEY`` and ``AGENTROUTER_BASE_URL`` belong to
 clients (see the product document), not to the server.
@@ -182,6 +206,140 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         return max(self.volume_baseline_days, self.unusual_hour_baseline_days, self.failure_baseline_days) + 1
 
 
+RegistrationMode = Literal["open", "domains", "invite"]
+SmtpSecurity = Literal["starttls", "tls", "none"]
+
+# argon2-cffi's defaults (RFC 9106's second recommended option): the floor of the settings.
+ARGON2_TIME_COST = 3
+ARGON2_MEMORY_KIB = 65536
+ARGON2_PARALLELISM = 4
+
+
+class AccountsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """People and their sessions (``[accounts]``, ``AGENTROUTER_ACCOUNTS_<NAME>``);
+    the reasoning is in ``agentrouter.accounts``."""
+
+    registration: RegistrationMode = "invite"
+    """Who may create an account with email and password (and a first OAuth sign-in):
+    ``open`` anyone, ``domains`` addresses of ``registration_domains`` only, ``invite``
+    (the default, so a fresh gateway on a network is not open to strangers) only with
+    an admin's invitation link."""
+    registration_domains: tuple[str, ...] = ()
+    """Email domains allowed to register under ``registration = "domains"`` (exact,
+    case-insensitive: ``example.com`` does not admit ``sub.example.com``)."""
+    session_days: _Positive = 30.0
+    """A session ends this long after its sign-in (the product document's 30 days)."""
+    verification_hours: _Positive = 48.0
+    """An email verification link works this long (once)."""
+    reset_minutes: _Positive = 30.0
+    """A password reset link works this long (once)."""
+    invitation_days: _Positive = 7.0
+    """An invitation works this long (once)."""
+    second_factor_minutes: _Positive = 5.0
+    """Time to enter the TOTP code after a password or OAuth sign-in."""
+    signin_account_attempts: _Count = 10
+    """Sign-in attempts per account per ``signin_account_interval`` seconds."""
+    signin_account_interval: _Seconds = 900.0
+    signin_ip_attempts: _Count = 50
+    """Sign-in attempts per client IP per ``signin_ip_interval`` seconds."""
+    signin_ip_interval: _Seconds = 900.0
+    throttle_buckets: Annotated[int, msgspec.Meta(ge=64, le=1 << 20)] = 16384
+    """Buckets per kind (accounts, client IPs) in the throttle's own limiter region;
+    names are spread over them by a keyed hash."""
+    password_time_cost: Annotated[int, msgspec.Meta(ge=ARGON2_TIME_COST, le=100)] = ARGON2_TIME_COST
+    password_memory_kib: Annotated[int, msgspec.Meta(ge=ARGON2_MEMORY_KIB, le=4 << 20)] = ARGON2_MEMORY_KIB
+    password_parallelism: Annotated[int, msgspec.Meta(ge=ARGON2_PARALLELISM, le=64)] = ARGON2_PARALLELISM
+    """Argon2id parameters, at or above argon2-cffi's defaults. Raising one rehashes
+    each password at its owner's next sign-in."""
+    hash_threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    """Threads per process that hash passwords (off the event loop, so a burst of
+    sign-ins never stalls ``/v1``); more waiting hashes queue."""
+
+
+class SmtpSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Outgoing mail (``[smtp]``, ``AGENTROUTER_SMTP_<NAME>``). Without ``host`` every
+    mail is written to the server log and to ``<data dir>/outbox/`` as an ``.eml``
+    file, so a newcomer can register offline."""
+
+    host: str | None = None
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+    """Default by ``security``: 587 (starttls), 465 (tls), 25 (none)."""
+    security: SmtpSecurity = "starttls"
+    user: str | None = None
+    password: str | None = None
+    password_env: str | None = None
+    """Name of the environment variable holding the password; read once at load time."""
+    sender: str | None = None
+    """The From address; default ``AgentRouter <agentrouter@HOSTNAME>``."""
+    timeout: _Seconds = 30.0
+    ca_file: str | None = None
+    """A PEM bundle to trust instead of the system's store (a private CA)."""
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or {"starttls": 587, "tls": 465, "none": 25}[self.security]
+
+    def __repr__(self) -> str:
+        return (
+            f"SmtpSettings(host={self.host!r}, port={self.effective_port}, security={self.security!r}, "
+            f"user={self.user!r}, password={'***' if self.password else None}, sender={self.sender!r})"
+        )
+
+
+class OAuthProviderSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One OAuth provider (``[oauth.github]``, ``[oauth.google]``;
+    ``AGENTROUTER_OAUTH_<PROVIDER>_<NAME>``). The endpoints are overridable so tests
+    run against fake providers on loopback; the defaults are the real ones."""
+
+    client_id: str | None = None
+    """None: the provider is not offered."""
+    client_secret: str | None = None
+    client_secret_env: str | None = None
+    """Name of the environment variable holding the secret; read once at load time."""
+    authorize_url: str | None = None
+    """GitHub: default ``https://github.com/login/oauth/authorize``."""
+    access_token_url: str | None = None
+    """GitHub: default ``https://github.com/login/oauth/access_token``."""
+    api_base_url: str | None = None
+    """GitHub: default ``https://api.github.com/`` (``/user``, ``/user/emails``)."""
+    server_metadata_url: str | None = None
+    """Google: the OpenID Connect discovery document, default
+    ``https://accounts.google.com/.well-known/openid-configuration``."""
+
+    def __repr__(self) -> str:
+        secret = "***" if self.client_secret else None
+        return f"OAuthProviderSettings(client_id={self.client_id!r}, client_secret={secret})"
+
+
+OAUTH_DEFAULTS: dict[str, dict[str, str]] = {
+    "github": {
+        "authorize_url": "https://github.com/login/oauth/authorize",
+        "access_token_url": "https://github.com/login/oauth/access_token",
+        "api_base_url": "https://api.github.com/",
+    },
+    "google": {"server_metadata_url": "https://accounts.google.com/.well-known/openid-configuration"},
+}
+OAUTH_PROVIDERS = tuple(OAUTH_DEFAULTS)
+
+
+class OAuthSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[oauth.github]`` and ``[oauth.google]``; a provider is offered when its
+    ``client_id`` is set (then its secret is required)."""
+
+    github: OAuthProviderSettings = msgspec.field(default_factory=OAuthProviderSettings)
+    google: OAuthProviderSettings = msgspec.field(default_factory=OAuthProviderSettings)
+
+    def provider(self, name: str) -> OAuthProviderSettings | None:
+        """The settings of ``name`` when it is offered (has a client id), else None."""
+        found: OAuthProviderSettings | None = getattr(self, name, None) if name in OAUTH_PROVIDERS else None
+        return found if found is not None and found.client_id else None
+
+    @property
+    def offered(self) -> tuple[str, ...]:
+        """The providers with a client id, in a fixed order."""
+        return tuple(p for p in OAUTH_PROVIDERS if self.provider(p) is not None)
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Everything the server needs; build it with ``load_settings``."""
 
@@ -253,6 +411,18 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     monitor: DetectorConfig = msgspec.field(default_factory=DetectorConfig)
     """The detectors' thresholds (``[monitor]``, ``AGENTROUTER_MONITOR_<NAME>``)."""
 
+    public_url: str | None = None
+    """The address people reach this server at (``https://gateway.example.com``), used
+    in the links of mails (verification, reset, invitations, the first admin's setup);
+    an ``https`` one also makes session cookies ``Secure`` with the ``__Host-`` prefix.
+    Default: ``http://HOST:PORT`` (``127.0.0.1`` for a wildcard host)."""
+    accounts: AccountsSettings = msgspec.field(default_factory=AccountsSettings)
+    """Registration, sessions and sign-in throttling (``[accounts]``)."""
+    smtp: SmtpSettings = msgspec.field(default_factory=SmtpSettings)
+    """Outgoing mail (``[smtp]``)."""
+    oauth: OAuthSettings = msgspec.field(default_factory=OAuthSettings)
+    """GitHub and Google sign-in (``[oauth.github]``, ``[oauth.google]``)."""
+
     providers: tuple[ProviderSettings, ...] = ()
 
     @property
@@ -265,6 +435,22 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return Path(self.data_dir) if self.data_dir else default_data_dir()
 
     @property
+    def base_url(self) -> str:
+        """``public_url`` without a trailing slash, else ``http://HOST:PORT``."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def https(self) -> bool:
+        """Whether people reach the server over HTTPS (``public_url`` is https): session
+        cookies are then ``Secure`` and ``__Host-`` prefixed."""
+        return self.base_url.startswith("https://")
+
+    @property
     def secret_bytes(self) -> bytes | None:
         """``secret`` as the bytes the digester takes (None: use the data directory's file)."""
         return None if self.secret is None else _secret_bytes(self.secret)
@@ -272,6 +458,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def __repr__(self) -> str:
         # The secret (and providers' keys) must not reach a log through a repr.
         shown = {f: getattr(self, f) for f in self.__struct_fields__ if f not in ("secret", "providers")}
+        # (smtp and oauth hide their own passwords and client secrets in their reprs)
         shown["secret"] = None if self.secret is None else "***"
         shown["providers"] = tuple(p.name for p in self.providers)
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
@@ -283,13 +470,20 @@ def _secret_bytes(secret: str) -> bytes:
 
 
 # Server settings: file key == Settings field == AGENTROUTER_<FIELD upper>.
-_TABLES = ("providers", "monitor")
+_TABLES = ("providers", "monitor", "accounts", "smtp", "oauth")
 _SERVER_FIELDS = tuple(f for f in Settings.__struct_fields__ if f not in _TABLES)
 _PROVIDER_FIELDS = ProviderSettings.__struct_fields__
 _MONITOR_FIELDS = DetectorConfig.__struct_fields__
 # AGENTROUTER_MONITOR_ENABLED is a server setting, AGENTROUTER_MONITOR_<threshold> a
 # [monitor] one: the two sets of names must never meet.
 assert not {f"monitor_{f}" for f in _MONITOR_FIELDS} & set(_SERVER_FIELDS)
+# The same for AGENTROUTER_ACCOUNTS_*, AGENTROUTER_SMTP_* and AGENTROUTER_OAUTH_*: no
+# server setting may start with those words.
+assert not [f for f in _SERVER_FIELDS if f.startswith(("accounts_", "smtp_", "oauth_"))]
+_ACCOUNTS_FIELDS = AccountsSettings.__struct_fields__
+_SMTP_FIELDS = SmtpSettings.__struct_fields__
+_OAUTH_FIELDS = OAuthProviderSettings.__struct_fields__
+_ACCOUNTS_LIST_FIELDS = {"registration_domains"}
 _LIST_FIELDS = {"models"}
 _SERVER_LIST_FIELDS = {"cors_allow_origins"}
 
@@ -359,8 +553,35 @@ def _flatten_file(raw: dict[str, Any], where: str) -> dict[str, Any]:
                 if mkey not in _MONITOR_FIELDS:
                     raise ConfigError(f"{where}: monitor.{mkey}: unknown setting")
             data["monitor"] = dict(value)
+        elif key in ("accounts", "smtp"):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {key}: expected a table ([{key}])")
+            fields = _ACCOUNTS_FIELDS if key == "accounts" else _SMTP_FIELDS
+            for tkey in value:
+                if tkey not in fields:
+                    raise ConfigError(f"{where}: {key}.{tkey}: unknown setting")
+            data[key] = dict(value)
+        elif key == "oauth":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: oauth: expected tables ([oauth.github], [oauth.google])")
+            oauth: dict[str, Any] = {}
+            for provider, table in value.items():
+                if provider not in OAUTH_PROVIDERS:
+                    raise ConfigError(
+                        f"{where}: oauth.{provider}: unknown provider (expected {', '.join(OAUTH_PROVIDERS)})"
+                    )
+                if not isinstance(table, dict):
+                    raise ConfigError(f"{where}: oauth.{provider}: expected a table ([oauth.{provider}])")
+                for tkey in table:
+                    if tkey not in _OAUTH_FIELDS:
+                        raise ConfigError(f"{where}: oauth.{provider}.{tkey}: unknown setting")
+                oauth[provider] = dict(table)
+            data["oauth"] = oauth
         else:
-            raise ConfigError(f"{where}: {key}: unknown setting (expected [server], [monitor] or [[providers]])")
+            raise ConfigError(
+                f"{where}: {key}: unknown setting (expected [server], [monitor], [accounts], [smtp], "
+                "[oauth.<provider>] or [[providers]])"
+            )
     return data
 
 
@@ -391,6 +612,40 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str], origin: dict[str, s
             )
         data.setdefault("monitor", {})[field] = env[var]
         origin[f"monitor.{field}"] = var
+
+    for table, fields in (("accounts", _ACCOUNTS_FIELDS), ("smtp", _SMTP_FIELDS)):
+        prefix = f"{ENV_PREFIX}{table.upper()}_"
+        for var in sorted(env):
+            if not var.startswith(prefix):
+                continue
+            field = var[len(prefix) :].lower()
+            if field not in fields:
+                raise ConfigError(
+                    f"{var}: unknown setting; {prefix}<NAME> takes NAME from: " + ", ".join(f.upper() for f in fields)
+                )
+            value = env[var]
+            if field in _ACCOUNTS_LIST_FIELDS:
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if table == "smtp" and value == "" and field != "password":
+                continue  # an empty variable leaves the setting unset
+            data.setdefault(table, {})[field] = value
+            origin[f"{table}.{field}"] = var
+    oauth_prefix = f"{ENV_PREFIX}OAUTH_"
+    for var in sorted(env):
+        if not var.startswith(oauth_prefix):
+            continue
+        rest = var[len(oauth_prefix) :]
+        pname, _, field = rest.partition("_")
+        pname, field = pname.lower(), field.lower()
+        if pname not in OAUTH_PROVIDERS or field not in _OAUTH_FIELDS:
+            raise ConfigError(
+                f"{var}: expected {oauth_prefix}<PROVIDER>_<NAME> with PROVIDER one of "
+                + ", ".join(p.upper() for p in OAUTH_PROVIDERS)
+                + " and NAME one of "
+                + ", ".join(f.upper() for f in _OAUTH_FIELDS)
+            )
+        data.setdefault("oauth", {}).setdefault(pname, {})[field] = env[var]
+        origin[f"oauth.{pname}.{field}"] = var
 
     providers: list[dict[str, Any]] = data.setdefault("providers", [])
     by_key = {_env_key(str(p.get("name", ""))): p for p in providers}
@@ -435,6 +690,8 @@ def _validate(data: dict[str, Any], env: Mapping[str, str], origin: dict[str, st
             + where
         )
 
+    settings = _check_accounts(settings, env, origin, where)
+
     seen: set[str] = set()
     resolved: list[ProviderSettings] = []
     for i, p in enumerate(settings.providers):
@@ -478,12 +735,110 @@ def _check_server(settings: Settings, env: Mapping[str, str], origin: dict[str, 
     return msgspec.structs.replace(settings, **changes)
 
 
+_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+")
+
+
+def _check_accounts(settings: Settings, env: Mapping[str, str], origin: dict[str, str], where: str) -> Settings:
+    """``public_url``, ``[accounts]`` (the registration domains), ``[smtp]`` (the
+    password's variable, the sender) and ``[oauth.*]`` (each offered provider's secret,
+    its endpoints)."""
+
+    def fail(field: str, message: str) -> ConfigError:
+        var = origin.get(field)
+        return ConfigError(f"{field}: {message}" + (f" (from {var})" if var else "") + where)
+
+    url = settings.public_url
+    if url is not None and _PUBLIC_URL.fullmatch(url.lower()) is None:
+        var = origin.get("server.public_url")
+        raise ConfigError(
+            f"server.public_url: expected http(s)://host[:port][/path] without a query, got {url!r}"
+            + (f" (from {var})" if var else "")
+            + where
+        )
+
+    acc = settings.accounts
+    domains = []
+    for d in acc.registration_domains:
+        domain = d.strip().lower().removeprefix("@")
+        if _DOMAIN.fullmatch(domain) is None:
+            raise fail("accounts.registration_domains", f"{d!r} is not an email domain (example.com)")
+        domains.append(domain)
+    if acc.registration == "domains" and not domains:
+        raise fail("accounts.registration", 'registration = "domains" needs registration_domains (["example.com"])')
+    accounts = msgspec.structs.replace(acc, registration_domains=tuple(dict.fromkeys(domains)))
+
+    smtp = settings.smtp
+    smtp_changes: dict[str, Any] = {}
+    if smtp.password is not None and smtp.password_env is not None:
+        raise fail("smtp.password", "give password or password_env, not both")
+    if smtp.password_env is not None:
+        password = env.get(smtp.password_env)
+        if not password:
+            raise fail("smtp.password_env", f"environment variable {smtp.password_env} is not set")
+        smtp_changes["password"] = password
+    if smtp.host is not None and not smtp.host.strip():
+        smtp_changes["host"] = None
+    if smtp.password is not None and smtp.user is None:
+        raise fail("smtp.user", "a password needs a user")
+    if smtp.sender is not None:
+        from email.headerregistry import Address
+        from email.utils import parseaddr
+
+        name, address = parseaddr(smtp.sender)
+        if "@" not in address:
+            raise fail(
+                "smtp.sender", f"expected an address like 'AgentRouter <noreply@example.com>', got {smtp.sender!r}"
+            )
+        try:
+            Address(display_name=name, addr_spec=address)
+        except (ValueError, IndexError) as exc:
+            raise fail("smtp.sender", f"{smtp.sender!r}: {exc}") from None
+    if smtp.ca_file is not None and not Path(smtp.ca_file).is_file():
+        raise fail("smtp.ca_file", f"no such file: {smtp.ca_file}")
+    if smtp_changes:
+        smtp = msgspec.structs.replace(smtp, **smtp_changes)
+
+    oauth_changes: dict[str, Any] = {}
+    for name in OAUTH_PROVIDERS:
+        p: OAuthProviderSettings = getattr(settings.oauth, name)
+        label = f"oauth.{name}"
+        changes: dict[str, Any] = {}
+        if p.client_secret is not None and p.client_secret_env is not None:
+            raise fail(f"{label}.client_secret", "give client_secret or client_secret_env, not both")
+        if p.client_secret_env is not None:
+            secret = env.get(p.client_secret_env)
+            if not secret:
+                raise fail(f"{label}.client_secret_env", f"environment variable {p.client_secret_env} is not set")
+            changes["client_secret"] = secret
+        if p.client_id is not None and not p.client_id.strip():
+            changes["client_id"] = None
+        elif p.client_id and not (p.client_secret or changes.get("client_secret")):
+            raise fail(f"{label}.client_secret", "required with client_id (or client_secret_env)")
+        for field, default in OAUTH_DEFAULTS[name].items():
+            value = getattr(p, field) or default
+            if not value.startswith(("http://", "https://")):
+                raise fail(f"{label}.{field}", f"expected an http:// or https:// URL, got {value!r}")
+            changes[field] = value
+        for field in ("authorize_url", "access_token_url", "api_base_url", "server_metadata_url"):
+            if field not in OAUTH_DEFAULTS[name] and getattr(p, field) is not None:
+                raise fail(f"{label}.{field}", f"not a setting of {name} (it takes {', '.join(OAUTH_DEFAULTS[name])})")
+        oauth_changes[name] = msgspec.structs.replace(p, **changes)
+    oauth = msgspec.structs.replace(settings.oauth, **oauth_changes)
+    return msgspec.structs.replace(settings, accounts=accounts, smtp=smtp, oauth=oauth)
+
+
+_PUBLIC_URL = re.compile(r"https?://(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)(:[0-9]{1,5})?(/[^?#\s]*)?")
 _ORIGIN = re.compile(r"https?://(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)(:[0-9]{1,5})?")
 
 
 def _check_finite(settings: Settings, origin: dict[str, str], where: str) -> None:
     """Infinity and NaN pass msgspec's bounds; no duration or threshold here means them."""
-    structs: list[tuple[str, Any]] = [("server", settings), ("monitor", settings.monitor)]
+    structs: list[tuple[str, Any]] = [
+        ("server", settings),
+        ("monitor", settings.monitor),
+        ("accounts", settings.accounts),
+        ("smtp", settings.smtp),
+    ]
     structs += [(f"providers[{i}] ({p.name!r})", p) for i, p in enumerate(settings.providers)]
     for label, struct in structs:
         for field in struct.__struct_fields__:
@@ -555,8 +910,8 @@ def _explain(message: str, providers: list[dict[str, Any]], origin: dict[str, st
         var = origin.get(f"providers.{_env_key(str(name))}.{field}") if name else None
         field_label = f"{label}.{field}" if field else label
         return f"{field_label}: {text}" + (f" (from {var})" if var else "")
-    if path == "monitor" or path.startswith("monitor."):
-        var = origin.get(path)
+    if path.split(".", 1)[0] in ("monitor", "accounts", "smtp", "oauth"):
+        var = origin.get(path.split("[", 1)[0])
         return f"{path}: {text}" + (f" (from {var})" if var else "")
     field = path.split(".", 1)[0].split("[", 1)[0]
     var = origin.get(f"server.{field}")

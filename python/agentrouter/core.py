@@ -3,7 +3,8 @@
 ``Core.from_settings(settings)`` is the one place that builds it — the gateway workers,
 ``serve``'s preparation, the management API on its own, the CLI and the tests all come
 through here — so there is one way to put the store, the shared limiter region, the
-digester and the key authenticator together. (The store and limiter backends chosen
+digester, the key authenticator and the accounts service (``core.accounts``: its
+mailer, its sign-in throttle on its own limiter region) together. (The store and limiter backends chosen
 by settings, PostgreSQL and Redis, are to be picked here too.)
 
 What cannot be opened (the data directory, the database file, the limiter region) is
@@ -19,8 +20,10 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agentrouter._core import Digester, FakeClock, KeyRecord, KeyTable, LimiterError, RateLimiter
+from agentrouter.accounts.throttle import THROTTLE_FILE
 from agentrouter.auth import KeyAuthenticator
 from agentrouter.config import Settings
 from agentrouter.datadir import DB_FILE, LIMITER_FILE, ensure_data_dir
@@ -28,6 +31,9 @@ from agentrouter.errors import AgentRouterError
 from agentrouter.keys import KeyService
 from agentrouter.secret import load_secret
 from agentrouter.store import KeyRow, Store
+
+if TYPE_CHECKING:
+    from agentrouter.accounts.service import AccountService
 
 __all__ = ["Core", "StateError", "key_record", "state_error"]
 
@@ -50,6 +56,9 @@ class Core:
         limiter: RateLimiter,
         digester: Digester,
         clock: FakeClock | None = None,
+        *,
+        settings: Settings | None = None,
+        secret: bytes | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.store = store
@@ -59,6 +68,9 @@ class Core:
         # operations must read the same clock.
         self.now: Callable[[], float] = time.time if clock is None else (lambda: clock.unix)
         self.keys = KeyService(store, limiter, digester, clock=self.now)
+        self.accounts: AccountService | None = None
+        if settings is not None and secret is not None:
+            self.accounts = _accounts(self, settings, secret, clock)
         # One key table per process, shared by every edge it serves (/v1, /api).
         self.auth = KeyAuthenticator(self.new_table(), self, limiter.generation)
         # The files this process opened (path → device and inode), to tell at
@@ -89,16 +101,28 @@ class Core:
             store = await Store.open(data_dir / DB_FILE)
         except (sqlite3.Error, OSError) as exc:
             raise state_error(exc, data_dir) from exc
-        core = cls(data_dir, store, limiter, Digester(secret), clock)
+        try:
+            core = cls(data_dir, store, limiter, Digester(secret), clock, settings=settings, secret=secret)
+        except LimiterError as exc:
+            await store.close()
+            raise StateError(
+                f"{exc}. The sign-in throttle's region ({data_dir / THROTTLE_FILE}) is rebuilt when it is missing: "
+                "stop every AgentRouter process using the data directory, remove it, and start again; or set "
+                "accounts.throttle_buckets to the value the server uses."
+            ) from exc
         try:
             await core._sync_slots()
         except BaseException:
-            await store.close()
+            await core.close()
             raise
         return core
 
     async def close(self) -> None:
-        await self.store.close()
+        try:
+            if self.accounts is not None:
+                await self.accounts.aclose()
+        finally:
+            await self.store.close()
 
     async def problems(self) -> list[str]:
         """Why this process cannot serve keys right now (empty: ready). Cheap: a few
@@ -143,6 +167,23 @@ class Core:
         entries = [(digest, key_record(row)) for digest, row in await self.store.active_keys_with_digests()]
         deleted = await self.store.deleted_key_digests()
         table.replace_all(entries, generation, deleted)
+
+
+def _accounts(core: Core, settings: Settings, secret: bytes, clock: FakeClock | None) -> AccountService:
+    from agentrouter.accounts.mail import Mailer
+    from agentrouter.accounts.service import AccountService
+    from agentrouter.accounts.throttle import SignInThrottle
+
+    throttle = SignInThrottle(core.data_dir / THROTTLE_FILE, settings.accounts, secret, clock=clock)
+    return AccountService(
+        store=core.store,
+        settings=settings,
+        secret=secret,
+        keys=core.keys,
+        mailer=Mailer(settings.smtp, core.data_dir),
+        throttle=throttle,
+        clock=core.now,
+    )
 
 
 def key_record(row: KeyRow) -> KeyRecord:

@@ -5,12 +5,25 @@ region (slot ownership, revoked flags, the key-set generation) and the digests.
 A change is visible to every running gateway process on its next request:
 deletion through the shared revoked flag, everything else through the generation
 counter, which makes each process reload its key table once.
+
+Keys belong to people. Every method takes an ``actor`` (``agentrouter.actor``):
+the operator (``INSTANCE``: the CLI, a manage key without an owner — the default,
+which is what every edge had before accounts) sees and changes every key; a user
+sees and changes their own keys only, an admin everyone's. A key the actor may not
+see is ``KeyNotFound`` (404), exactly like a key that does not exist. A key created
+by a user is owned by that user, and only once their email address is verified
+(``EmailNotVerified``); a key created by the operator is an instance key unless it
+names an ``owner``. ``revoke_owned`` deletes every key of a user (disabled or
+deleted accounts): refused on the next request on every worker, like any deletion.
+Each change is written to the audit log when the service has one.
 """
 
 from __future__ import annotations
 
+import builtins
 import math
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -18,6 +31,8 @@ from typing import Any, Final
 import msgspec
 
 from agentrouter._core import Digester, RateLimiter, display_prefix, generate_key
+from agentrouter.actor import INSTANCE, Actor
+from agentrouter.audit import AuditLog
 from agentrouter.errors import AgentRouterError
 from agentrouter.store import KeyRow, Store
 from agentrouter.store.models import SCOPES
@@ -39,6 +54,14 @@ class KeyNotFound(AgentRouterError, LookupError):
 
 class KeyConflict(AgentRouterError):
     """The key's state does not allow the operation (already rotated, expired)."""
+
+
+class EmailNotVerified(AgentRouterError):
+    """A user whose email address is not verified yet may not create keys (403,
+    code ``email_not_verified``)."""
+
+    status = 403
+    code = "email_not_verified"
 
 
 class _Unset:
@@ -63,11 +86,21 @@ class KeyService:
         limiter: RateLimiter,
         digester: Digester,
         clock: Callable[[], float] = time.time,
+        audit: AuditLog | None = None,
     ) -> None:
         self._store = store
         self._limiter = limiter
         self._digester = digester
         self._clock = clock
+        self._audit = audit
+
+    def use_audit(self, audit: AuditLog) -> None:
+        """Write key changes to ``audit`` from now on (set once by the core)."""
+        self._audit = audit
+
+    async def _record(self, event: str, actor: Actor, row: KeyRow, **detail: Any) -> None:
+        if self._audit is not None:
+            await self._audit.record(event, actor=actor, user_id=row.owner, target=row.id, detail=detail or None)
 
     async def create(
         self,
@@ -79,21 +112,40 @@ class KeyService:
         expires_in: float | None = None,
         scope: str = "inference",
         owner: str | None = None,
+        actor: Actor = INSTANCE,
     ) -> CreatedKey:
+        """A new key. A user actor's key is theirs (``owner`` may name another user
+        only for an admin); the operator's is an instance key unless ``owner`` names
+        a user (``KeyInputError`` when there is no such user)."""
         now = self._clock()
         requests, interval = validate_limit(requests, interval)
         if expires_in is not None and not (expires_in > 0 and math.isfinite(expires_in)):
             raise KeyInputError("expires_in must be a positive duration")
-        return await self._insert(
-            name=validate_name(name),
-            requests=requests,
-            interval=interval,
-            metadata=validate_metadata(metadata if metadata is not None else {}),
-            scope=validate_scope(scope),
-            owner=owner,
-            expires_at=None if expires_in is None else now + expires_in,
-            now=now,
-        )
+        if actor.kind == "user":
+            if not actor.email_verified:
+                raise EmailNotVerified(
+                    "verify your email address before creating keys: follow the link in the verification "
+                    "mail, or ask for a new one"
+                )
+            if owner is None or not actor.is_admin:
+                owner = actor.user_id
+        try:
+            created = await self._insert(
+                name=validate_name(name),
+                requests=requests,
+                interval=interval,
+                metadata=validate_metadata(metadata if metadata is not None else {}),
+                scope=validate_scope(scope),
+                owner=owner,
+                expires_at=None if expires_in is None else now + expires_in,
+                now=now,
+            )
+        except sqlite3.IntegrityError as exc:
+            if owner is not None and "FOREIGN KEY" in str(exc).upper():
+                raise KeyInputError(f"owner: no user with id {owner!r}") from None
+            raise
+        await self._record("key_created", actor, created.row, name=created.row.name, scope=created.row.scope)
+        return created
 
     async def _insert(
         self,
@@ -131,12 +183,20 @@ class KeyService:
         self._limiter.bump_generation()
         return CreatedKey(key=raw, row=row)
 
-    async def list(self, *, include_deleted: bool = False) -> list[KeyRow]:
-        return await self._store.list_keys(include_deleted=include_deleted)
+    async def list(
+        self, *, include_deleted: bool = False, actor: Actor = INSTANCE, owner: str | None = None
+    ) -> list[KeyRow]:
+        """The keys ``actor`` may see: a member's own; an admin's or the operator's
+        all, or only ``owner``'s when given."""
+        if not actor.is_admin:
+            owner = actor.user_id
+        return await self._store.list_keys(include_deleted=include_deleted, owner=owner)
 
-    async def get(self, key_id: str) -> KeyRow:
+    async def get(self, key_id: str, *, actor: Actor = INSTANCE) -> KeyRow:
+        """The key (deleted ones too); ``KeyNotFound`` when there is none or ``actor``
+        may not see it."""
         row = await self._store.get_key(key_id)
-        if row is None:
+        if row is None or not actor.may_see(row.owner):
             raise KeyNotFound(f"no key with id {key_id!r}")
         return row
 
@@ -149,8 +209,9 @@ class KeyService:
         interval: float | _Unset | None = UNSET,
         metadata: Mapping[str, Any] | _Unset = UNSET,
         expires_at: float | _Unset | None = UNSET,
+        actor: Actor = INSTANCE,
     ) -> KeyRow:
-        current = await self.get(key_id)
+        current = await self.get(key_id, actor=actor)
         if current.state != "active":
             raise KeyNotFound(f"key {key_id!r} is deleted")
         changes: dict[str, Any] = {}
@@ -172,25 +233,44 @@ class KeyService:
         if row is None:
             raise KeyNotFound(f"no active key with id {key_id!r}")
         self._limiter.bump_generation()
+        await self._record("key_updated", actor, row, fields=sorted(changes))
         return row
 
-    async def delete(self, key_id: str) -> KeyRow:
+    async def delete(self, key_id: str, *, actor: Actor = INSTANCE) -> KeyRow:
+        await self.get(key_id, actor=actor)  # not found for an actor who may not see it
+        row = await self._delete(key_id)
+        if row is None:
+            raise KeyNotFound(f"no active key with id {key_id!r}")
+        await self._record("key_deleted", actor, row)
+        return row
+
+    async def _delete(self, key_id: str) -> KeyRow | None:
         def revoke(slot: int, tag: int) -> None:
             # False (ignored) means the slot has a new owner already: nothing left to refuse.
             self._limiter.revoke_slot(slot, tag)
 
         row = await self._store.delete_key(key_id, now=self._clock(), revoke=revoke)
-        if row is None:
-            raise KeyNotFound(f"no active key with id {key_id!r}")
-        self._limiter.bump_generation()
+        if row is not None:
+            self._limiter.bump_generation()
         return row
 
-    async def rotate(self, key_id: str, *, grace: float) -> CreatedKey:
+    async def revoke_owned(self, owner: str, *, actor: Actor = INSTANCE, reason: str) -> builtins.list[KeyRow]:
+        """Delete every active key of ``owner`` (a disabled or deleted user): refused on
+        the next request on every worker. Returns the keys deleted."""
+        deleted = []
+        for row in await self._store.list_keys(owner=owner):
+            gone = await self._delete(row.id)
+            if gone is not None:
+                deleted.append(gone)
+                await self._record("key_deleted", actor, gone, reason=reason)
+        return deleted
+
+    async def rotate(self, key_id: str, *, grace: float, actor: Actor = INSTANCE) -> CreatedKey:
         """A new key with the same settings; the old one works until ``grace`` seconds
         from now, then it is refused as expired."""
         if not (grace >= 0 and math.isfinite(grace)):
             raise KeyInputError("grace must be a duration of zero or more")
-        old = await self.get(key_id)
+        old = await self.get(key_id, actor=actor)
         if old.state != "active":
             raise KeyNotFound(f"key {key_id!r} is deleted")
         now = self._clock()
@@ -211,7 +291,7 @@ class KeyService:
             if cur.rowcount == 0:
                 raise KeyNotFound(f"no active key with id {key_id!r}")
 
-        return await self._insert(  # same settings, same expiry (still in the future)
+        created = await self._insert(  # same settings, same expiry (still in the future)
             name=old.name,
             requests=old.requests,
             interval=old.interval,
@@ -223,6 +303,8 @@ class KeyService:
             before_commit=retire_old,
             key_id=new_id,
         )
+        await self._record("key_rotated", actor, old, new_key=new_id, grace_seconds=grace)
+        return created
 
 
 def new_key_id() -> str:

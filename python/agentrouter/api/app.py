@@ -34,23 +34,38 @@ limits 400/408/413, the store or limiter failing 503), anything else 500.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
 import msgspec
 
+from agentrouter._core import Decision
+from agentrouter.accounts.errors import AccountDisabled, AccountError, Busy, Throttled
+from agentrouter.actor import instance_actor
+from agentrouter.api.caller import Caller
 from agentrouter.api.docs import docs_html
 from agentrouter.api.errors import ApiError
 from agentrouter.api.openapi import openapi_json
-from agentrouter.api.routes import Context, Request, match
+from agentrouter.api.routes import Context, Request
+from agentrouter.api.table import match
+from agentrouter.api.web import (
+    CSRF_HEADER,
+    SAFE_METHODS,
+    csrf_matches,
+    origin_of,
+    read_cookies,
+    request_origins,
+    same_origin_refusal,
+)
 from agentrouter.asgi import Receive, Scope, Send, run_lifespan
-from agentrouter.auth import MANAGE_SCOPE, AuthResult, key_headers, rate_limit_headers
+from agentrouter.auth import MANAGE_SCOPE, key_headers, rate_limit_headers
 from agentrouter.config import Settings, load_settings
 from agentrouter.core import Core
 from agentrouter.cors import cors_policy
 from agentrouter.errors import AgentRouterError
-from agentrouter.keys import KeyConflict, KeyInputError, KeyNotFound
+from agentrouter.keys import EmailNotVerified, KeyConflict, KeyInputError, KeyNotFound
 from agentrouter.monitor.runner import Monitor
 from agentrouter.request_body import BodyError, BodyReader
 from agentrouter.store import StoreError
@@ -68,6 +83,11 @@ _JSON = (b"content-type", b"application/json")
 _NO_STORE = (b"cache-control", b"no-store")
 _CLOSE = (b"connection", b"close")
 _WWW_AUTH = (b"www-authenticate", b'Bearer realm="agentrouter-api"')
+_NO_REFERRER = (b"referrer-policy", b"no-referrer")
+_NO_CREDENTIALS = (
+    "Missing API key. Send a management key as 'Authorization: Bearer sk-ar-...' or as 'x-api-key: sk-ar-...', "
+    "or sign in (POST /api/v1/auth/signin) for a session cookie."
+)
 _encode = msgspec.json.Encoder().encode
 
 
@@ -93,12 +113,13 @@ class ManagementApi:
             MAX_BODY, idle_timeout=self.settings.body_idle_timeout, total_timeout=self.settings.body_timeout
         )
         self._cors = cors_policy(self.settings.cors_allow_origins)
+        self._public_origin = origin_of(self.settings.base_url) if self.settings.public_url else None
         if core is not None:
             self._bind(core)
 
     def _bind(self, core: Core) -> None:
         self.core = core
-        self._ctx = Context(core)
+        self._ctx = Context(core, self.settings)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -174,15 +195,14 @@ class ManagementApi:
             return
 
         decision: Any = None
+        extra: list[tuple[bytes, bytes]] = []
         try:
             if self._ctx is None:
                 raise ApiError(503, "The management API is starting; try again in a moment.")
-            auth = await self._authenticate(scope)
-            decision = auth.decision
-            if auth.refusal is not None:
-                headers = [_WWW_AUTH] if auth.refusal.status == 401 else []
-                raise ApiError(auth.refusal.status, auth.message, headers=headers)
             op, params, allowed = match("GET" if head else method, path)
+            caller, decision = await self._caller(
+                scope, method, public=op is not None and op.auth == "public", extra=extra
+            )
             if op is None:
                 if allowed:
                     raise _method_not_allowed(allowed)
@@ -193,26 +213,93 @@ class ManagementApi:
                 body = await self._body.read(receive, _header(scope, b"content-length"))
                 if body:
                     _check_content_type(_header(scope, b"content-type"))
-            req = Request(method, path, params, query, op.parse_body(body), auth.caller_id)
+            cookies = read_cookies(scope["headers"])
+            req = Request(method, path, params, query, op.parse_body(body), caller, cookies)
             reply = await op.handler(self._ctx, req)
         except Exception as exc:  # noqa: BLE001 - every failure gets the one error body (api_error)
-            await _send_error(send, api_error(exc, f"{method} {path}"), rate_limit_headers(decision))
+            if isinstance(exc, _Refused):
+                decision = exc.decision
+            await _send_error(send, api_error(exc, f"{method} {path}"), [*extra, *rate_limit_headers(decision)])
+            return
+        if reply.redirect is not None:
+            headers = [(b"location", reply.redirect.encode()), _NO_STORE, _NO_REFERRER, *extra, *reply.headers]
+            await _send(send, reply.status, b"", headers, head=head)
             return
         await _send(
             send,
             reply.status,
             _encode(reply.body),
-            [_JSON, _NO_STORE, *reply.headers, *rate_limit_headers(decision)],
+            [_JSON, _NO_STORE, *extra, *reply.headers, *rate_limit_headers(decision)],
             head=head,
         )
 
-    async def _authenticate(self, scope: Scope) -> AuthResult:
-        """The caller of a ``/api/v1`` request: a management key, through the process's
-        one key authenticator. (A session cookie for the console is to be tried here
-        first, giving the same ``AuthResult``.)"""
-        assert self.core is not None
-        authorization, x_api_key, repeated = key_headers(scope["headers"])
-        return await self.core.auth.authenticate(authorization, x_api_key, MANAGE_SCOPE, repeated)
+    async def _caller(
+        self, scope: Scope, method: str, *, public: bool, extra: list[tuple[bytes, bytes]]
+    ) -> tuple[Caller, Decision | None]:
+        """Who is calling, by the one rule of this API: a manage key when the request
+        carries ``Authorization`` or ``x-api-key`` (checked by the process's one key
+        authenticator, as on ``/v1``); else the session cookie (its session read from
+        the store on every request, so an ended one is refused at once on every
+        worker), with the CSRF token and a same-site ``Origin`` on a state change;
+        else nobody, which only the public routes accept. ``extra`` collects headers
+        for the answer (clearing a dead session's cookie)."""
+        assert self.core is not None and self._ctx is not None
+        headers = scope["headers"]
+        client = scope.get("client")
+        client_ip = str(client[0]) if client else None
+        agent = _header(scope, b"user-agent")
+        user_agent = agent.decode("latin-1")[:512] if agent else None
+        accounts = self.core.accounts
+        authorization, x_api_key, repeated = key_headers(headers)
+        if authorization is not None or x_api_key is not None or repeated:
+            auth = await self.core.auth.authenticate(authorization, x_api_key, MANAGE_SCOPE, repeated)
+            if auth.refusal is not None:
+                www = [_WWW_AUTH] if auth.refusal.status == 401 else []
+                raise _Refused(ApiError(auth.refusal.status, auth.message, headers=www), auth.decision)
+            assert auth.record is not None
+            key_id = auth.record.id
+            if accounts is None:
+                actor = instance_actor(via=f"key:{key_id}", client_ip=client_ip, user_agent=user_agent)
+            else:
+                try:
+                    actor = await accounts.actor_for_key(key_id, client_ip=client_ip)
+                except (AccountDisabled, KeyNotFound):
+                    raise _Refused(
+                        ApiError(401, "The owner of this management key is disabled or gone.", headers=[_WWW_AUTH]),
+                        auth.decision,
+                    ) from None
+            return Caller(actor=actor, key_id=key_id, client_ip=client_ip, user_agent=user_agent), auth.decision
+
+        cookies = self._ctx.cookies
+        token = cookies.session_token(read_cookies(headers))
+        unsafe = method not in SAFE_METHODS
+        if unsafe and (token is not None or public):
+            refusal = same_origin_refusal(_header(scope, b"origin"), _header(scope, b"referer"), self._origins(scope))
+            if refusal is not None and (token is not None or _header(scope, b"origin") is not None):
+                raise ApiError(403, refusal, code="csrf_failed")
+        if token is not None and accounts is not None:
+            info = await accounts.authenticate_session(token, client_ip=client_ip, user_agent=user_agent)
+            if info is None:
+                extra.append(cookies.clear_session())
+                if not public:
+                    raise ApiError(401, "Your session has ended or expired; sign in again.", code="session_ended")
+            else:
+                if unsafe and not public and not csrf_matches(self.core.digester, token, _header(scope, CSRF_HEADER)):
+                    raise ApiError(
+                        403,
+                        "Missing or wrong X-CSRF-Token header: a request signed in with the session cookie that "
+                        "changes something must send the session's CSRF token (from sign-in or "
+                        "GET /api/v1/auth/session).",
+                        code="csrf_failed",
+                    )
+                caller = Caller(actor=info.actor, session=info, token=token, client_ip=client_ip, user_agent=user_agent)
+                return caller, None
+        if public:
+            return Caller(actor=None, client_ip=client_ip, user_agent=user_agent), None
+        raise ApiError(401, _NO_CREDENTIALS, headers=[_WWW_AUTH])
+
+    def _origins(self, scope: Scope) -> set[str]:
+        return request_origins(scope.get("scheme", "http"), _header(scope, b"host"), self._public_origin)
 
     async def _options(self, scope: Scope, path: str, send: Send) -> None:
         """``OPTIONS`` without a key: 204 with the path's methods, and for an allowed
@@ -234,10 +321,30 @@ class ManagementApi:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+class _Refused(Exception):
+    """A refusal of the key authenticator, with the limiter's decision for the headers."""
+
+    def __init__(self, error: ApiError, decision: Decision | None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.decision = decision
+
+
 def api_error(exc: Exception, what: str = "request") -> ApiError:
     """The one mapping of a failure to the API's error body and status."""
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, _Refused):
+        return exc.error
+    if isinstance(exc, Throttled | Busy):
+        wait = max(1, math.ceil(exc.retry_after))
+        return ApiError(
+            exc.status, exc.message, field=exc.field, code=exc.code, headers=[(b"retry-after", b"%d" % wait)]
+        )
+    if isinstance(exc, AccountError):
+        return ApiError(exc.status, exc.message, field=exc.field, code=exc.code)
+    if isinstance(exc, EmailNotVerified):
+        return ApiError(403, str(exc), code=exc.code)
     if isinstance(exc, BodyError):
         return ApiError(exc.status, str(exc), headers=[_CLOSE] if exc.close else [])
     if isinstance(exc, KeyInputError):

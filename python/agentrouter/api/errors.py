@@ -1,6 +1,6 @@
 """One error shape for everything under ``/api``::
 
-    {"error": {"type": "not_found", "message": "no key with id 'key_…'", "field": null}}
+    {"error": {"type": "not_found", "message": "no key with id 'key_…'", "field": null, "code": null}}
 
 ``type`` is one of ``ERROR_TYPES``; ``field`` names the offending body field or query
 parameter (``requests``, ``rate_limit.interval``, ``label``) when there is one.
@@ -48,6 +48,9 @@ class ErrorDetail(msgspec.Struct, kw_only=True):
     message: str
     field: str | None = None
     """The body field (dotted path) or query parameter at fault, when there is one."""
+    code: str | None = None
+    """A stable, more precise reason for the account routes (``invalid_credentials``,
+    ``too_many_attempts``, ``email_not_verified``, ``csrf_failed``…); null otherwise."""
 
 
 class ErrorBody(msgspec.Struct, kw_only=True):
@@ -64,19 +67,21 @@ class ApiError(AgentRouterError):
         *,
         field: str | None = None,
         headers: list[tuple[bytes, bytes]] | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.field = field
         self.headers = headers or []
+        self.code = code
 
     @property
     def type(self) -> ErrorType:
         return STATUS_TYPES.get(self.status, "api_error" if self.status >= 500 else "invalid_request")
 
     def body(self) -> ErrorBody:
-        return ErrorBody(error=ErrorDetail(type=self.type, message=self.message, field=self.field))
+        return ErrorBody(error=ErrorDetail(type=self.type, message=self.message, field=self.field, code=self.code))
 
 
 def not_found(what: str, ident: str) -> ApiError:

@@ -12,7 +12,8 @@ from typing import Any
 import msgspec
 
 from agentrouter.api.errors import ErrorBody
-from agentrouter.api.routes import OPERATIONS, Operation
+from agentrouter.api.routes import Operation
+from agentrouter.api.table import OPERATIONS
 
 API_VERSION = "1.0.0"
 REF = "#/components/schemas/{name}"
@@ -25,18 +26,32 @@ only (new operations, new optional request fields, new response fields); anythin
 else gets a new prefix (`/api/v2`). This document is served at `/api/openapi.json`,
 a readable reference at `/api/docs`.
 
-**Authentication.** A management key: an `sk-ar-` key with scope `manage`
+**Authentication.** A management key, or a session cookie from signing in (see
+below). A management key: an `sk-ar-` key with scope `manage`
 (`agentrouter keys create --scope manage`), sent as `Authorization: Bearer sk-ar-…`
 or `x-api-key: sk-ar-…` (both only with the same key: a header given twice, or two
 different keys, is refused as ambiguous). A missing, malformed, unknown, deleted or
 expired key gets 401; an inference key gets 403. The management key's own rate limit
 applies, with `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`
 (Unix seconds) on every answer and `Retry-After` and `retry-after-ms` on a 429.
+A manage key without an owner acts as the operator (every key, every user); one
+owned by a person (`--owner EMAIL`) acts as that person.
+
+**Sessions.** `POST /api/v1/auth/signin` (or GitHub / Google through
+`/api/v1/auth/oauth/{provider}/start`) sets the session cookie `agentrouter_session`
+(HttpOnly, SameSite=Lax, 30 days; `__Host-` prefixed and Secure over https) and
+returns a `csrf_token`. With the cookie, every request that changes something must
+send `X-CSRF-Token: <csrf_token>` and come from this site (`Origin`), or it gets 403
+(`code: csrf_failed`); an ended or expired session gets 401 (`code: session_ended`).
+The same routes, bodies and errors serve both credentials: a member sees and changes
+only their own keys, usage, alerts, sessions and audit events (anyone else's are
+404, never 403); an admin sees everyone's (`owner` filter on the key list).
 
 **Errors.** One shape: `{"error": {"type", "message", "field"}}`; `type` is
 `invalid_request`, `authentication_error`, `permission_error`, `not_found`,
 `method_not_allowed`, `conflict`, `rate_limit_error` or `api_error`; `field` names the
-body field or query parameter at fault. Unknown id → 404; malformed JSON → 400; a
+body field or query parameter at fault; `code`, on the account routes, a stable
+reason (`invalid_credentials`, `too_many_attempts`, `email_not_verified`, …). Unknown id → 404; malformed JSON → 400; a
 body that does not validate → 422 naming the field, including fields a caller may
 not set (`id`, `prefix`, `digest`, `created_at`, `usage`, `state`, …), which are
 refused, never ignored. A refused request changes nothing.
@@ -59,9 +74,12 @@ _RATE_HEADERS = {
 }
 _ERROR_TEXT = {
     400: "Malformed JSON.",
-    401: "Missing, malformed, unknown, deleted or expired key.",
-    403: "The key is not a management key.",
-    404: "No such key or alert.",
+    401: "Missing, malformed, unknown, deleted or expired key; no session, or one that ended.",
+    403: "Not allowed: an inference key, a failed CSRF or Origin check, or an admin-only operation.",
+    404: "No such object, or not one of yours.",
+    302: "Redirect.",
+    502: "The OAuth provider could not be reached or answered nonsense.",
+    503: "Busy or starting; retry shortly.",
     409: "The store refused the change (for example: no free limiter slot).",
     413: "The body is too large.",
     415: "The body is not JSON (send Content-Type: application/json).",
@@ -74,7 +92,8 @@ _ERROR_TEXT = {
 def openapi_document() -> dict[str, Any]:
     types: list[Any] = [ErrorBody]
     for op in OPERATIONS:
-        types.append(op.response)
+        if op.response is not None:
+            types.append(op.response)
         if op.body is not None:
             types.append(op.body)
     _, components = msgspec.json.schema_components(types, ref_template=REF)
@@ -89,11 +108,15 @@ def openapi_document() -> dict[str, Any]:
             "description": DESCRIPTION,
         },
         "tags": [
+            {"name": "auth", "description": "Register, verify, sign in (password, GitHub, Google), sign out, reset."},
+            {"name": "account", "description": "Your account: profile, password, devices, linked sign-ins, 2FA."},
+            {"name": "users", "description": "Admins: users and invitations."},
+            {"name": "audit", "description": "The audit log of security events."},
             {"name": "keys", "description": "Create, list, update, delete and rotate API keys."},
             {"name": "usage", "description": "Usage statistics from the request log."},
             {"name": "alerts", "description": "Findings of the unusual-usage monitor."},
         ],
-        "security": [{"bearerAuth": []}, {"apiKeyHeader": []}],
+        "security": [{"bearerAuth": []}, {"apiKeyHeader": []}, {"sessionCookie": []}],
         "paths": paths,
         "components": {
             "schemas": components,
@@ -108,6 +131,16 @@ def openapi_document() -> dict[str, Any]:
                     "in": "header",
                     "name": "x-api-key",
                     "description": "x-api-key: sk-ar-… (a key with scope manage)",
+                },
+                "sessionCookie": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "agentrouter_session",
+                    "description": (
+                        "The session cookie set by sign-in (`__Host-agentrouter_session` when the server's public "
+                        "URL is https). A request with it that changes something (not GET/HEAD/OPTIONS) must also "
+                        "send `X-CSRF-Token` (from sign-in or GET /api/v1/auth/session) and a same-site `Origin`."
+                    ),
                 },
             },
         },
@@ -134,17 +167,26 @@ def _operation(op: Operation) -> dict[str, Any]:
         params.extend(_query_params(op.query))
     if params:
         out["parameters"] = params
+    if op.auth == "public":
+        out["security"] = []
     if op.body is not None:
         out["requestBody"] = {
             "required": False,
             "description": "A JSON object; an empty body counts as {}.",
             "content": {"application/json": {"schema": {"$ref": REF.format(name=op.body.__name__)}}},
         }
-    ok: dict[str, Any] = {
-        "description": "Success.",
-        "headers": dict(_RATE_HEADERS),
-        "content": {"application/json": {"schema": {"$ref": REF.format(name=op.response.__name__)}}},
-    }
+    ok: dict[str, Any]
+    if op.redirect:
+        ok = {
+            "description": "Redirect the browser.",
+            "headers": {"Location": {"description": "Where to.", "schema": {"type": "string"}}},
+        }
+    else:
+        ok = {
+            "description": "Success.",
+            "headers": dict(_RATE_HEADERS),
+            "content": {"application/json": {"schema": {"$ref": REF.format(name=op.response.__name__)}}},
+        }
     if op.status == 201:
         ok["headers"] = {
             **_RATE_HEADERS,

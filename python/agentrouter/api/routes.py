@@ -11,10 +11,11 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
+from agentrouter.actor import INSTANCE, Actor
 from agentrouter.api.errors import ApiError, not_found, validation_error
 from agentrouter.api.params import decode_cursor, encode_cursor, label_matches, parse_time
 from agentrouter.api.schemas import (
@@ -36,6 +37,7 @@ from agentrouter.api.schemas import (
     UsageQuery,
     UsageReport,
 )
+from agentrouter.config import Settings
 from agentrouter.core import Core
 from agentrouter.keys import KeyInputError, KeyNotFound, check_metadata_depth
 from agentrouter.store import KeyRow
@@ -47,42 +49,73 @@ DEFAULT_RANGE = 86400.0
 
 
 class Request:
-    """What a handler gets: path parameters, decoded query and body, the caller."""
+    """What a handler gets: path parameters, decoded query and body, the caller
+    (``caller``: an ``agentrouter.api.caller.Caller``) and the request's cookies."""
 
-    __slots__ = ("body", "caller_id", "method", "params", "path", "query")
+    __slots__ = ("body", "caller", "cookies", "method", "params", "path", "query")
 
     def __init__(
-        self, method: str, path: str, params: dict[str, str], query: Any, body: Any, caller_id: str | None
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str],
+        query: Any,
+        body: Any,
+        caller: Any = None,
+        cookies: dict[str, str] | None = None,
     ) -> None:
         self.method = method
         self.path = path
         self.params = params
         self.query = query
         self.body = body
-        self.caller_id = caller_id
+        self.caller = caller
+        self.cookies = cookies or {}
+
+    @property
+    def caller_id(self) -> str | None:
+        return getattr(self.caller, "caller_id", None)
 
 
 class Reply:
-    __slots__ = ("body", "headers", "status")
+    """A JSON answer (``body`` encoded), or with ``redirect`` a 302 to that URL."""
 
-    def __init__(self, body: Any, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    __slots__ = ("body", "headers", "redirect", "status")
+
+    def __init__(
+        self,
+        body: Any,
+        status: int = 200,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        *,
+        redirect: str | None = None,
+    ) -> None:
         self.body = body
         self.status = status
         self.headers = headers or []
+        self.redirect = redirect
 
 
 class Context:
-    """What handlers share: the opened core and the analytics on its store."""
+    """What handlers share: the opened core, the analytics on its store, the server's
+    settings, how cookies are made (``api.web``) and the OAuth providers (``api.oauth``)."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, settings: Settings | None = None) -> None:
+        from agentrouter.api.oauth import flows_from_settings
+        from agentrouter.api.web import CookiePolicy
+
         self.core = core
+        self.settings = settings if settings is not None else Settings()
         self.analytics = Analytics(core.store)
+        self.cookies = CookiePolicy(https=self.settings.https)
+        self.oauth = flows_from_settings(self.settings, core.digester, clock=core.now)
 
     def now(self) -> float:
         return self.core.now()
 
 
 Handler = Callable[[Context, Request], Awaitable[Reply]]
+Auth = Literal["manage", "user", "public"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +132,12 @@ class Operation:
     body: Any = None
     query: Any = None
     errors: tuple[int, ...] = ()
+    auth: Auth = "manage"
+    """Who may call it: ``manage`` a manage key or a session; ``user`` a signed-in person
+    (a session, or a manage key owned by one); ``public`` anyone (a session is used
+    when there is one)."""
+    redirect: bool = False
+    """Answers a 302 to a browser (the OAuth routes), not JSON."""
     regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -194,6 +233,7 @@ def key_out(row: KeyRow) -> Key:
         expires_at=row.expires_at,
         rate_limit=None if row.requests is None else RateLimit(requests=row.requests, interval=row.interval or 60.0),
         metadata=row.metadata,
+        owner=row.owner,
         rotated_to=row.rotated_to,
         deleted_at=row.deleted_at,
         usage=KeyUsage(
@@ -245,9 +285,16 @@ def _input_error(exc: KeyInputError) -> ApiError:
     return ApiError(422, message, field=_INPUT_FIELDS.get(first))
 
 
-async def _key_row(ctx: Context, key_id: str, *, include_deleted: bool = False) -> KeyRow:
+def _actor(req: Request) -> Actor:
+    """The actor of a key route (the router made sure there is a credential)."""
+    actor = getattr(req.caller, "actor", None)
+    return INSTANCE if actor is None else actor
+
+
+async def _key_row(ctx: Context, key_id: str, actor: Actor, *, include_deleted: bool = False) -> KeyRow:
+    """The key when ``actor`` may see it; 404 alike for a missing key and someone else's."""
     try:
-        row = await ctx.core.keys.get(key_id)
+        row = await ctx.core.keys.get(key_id, actor=actor)
     except KeyNotFound:
         raise not_found("key", key_id) from None
     if row.state != "active" and not include_deleted:
@@ -271,7 +318,11 @@ def _check_metadata(metadata: dict[str, Any] | None) -> None:
 
 async def list_keys(ctx: Context, req: Request) -> Reply:
     q: KeysQuery = req.query
-    rows = await ctx.core.keys.list(include_deleted=q.include_deleted)
+    actor = _actor(req)
+    owner = actor.user_id if q.owner == "me" else q.owner
+    if q.owner == "me" and owner is None:
+        raise ApiError(422, "owner: 'me' needs a caller that is a person (a session or an owned key)", field="owner")
+    rows = await ctx.core.keys.list(include_deleted=q.include_deleted, actor=actor, owner=owner)
     if q.label:
         rows = [r for r in rows if label_matches(r.metadata, q.label)]
     rows.sort(key=lambda r: (r.created_at, r.id))
@@ -300,6 +351,8 @@ async def create_key(ctx: Context, req: Request) -> Reply:
             metadata=b.metadata,
             expires_in=b.expires_in,
             scope=b.scope,
+            owner=b.owner,
+            actor=_actor(req),
         )
     except KeyInputError as exc:
         raise _input_error(exc) from None
@@ -308,7 +361,7 @@ async def create_key(ctx: Context, req: Request) -> Reply:
 
 async def get_key(ctx: Context, req: Request) -> Reply:
     q: KeyQuery = req.query
-    return Reply(key_out(await _key_row(ctx, req.params["key_id"], include_deleted=q.include_deleted)))
+    return Reply(key_out(await _key_row(ctx, req.params["key_id"], _actor(req), include_deleted=q.include_deleted)))
 
 
 async def update_key(ctx: Context, req: Request) -> Reply:
@@ -328,11 +381,12 @@ async def update_key(ctx: Context, req: Request) -> Reply:
         changes["metadata"] = b.metadata
     if b.expires_in is not msgspec.UNSET:
         changes["expires_at"] = None if b.expires_in is None else ctx.now() + b.expires_in
-    await _key_row(ctx, key_id)  # 404 before anything else
+    actor = _actor(req)
+    await _key_row(ctx, key_id, actor)  # 404 before anything else
     if not changes:
-        return Reply(key_out(await _key_row(ctx, key_id)))
+        return Reply(key_out(await _key_row(ctx, key_id, actor)))
     try:
-        row = await ctx.core.keys.update(key_id, **changes)
+        row = await ctx.core.keys.update(key_id, **changes, actor=actor)
     except KeyInputError as exc:
         raise _input_error(exc) from None
     except KeyNotFound:
@@ -343,7 +397,7 @@ async def update_key(ctx: Context, req: Request) -> Reply:
 async def delete_key(ctx: Context, req: Request) -> Reply:
     key_id = req.params["key_id"]
     try:
-        row = await ctx.core.keys.delete(key_id)
+        row = await ctx.core.keys.delete(key_id, actor=_actor(req))
     except KeyNotFound:
         raise not_found("key", key_id) from None
     return Reply(key_out(row))
@@ -352,9 +406,10 @@ async def delete_key(ctx: Context, req: Request) -> Reply:
 async def rotate_key(ctx: Context, req: Request) -> Reply:
     b: KeyRotate = req.body
     key_id = req.params["key_id"]
-    await _key_row(ctx, key_id)
+    actor = _actor(req)
+    await _key_row(ctx, key_id, actor)
     try:
-        created = await ctx.core.keys.rotate(key_id, grace=b.grace_seconds)
+        created = await ctx.core.keys.rotate(key_id, grace=b.grace_seconds, actor=actor)
     except KeyInputError as exc:
         raise _input_error(exc) from None
     except KeyNotFound:
@@ -365,12 +420,14 @@ async def rotate_key(ctx: Context, req: Request) -> Reply:
 # -- usage -----------------------------------------------------------------------
 
 
-async def _usage(ctx: Context, q: UsageQuery, key_id: str | None) -> Reply:
+async def _usage(ctx: Context, q: UsageQuery, key_id: str | None, owner: str | None = None) -> Reply:
     now = ctx.now()
     until = now if q.until is None else parse_time(q.until, now=now, field="until")
     since = until - DEFAULT_RANGE if q.since is None else parse_time(q.since, now=now, field="since")
     try:
-        report: UsageReport = await ctx.analytics.usage(since=since, until=until, bucket=q.by, key_id=key_id)
+        report: UsageReport = await ctx.analytics.usage(
+            since=since, until=until, bucket=q.by, key_id=key_id, owner=owner
+        )
     except UsageQueryError as exc:
         raise ApiError(422, f"{exc.field}: {exc}", field=exc.field) from None
     return Reply(report)
@@ -378,15 +435,17 @@ async def _usage(ctx: Context, q: UsageQuery, key_id: str | None) -> Reply:
 
 async def key_usage(ctx: Context, req: Request) -> Reply:
     key_id = req.params["key_id"]
-    await _key_row(ctx, key_id, include_deleted=True)
+    await _key_row(ctx, key_id, _actor(req), include_deleted=True)
     return await _usage(ctx, req.query, key_id)
 
 
 async def overall_usage(ctx: Context, req: Request) -> Reply:
     q: OverallUsageQuery = req.query
+    actor = _actor(req)
     if q.key_id is not None:
-        await _key_row(ctx, q.key_id, include_deleted=True)
-    return await _usage(ctx, q, q.key_id)
+        await _key_row(ctx, q.key_id, actor, include_deleted=True)
+    # A member's "all keys" are their own keys.
+    return await _usage(ctx, q, q.key_id, owner=None if actor.is_admin else actor.user_id)
 
 
 # -- alerts ----------------------------------------------------------------------
@@ -396,8 +455,16 @@ async def list_alerts(ctx: Context, req: Request) -> Reply:
     q: AlertsQuery = req.query
     before = decode_cursor(q.cursor) if q.cursor is not None else None
     acknowledged = {"open": False, "acknowledged": True, "all": None}[q.status]
+    actor = _actor(req)
+    if q.key_id is not None:
+        await _key_row(ctx, q.key_id, actor, include_deleted=True)
     rows = await ctx.analytics.list_alerts(
-        kind=q.kind, key_id=q.key_id, acknowledged=acknowledged, before=before, limit=q.limit + 1
+        kind=q.kind,
+        key_id=q.key_id,
+        acknowledged=acknowledged,
+        before=before,
+        limit=q.limit + 1,
+        owner=None if actor.is_admin else actor.user_id,
     )
     page = rows[: q.limit]
     has_more = len(rows) > q.limit
@@ -411,15 +478,24 @@ async def list_alerts(ctx: Context, req: Request) -> Reply:
 
 
 async def get_alert(ctx: Context, req: Request) -> Reply:
-    alert_id = req.params["alert_id"]
+    return Reply(alert_out(await _alert_row(ctx, req, req.params["alert_id"])))
+
+
+async def _alert_row(ctx: Context, req: Request, alert_id: str) -> AlertRow:
+    """The alert when the caller may see its key (404 alike otherwise)."""
     row = await ctx.analytics.get_alert(alert_id)
     if row is None:
         raise not_found("alert", alert_id)
-    return Reply(alert_out(row))
+    try:
+        await ctx.core.keys.get(row.key_id, actor=_actor(req))
+    except KeyNotFound:
+        raise not_found("alert", alert_id) from None
+    return row
 
 
 async def acknowledge_alert(ctx: Context, req: Request) -> Reply:
     alert_id = req.params["alert_id"]
+    await _alert_row(ctx, req, alert_id)
     row = await ctx.analytics.acknowledge_alert(alert_id, now=ctx.now())
     if row is None:
         raise not_found("alert", alert_id)
@@ -432,7 +508,7 @@ _READ = (401, 403, 429)
 _KEY = "/api/v1/keys/{key_id}"
 _ALERT = "/api/v1/alerts/{alert_id}"
 
-OPERATIONS: tuple[Operation, ...] = (
+KEY_OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "GET",
         "/api/v1/keys",
@@ -574,16 +650,3 @@ OPERATIONS: tuple[Operation, ...] = (
         errors=(*_READ, 404),
     ),
 )
-
-
-def match(method: str, path: str) -> tuple[Operation | None, dict[str, str], list[str]]:
-    """(operation, path params, methods allowed on the path)."""
-    allowed: list[str] = []
-    for op in OPERATIONS:
-        m = op.regex.match(path)
-        if m is None:
-            continue
-        if op.method == method:
-            return op, m.groupdict(), []
-        allowed.append(op.method)
-    return None, {}, allowed

@@ -96,6 +96,7 @@ class Key(msgspec.Struct, kw_only=True):
     expires_at: Annotated[float | None, Meta(description="Unix seconds; null: never expires.")]
     rate_limit: Annotated[RateLimit | None, Meta(description="null: no limit.")]
     metadata: Annotated[dict[str, Any], Meta(description="Labels: a JSON object.")]
+    owner: Annotated[str | None, Meta(description="The user id of its owner; null: an instance key (admins).")]
     rotated_to: Annotated[str | None, Meta(description="Set once the key was rotated: its successor's id.")]
     deleted_at: float | None
     usage: KeyUsage
@@ -127,6 +128,18 @@ class KeyCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         Meta(description="The key stops working this many seconds after creation; null or absent: never."),
     ] = None
     scope: Annotated[Scope, Meta(description="inference (default) for /v1 calls; manage for this API.")] = "inference"
+    owner: (
+        Annotated[
+            str,
+            Meta(
+                min_length=1,
+                max_length=64,
+                description="Admins: the user id the key is for. A member's keys are always their own; "
+                "a manage key without an owner makes instance keys unless this names a user.",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class KeyUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -232,6 +245,17 @@ class KeysQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
         ),
     ] = []
     include_deleted: Annotated[bool, Meta(description="Also list deleted keys.")] = False
+    owner: (
+        Annotated[
+            str,
+            Meta(
+                min_length=1,
+                max_length=64,
+                description="Admins: only the keys of this user id (`me`: your own). Members see their own only.",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class KeyQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):

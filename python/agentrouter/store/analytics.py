@@ -188,8 +188,10 @@ class Analytics:
         until: float,
         bucket: Bucket = "hour",
         key_id: str | None = None,
+        owner: str | None = None,
     ) -> UsageReport:
-        """Totals, a dense time series and the per-model breakdown over [since, until).
+        """Totals, a dense time series and the per-model breakdown over [since, until),
+        of one key, of the keys of one ``owner`` (a user id), or of every key.
 
         ``since`` is aligned down to a bucket boundary (UTC), so the series' buckets
         are whole and the totals equal the sum of the series.
@@ -216,6 +218,9 @@ class Analytics:
         if key_id is not None:
             where += " AND key_id = :key_id"
             params["key_id"] = key_id
+        if owner is not None:
+            where += " AND key_id IN (SELECT id FROM keys WHERE owner = :owner)"
+            params["owner"] = owner
 
         series_stats = await self._grouped("CAST(time / :width AS INTEGER)", where, params)
         totals = (await self._grouped("0", where, params)).get(0, UsageStats())
@@ -372,9 +377,11 @@ class Analytics:
         since: float | None = None,
         before: tuple[float, str] | None = None,
         limit: int = 100,
+        owner: str | None = None,
     ) -> list[AlertRow]:
         """Newest first. ``acknowledged``: False only open alerts, True only
-        acknowledged ones, None both. ``before`` is a (created_at, id) cursor."""
+        acknowledged ones, None both. ``before`` is a (created_at, id) cursor.
+        ``owner``: only alerts of that user's keys."""
         clauses: list[str] = []
         args: list[Any] = []
         if kind is not None:
@@ -383,6 +390,9 @@ class Analytics:
         if key_id is not None:
             clauses.append("key_id = ?")
             args.append(key_id)
+        if owner is not None:
+            clauses.append("key_id IN (SELECT id FROM keys WHERE owner = ?)")
+            args.append(owner)
         if acknowledged is True:
             clauses.append("acknowledged_at IS NOT NULL")
         elif acknowledged is False:

@@ -114,3 +114,119 @@ class AlertRow(msgspec.Struct, kw_only=True):
     acknowledged_at: float | None = None
     notified_at: float | None = None
     notify_attempts: int = 0
+
+
+# -- accounts (agentrouter.accounts) ---------------------------------------------
+
+Role = Literal["admin", "member"]
+ROLES: tuple[str, ...] = ("admin", "member")
+TokenKind = Literal["verify", "reset", "setup", "second_factor"]
+Provider = Literal["github", "google"]
+PROVIDERS: tuple[str, ...] = ("github", "google")
+
+
+class UserRow(msgspec.Struct, kw_only=True):
+    """A person. ``email`` is stored as given; ``email_key`` (its case-folded form) is
+    unique, so addresses compare case-insensitively. Never the password (only its
+    Argon2id hash), never the TOTP secret in the clear (sealed)."""
+
+    id: str
+    email: str
+    email_key: str
+    display_name: str | None
+    password_hash: str | None
+    email_verified_at: float | None
+    role: Role
+    disabled: bool
+    created_at: float
+    last_login_at: float | None = None
+    password_changed_at: float | None = None
+    totp_secret: bytes | None = None
+    """Sealed (AES-GCM under a key derived from the server secret); set from enrolment on."""
+    totp_enabled_at: float | None = None
+    """Set once the enrolment was confirmed with a code: sign-in then asks for one."""
+    totp_last_step: int | None = None
+    """The TOTP time step last accepted: a code is never accepted twice."""
+
+    @property
+    def email_verified(self) -> bool:
+        return self.email_verified_at is not None
+
+    @property
+    def has_password(self) -> bool:
+        return self.password_hash is not None
+
+    @property
+    def totp_enabled(self) -> bool:
+        return self.totp_enabled_at is not None
+
+
+class SessionRow(msgspec.Struct, kw_only=True):
+    """A signed-in browser. Only the token's digest is stored (not in this record)."""
+
+    id: str
+    user_id: str
+    method: str
+    """How the session was signed in: password, github, google, setup, reset."""
+    created_at: float
+    last_seen_at: float
+    expires_at: float
+    client_ip: str | None
+    user_agent: str | None
+    device: str | None
+    """A label such as "Firefox on Linux" (ua-parser)."""
+
+
+class TokenRow(msgspec.Struct, kw_only=True):
+    """A one-time token (verification, reset, setup, pending second factor)."""
+
+    kind: TokenKind
+    user_id: str | None
+    email: str | None
+    created_at: float
+    expires_at: float | None
+    detail: dict[str, Any]
+
+
+class IdentityRow(msgspec.Struct, kw_only=True):
+    """An OAuth identity: the provider's stable id (``subject``) linked to a user."""
+
+    provider: Provider
+    subject: str
+    user_id: str
+    email: str | None
+    created_at: float
+    last_used_at: float | None = None
+
+
+class InvitationRow(msgspec.Struct, kw_only=True):
+    """An admin's invitation to register (single use, expiring, optionally bound to
+    one address)."""
+
+    id: str
+    email: str | None
+    role: Role
+    created_by: str | None
+    created_at: float
+    expires_at: float
+    used_at: float | None = None
+    used_by: str | None = None
+
+
+class AuditEvent(msgspec.Struct, kw_only=True):
+    """One security event. Never a key, token, code or password."""
+
+    id: int
+    time: float
+    event: str
+    actor: str | None
+    """Who did it: a user id, ``key:<id>`` (a manage key), ``cli``, or None (an
+    unauthenticated caller, e.g. a failed sign-in)."""
+    user_id: str | None
+    """The account the event is about (its owner sees it)."""
+    target: str | None
+    """What it acted on: a session id, key id, identity (``github:123``), invitation id."""
+    method: str | None
+    """How: password, github, google, totp, recovery_code, …"""
+    client_ip: str | None
+    detail: dict[str, Any]

@@ -85,15 +85,25 @@ class Store:
     async def _migrate(self) -> None:
         if await self.schema_version() >= len(MIGRATIONS):
             return
-        async with self.transaction() as db:
-            # Read again inside the lock: another process may have migrated meanwhile.
-            async with db.execute("PRAGMA user_version") as cur:
-                row = await cur.fetchone()
-            current = int(row[0]) if row else 0
-            for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
-                for statement in _statements(script):
-                    await db.execute(statement)
-                await db.execute(f"PRAGMA user_version = {version}")
+        # Foreign keys off while migrating (SQLite's procedure for rebuilding a table
+        # that others reference; the pragma is a no-op inside a transaction), then
+        # checked in full before the commit: a migration that breaks one rolls back.
+        await self._db.execute("PRAGMA foreign_keys=OFF")
+        try:
+            async with self.transaction() as db:
+                # Read again inside the lock: another process may have migrated meanwhile.
+                async with db.execute("PRAGMA user_version") as cur:
+                    row = await cur.fetchone()
+                current = int(row[0]) if row else 0
+                for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+                    for statement in _statements(script):
+                        await db.execute(statement)
+                    await db.execute(f"PRAGMA user_version = {version}")
+                broken = list(await db.execute_fetchall("PRAGMA foreign_key_check"))
+                if broken:
+                    raise StoreError(f"the migration broke {len(broken)} foreign key(s), e.g. {tuple(broken[0])}")
+        finally:
+            await self._db.execute("PRAGMA foreign_keys=ON")
 
     # -- keys ----------------------------------------------------------------
 
@@ -171,9 +181,16 @@ class Store:
         rows = list(await self._db.execute_fetchall(f"{_KEY_SELECT} WHERE k.id = ?", (key_id,)))
         return _key_row(rows[0]) if rows else None
 
-    async def list_keys(self, *, include_deleted: bool = False) -> list[KeyRow]:
-        where = "" if include_deleted else " WHERE k.state = 'active'"
-        rows = await self._db.execute_fetchall(f"{_KEY_SELECT}{where} ORDER BY k.created_at, k.id")
+    async def list_keys(self, *, include_deleted: bool = False, owner: str | None = None) -> list[KeyRow]:
+        """Active keys (and deleted ones with ``include_deleted``); only ``owner``'s
+        when given."""
+        clauses: list[str] = [] if include_deleted else ["k.state = 'active'"]
+        args: list[Any] = []
+        if owner is not None:
+            clauses.append("k.owner = ?")
+            args.append(owner)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self._db.execute_fetchall(f"{_KEY_SELECT}{where} ORDER BY k.created_at, k.id", args)
         return [_key_row(r) for r in rows]
 
     async def active_keys_with_digests(self) -> list[tuple[bytes, KeyRow]]:
