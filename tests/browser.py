@@ -2,9 +2,11 @@
 Playwright for Python, against a real ``agentrouter serve --workers 2`` on a real
 SQLite file.
 
-* ``browser``: one Chromium for the session, launched from ``/usr/bin/chromium``
+* ``browser``: one Chromium per test module, launched from ``/usr/bin/chromium``
   (``CHROMIUM`` overrides it); Playwright cannot download its own browsers here, and
-  ``scripts/install-services`` installs Debian's.
+  ``scripts/install-services`` installs Debian's. (Per module, not per session: the
+  sync API runs an event loop in the main thread while it is open, and the asyncio
+  tests of later modules need that thread free of one.)
 * ``console_server``: one real server for the session (``ConsoleServer``; its data
   directory, log and CLI), started like an operator would.
 * ``web``: a ``Web`` per test: browser contexts (each its own cookie jar: a "device")
@@ -149,7 +151,7 @@ class Web:
             context.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 

@@ -34,6 +34,10 @@ EMPTY_LIST = dict(
     errors={},
     without_label=str,
     with_label=str,
+    whose="me",
+    owners={},
+    tabs=False,
+    tab_url=str,
 )
 FORM = {"content-type": "application/x-www-form-urlencoded", "origin": ORIGIN, "host": HOST}
 
@@ -154,7 +158,7 @@ def test_no_inline_script_or_style_anywhere() -> None:
 async def test_a_page_that_needs_a_user_sends_to_sign_in_and_back(app: Gateway) -> None:
     reply = await call(app, "GET", "/keys/key_abc", query=b"range=7d")
     assert reply.status == 303
-    assert reply.headers["location"] == "/sign-in?next=%2Fkeys%2Fkey_abc%3Frange%3D7d"
+    assert reply.headers["location"] == "/sign-in?next=/keys/key_abc%3Frange%3D7d"
     signin = await call(app, "GET", "/sign-in", query=b"next=%2Fkeys%2Fkey_abc%3Frange%3D7d")
     assert signin.status == 200 and 'name="next" value="/keys/key_abc?range=7d"' in text(signin)
 
@@ -188,9 +192,8 @@ async def test_the_empty_key_list_says_what_to_do_first(app: Gateway) -> None:
     # (A caller with a management key always sees that key: the page as a new user sees it.)
     site = app._fallback
     assert site is not None
-    page = site.console.page(
-        None, "keys.html", Viewer(user={"email": "new@example.com", "role": "member"}), **EMPTY_LIST
-    ).body.decode()
+    viewer = Viewer(user={"email": "new@example.com", "role": "member", "email_verified": True})
+    page = site.console.page(None, "keys.html", viewer, **EMPTY_LIST).body.decode()
     assert "No keys yet" in page and 'href="/keys/new"' in page and "shown only once" in page
 
 

@@ -14,6 +14,7 @@ import re
 
 import openai
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser import ConsoleServer, Web
 from tests.waiting import until_sync
@@ -55,16 +56,17 @@ def test_create_copy_call_see_and_delete(web: Web, console_server: ConsoleServer
     labels = page.get_by_label("Labels (metadata, JSON, optional)")
     labels.fill('{"environment": "production", "team": ')
     error = page.locator("#e-metadata")
-    assert error.is_visible() and error.inner_text().startswith("Not valid JSON")  # checked in place
+    expect(error).to_be_visible()  # checked in place, as it is typed
+    expect(error).to_contain_text("Not valid JSON")
     labels.fill('{"environment": "production", "team": "engineering"}')
-    assert error.is_hidden()
+    expect(error).to_be_hidden()
     web.shoot(page, "key-new")
     page.get_by_role("button", name="Create").click()
     page.wait_for_url("**/keys/new")
     assert page.get_by_role("heading", name="Key created").is_visible()
     assert "will not be shown again" in page.inner_text(".shown-once")
     page.locator(".shown-once").get_by_role("button", name="Copy").click()
-    assert page.inner_text("[data-copied-for='#new-key']") == "Copied to the clipboard."
+    expect(page.locator("[data-copied-for='#new-key']")).to_have_text("Copied to the clipboard.")
     key = page.evaluate("navigator.clipboard.readText()")
     assert re.fullmatch(r"sk-ar-[A-Za-z0-9]{38}", key) and key == page.input_value("#new-key")
     snippet = page.inner_text("#snippet-openai")
@@ -164,7 +166,7 @@ def test_every_key_page_at_desktop_and_phone_width(
         web.shoot(page, name)
     signed_out = web.page()
     signed_out.goto("/keys")
-    assert signed_out.url.endswith("/sign-in?next=%2Fkeys")
+    assert signed_out.url.endswith("/sign-in?next=/keys")
     web.shoot(signed_out, "sign-in")
 
 

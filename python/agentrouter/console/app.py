@@ -82,7 +82,7 @@ class Route:
     regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[A-Za-z0-9_.~-]+)", self.path)
+        pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[A-Za-z0-9_.~:-]+)", self.path)
         object.__setattr__(self, "regex", re.compile(f"^{pattern}$"))
 
 
@@ -176,7 +176,14 @@ class Console:
     # -- helpers for the handlers ----------------------------------------------
 
     def page(
-        self, req: Request | None, template: str, viewer: Viewer | None = None, http_status: int = 200, **ctx: Any
+        self,
+        req: Request | None,
+        template: str,
+        viewer: Viewer | None = None,
+        http_status: int = 200,
+        *,
+        no_referrer: bool = False,
+        **ctx: Any,
     ) -> Response:
         flash = None
         if req is not None and FLASH_COOKIE in req.cookies:
@@ -190,7 +197,7 @@ class Console:
             "title": ctx.pop("title", "AgentRouter"),
             **ctx,
         }
-        return html(self.renderer.render(template, context), http_status)
+        return html(self.renderer.render(template, context), http_status, no_referrer=no_referrer)
 
     def error_page(self, viewer: Viewer | None, status: int, message: str, req: Request | None = None) -> Response:
         titles = {

@@ -1,43 +1,312 @@
-"""Signing in and out: the forms of the accounts routes of ``/api/v1``."""
+"""Signing in and everything before it: sign in (password, then the two-factor step
+when it is on; GitHub and Google when configured), sign out, register, verify an
+email address, reset a password, and the first admin's setup. Each form is the body
+of one public account route of ``/api/v1/auth/…``.
+
+The links in mails lead here (``accounts.service``: ``/verify-email``,
+``/reset-password``, ``/register``, ``/setup``, each with ``?token=``). Opening one
+changes nothing by itself — mail scanners open links too — the page asks for the
+click (and the password) that posts the token. Pages whose URL holds a token are
+sent with ``Referrer-Policy: no-referrer``.
+"""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from agentrouter.console.app import Console
+from agentrouter.console.client import ApiReply
 from agentrouter.console.http import Request, Response, redirect, safe_next
 
-__all__ = ["signin", "signin_page", "signout"]
+__all__ = [
+    "register",
+    "register_page",
+    "resend",
+    "reset",
+    "reset_page",
+    "setup",
+    "setup_page",
+    "signin",
+    "signin_page",
+    "signout",
+    "two_factor",
+    "two_factor_page",
+    "verify",
+    "verify_page",
+]
+
+PROVIDER_NAMES = {"github": "GitHub", "google": "Google"}
+
+
+async def sign_in_methods(c: Console, req: Request) -> dict[str, Any]:
+    """``GET /api/v1/auth/providers``: password, the OAuth providers configured, the
+    registration mode, whether the first admin is still to be set up."""
+    reply = await c.call(req, "GET", "/api/v1/auth/providers")
+    data = reply.data if reply.ok and isinstance(reply.data, dict) else {}
+    return {
+        "providers": [(p, PROVIDER_NAMES.get(p, p)) for p in data.get("providers", [])],
+        "registration": data.get("registration", "invite"),
+        "setup_required": bool(data.get("setup_required", False)),
+    }
+
+
+def field_errors(reply: ApiReply, fields: tuple[str, ...]) -> dict[str, str]:
+    """The API's error next to the form's input of the same name, else over the form;
+    a throttled attempt says when to try again."""
+    message = reply.message
+    retry = reply.retry_after
+    if reply.status == 429 and retry is not None:
+        at = time.strftime("%H:%M:%S", time.gmtime(time.time() + retry))
+        message = f"{message} Try again in {retry} s (at {at} UTC)."
+    field = reply.field
+    if field in fields:
+        return {field: message}
+    return {"form": message}
+
+
+def _throttle(reply: ApiReply) -> dict[str, Any]:
+    if reply.status == 429 and reply.retry_after is not None:
+        return {"retry_at": time.time() + reply.retry_after, "retry_after": reply.retry_after}
+    return {}
+
+
+# -- sign in ------------------------------------------------------------------------
+
+
+async def _signin_form(
+    c: Console, req: Request, next_path: str, values: dict[str, str], errors: dict[str, str], **extra: Any
+) -> Response:
+    methods = await sign_in_methods(c, req)
+    return c.page(
+        req, "signin.html", None, title="Sign in", next=next_path, values=values, errors=errors, **methods, **extra
+    )
 
 
 async def signin_page(c: Console, req: Request) -> Response:
-    viewer = await c.viewer(req)
     next_path = safe_next(req.arg("next"))
-    if viewer is not None:
+    if await c.viewer(req) is not None:
         return redirect(next_path)
-    return c.page(req, "signin.html", None, title="Sign in", next=next_path, values={}, errors={})
+    errors = {}
+    if req.arg("ended"):
+        errors["form"] = "Your session has ended or expired: sign in again to go on."
+    return await _signin_form(c, req, next_path, {}, errors)
 
 
 async def signin(c: Console, req: Request) -> Response:
     next_path = safe_next(req.field("next"))
     email = req.field("email")
-    reply = await c.call(
-        req, "POST", "/api/v1/auth/signin", body={"email": email, "password": req.form.get("password", [""])[0]}
-    )
+    body = {"email": email, "password": req.form.get("password", [""])[0]}
+    reply = await c.call(req, "POST", "/api/v1/auth/signin", body=body)
+    if reply.ok and reply.data.get("status") == "two_factor_required":
+        return _two_factor_form(c, req, next_path, str(reply.data.get("two_factor_token") or ""), {})
     if reply.ok:
         return redirect(next_path)
-    errors = {"form": reply.message}
-    if reply.status == 429 and reply.retry_after is not None:
-        errors["form"] = f"{reply.message} Try again in {reply.retry_after} s."
-    return c.page(
-        req,
-        "signin.html",
-        None,
-        title="Sign in",
-        next=next_path,
-        values={"email": email},
-        errors=errors,
+    return await _signin_form(
+        c, req, next_path, {"email": email}, field_errors(reply, ("email", "password")), **_throttle(reply)
     )
+
+
+def _two_factor_form(c: Console, req: Request, next_path: str, token: str, errors: dict[str, str]) -> Response:
+    return c.page(req, "two_factor.html", None, title="Two-factor sign-in", next=next_path, token=token, errors=errors)
+
+
+async def two_factor_page(c: Console, req: Request) -> Response:
+    """Where an OAuth sign-in that needs a code lands (its pending sign-in is a cookie)."""
+    return _two_factor_form(c, req, safe_next(req.arg("next")), "", {})
+
+
+async def two_factor(c: Console, req: Request) -> Response:
+    next_path = safe_next(req.field("next"))
+    token = req.field("two_factor_token")
+    body: dict[str, Any] = {"code": req.field("code").replace(" ", "")}
+    if token:
+        body["two_factor_token"] = token
+    reply = await c.call(req, "POST", "/api/v1/auth/signin/two-factor", body=body)
+    if reply.ok and reply.data.get("status") == "signed_in":
+        return redirect(next_path)
+    errors = field_errors(reply, ("code",)) if not reply.ok else {"form": "Sign in again."}
+    if reply.field == "two_factor_token" or reply.code == "invalid_token":
+        errors = {"form": "This sign-in took too long; sign in again."}
+    return _two_factor_form(c, req, next_path, token, errors)
 
 
 async def signout(c: Console, req: Request) -> Response:
     await c.call(req, "POST", "/api/v1/auth/signout", csrf=req.field("csrf_token"))
-    return redirect("/sign-in")
+    return c.flash("/sign-in", "Signed out.")
+
+
+# -- register, verify ---------------------------------------------------------------
+
+
+async def _register_form(
+    c: Console, req: Request, token: str, values: dict[str, str], errors: dict[str, str]
+) -> Response:
+    methods = await sign_in_methods(c, req)
+    invitation = None
+    if token:
+        checked = await c.call(req, "POST", "/api/v1/auth/invitation", body={"token": token})
+        if checked.ok:
+            invitation = checked.data
+            if invitation.get("email") and not values.get("email"):
+                values = {**values, "email": invitation["email"]}
+        else:
+            errors = {"form": checked.message, **errors}
+    return c.page(
+        req,
+        "register.html",
+        None,
+        title="Create your account",
+        token=token,
+        invitation=invitation,
+        values=values,
+        errors=errors,
+        no_referrer=bool(token),
+        **methods,
+    )
+
+
+async def register_page(c: Console, req: Request) -> Response:
+    return await _register_form(c, req, req.arg("token"), {}, {})
+
+
+async def register(c: Console, req: Request) -> Response:
+    token = req.field("token")
+    values = {"email": req.field("email"), "display_name": req.field("display_name")}
+    body: dict[str, Any] = {"email": values["email"], "password": req.form.get("password", [""])[0]}
+    if values["display_name"]:
+        body["display_name"] = values["display_name"]
+    if token:
+        body["invitation"] = token
+    reply = await c.call(req, "POST", "/api/v1/auth/register", body=body)
+    if reply.ok:
+        return c.page(
+            req,
+            "notice.html",
+            None,
+            title="Check your mail",
+            message=reply.data.get("message", ""),
+            next_steps="Then sign in. Until your address is verified you can sign in, but not create keys.",
+            no_referrer=True,
+        )
+    errors = field_errors(reply, ("email", "password", "display_name"))
+    if reply.field == "invitation":
+        errors = {"form": reply.message}
+    return await _register_form(c, req, token, values, errors)
+
+
+async def verify_page(c: Console, req: Request) -> Response:
+    token = req.arg("token")
+    return c.page(req, "verify.html", None, title="Verify your email address", token=token, errors={}, no_referrer=True)
+
+
+async def verify(c: Console, req: Request) -> Response:
+    token = req.field("token")
+    reply = await c.call(req, "POST", "/api/v1/auth/verify", body={"token": token})
+    if reply.ok:
+        viewer = await c.viewer(req)
+        return c.flash("/keys" if viewer is not None else "/sign-in", reply.data.get("message", "Verified."))
+    return c.page(
+        req,
+        "verify.html",
+        None,
+        title="Verify your email address",
+        token=token,
+        errors={"form": reply.message},
+        no_referrer=True,
+    )
+
+
+async def resend(c: Console, req: Request) -> Response:
+    """A new verification link to the signed-in user's own address."""
+    reply = await c.call(req, "POST", "/api/v1/auth/verify/resend", body={}, csrf=req.field("csrf_token"))
+    back = safe_next(req.field("next"))
+    if reply.status == 401:
+        raise c.fail(req, None, reply, back=back)
+    return c.flash(back, reply.message if not reply.ok else reply.data.get("message", "Sent."))
+
+
+# -- reset ---------------------------------------------------------------------------
+
+
+async def reset_page(c: Console, req: Request) -> Response:
+    token = req.arg("token")
+    return c.page(
+        req, "reset.html", None, title="Reset your password", token=token, values={}, errors={}, no_referrer=True
+    )
+
+
+async def reset(c: Console, req: Request) -> Response:
+    token = req.field("token")
+    if not token:
+        email = req.field("email")
+        reply = await c.call(req, "POST", "/api/v1/auth/password/reset", body={"email": email})
+        if reply.ok:
+            return c.page(
+                req,
+                "notice.html",
+                None,
+                title="Check your mail",
+                message=reply.data.get("message", ""),
+                next_steps="The link works once, for a short while.",
+            )
+        return c.page(
+            req,
+            "reset.html",
+            None,
+            title="Reset your password",
+            token="",
+            values={"email": email},
+            errors=field_errors(reply, ("email",)),
+            **_throttle(reply),
+        )
+    body = {"token": token, "password": req.form.get("password", [""])[0]}
+    reply = await c.call(req, "POST", "/api/v1/auth/password/reset/confirm", body=body)
+    if reply.ok:
+        return c.flash("/sign-in", reply.data.get("message", "Your password is set."))
+    errors = field_errors(reply, ("password",))
+    if reply.field == "token" or reply.code == "invalid_token":
+        errors = {"form": reply.message}
+    return c.page(
+        req, "reset.html", None, title="Reset your password", token=token, values={}, errors=errors, no_referrer=True
+    )
+
+
+# -- the first admin ----------------------------------------------------------------
+
+
+async def setup_page(c: Console, req: Request) -> Response:
+    return c.page(
+        req,
+        "setup.html",
+        None,
+        title="Create the first admin account",
+        token=req.arg("token"),
+        values={},
+        errors={},
+        no_referrer=True,
+    )
+
+
+async def setup(c: Console, req: Request) -> Response:
+    token = req.field("token")
+    values = {"email": req.field("email"), "display_name": req.field("display_name")}
+    body: dict[str, Any] = {"token": token, "email": values["email"], "password": req.form.get("password", [""])[0]}
+    if values["display_name"]:
+        body["display_name"] = values["display_name"]
+    reply = await c.call(req, "POST", "/api/v1/auth/setup", body=body)
+    if reply.ok:
+        return c.flash("/keys", "Welcome! Your admin account is ready. Create a key to start.")
+    errors = field_errors(reply, ("email", "password", "display_name"))
+    if reply.field == "token" or reply.code == "invalid_token":
+        errors = {"form": reply.message}
+    return c.page(
+        req,
+        "setup.html",
+        None,
+        title="Create the first admin account",
+        token=token,
+        values=values,
+        errors=errors,
+        no_referrer=True,
+    )

@@ -79,12 +79,22 @@ class ApiReply:
 
     @property
     def message(self) -> str:
-        return str(self.error.get("message") or "")
+        """The API's message; for a refused cross-site or stale form post, what to do."""
+        message = str(self.error.get("message") or "")
+        if self.status == 403 and self.error.get("code") == "csrf_failed":
+            return f"This form was sent from another site or an old page; reload the page and try again. ({message})"
+        return message
 
     @property
     def field(self) -> str | None:
         field = self.error.get("field")
         return str(field) if field else None
+
+    @property
+    def code(self) -> str | None:
+        """The error's stable reason (``invalid_credentials``, ``csrf_failed``…), if any."""
+        code = self.error.get("code")
+        return str(code) if code else None
 
     @property
     def retry_after(self) -> int | None:

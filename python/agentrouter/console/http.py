@@ -131,15 +131,24 @@ class Response:
         self.cookies = list(cookies)
 
     async def send(self, send: Send, *, head: bool = False) -> None:
-        headers = [*SECURITY_HEADERS, *self.headers]
+        own = {name for name, _ in self.headers}
+        headers = [h for h in SECURITY_HEADERS if h[0] not in own] + self.headers
         headers += [(b"set-cookie", c) for c in self.cookies]
         headers.append((b"content-length", b"%d" % len(self.body)))
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if head else self.body, "more_body": False})
 
 
-def html(text: str, status: int = 200, cookies: Iterable[bytes] = ()) -> Response:
-    return Response(text.encode("utf-8"), status, [HTML, NO_STORE], cookies)
+NO_REFERRER = (b"referrer-policy", b"no-referrer")
+"""For a page whose URL holds a link's token (verification, reset, invitation, setup):
+the token must not leave in a ``Referer``, not even to this site's own assets."""
+
+
+def html(text: str, status: int = 200, cookies: Iterable[bytes] = (), *, no_referrer: bool = False) -> Response:
+    headers = [HTML, NO_STORE]
+    if no_referrer:
+        headers.append(NO_REFERRER)
+    return Response(text.encode("utf-8"), status, headers, cookies)
 
 
 def redirect(location: str, cookies: Iterable[bytes] = (), status: int = 303) -> Response:
@@ -158,7 +167,7 @@ def safe_next(value: str | None, default: str = "/keys") -> str:
 
 
 def signin_url(next_path: str) -> str:
-    return "/sign-in?" + urlencode({"next": next_path}, quote_via=quote)
+    return "/sign-in?" + urlencode({"next": next_path}, quote_via=quote, safe="/")
 
 
 def query_with(req: Request, **changes: Any) -> str:

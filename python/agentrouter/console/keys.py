@@ -71,7 +71,19 @@ async def key_list(c: Console, req: Request) -> Response:
     sort = req.arg("sort", "created")
     if sort not in SORTS:
         sort = "created"
-    result = await _all_keys(c, req, labels)
+    # Whose keys: a member's own; an admin chooses "my keys" or "all keys" (with each
+    # key's owner); the operator's management key sees all.
+    whose = req.arg("owner", "me") if viewer.admin else "me"
+    if viewer.user is None:
+        whose = "all"
+    if whose not in ("me", "all"):
+        whose = "me"
+    result = await _all_keys(c, req, labels, {"owner": "me"} if whose == "me" and viewer.user else None)
+    owners: dict[str, dict[str, Any]] = {}
+    if whose == "all" and viewer.user is not None:
+        from agentrouter.console.admin import users_by_id
+
+        owners = await users_by_id(c, req)
     errors: dict[str, str] = {}
     keys: list[dict[str, Any]] = []
     if isinstance(result, list):
@@ -100,6 +112,10 @@ async def key_list(c: Console, req: Request) -> Response:
         sorts=SORTS,
         filtered=filtered,
         errors=errors,
+        whose=whose,
+        owners=owners,
+        tabs=viewer.admin and viewer.user is not None,
+        tab_url=lambda value: "?" + query_with(req, owner=value),
         without_label=lambda label: "?" + query_with(req, label=[x for x in labels if x != label]),
         with_label=lambda label: "?" + query_with(req, label=sorted({*labels, label})),
     )

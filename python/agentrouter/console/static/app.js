@@ -159,7 +159,46 @@
     });
   }
 
+  // The password rule, ticked off while typing (the server has the last word: it also
+  // refuses guessable passwords).
+  var RULES = {
+    length: function (v) { return v.length >= 8; },
+    upper: function (v) { return /[A-Z]/.test(v); },
+    lower: function (v) { return /[a-z]/.test(v); },
+    digit: function (v) { return /[0-9]/.test(v); },
+  };
+
+  function passwordRules(root) {
+    root.querySelectorAll("[data-rules-for]").forEach(function (list) {
+      var input = document.getElementById(list.getAttribute("data-rules-for"));
+      if (!input) {
+        return;
+      }
+      list.hidden = false;
+      function update() {
+        list.querySelectorAll("[data-rule]").forEach(function (item) {
+          var ok = RULES[item.getAttribute("data-rule")](input.value);
+          item.classList.toggle("met", ok);
+          item.setAttribute("aria-label", item.textContent + (ok ? ": done" : ": not yet"));
+        });
+      }
+      input.addEventListener("input", update);
+      update();
+    });
+  }
+
+  // A page whose next step is another site (linking GitHub or Google): go on to it.
+  // (A form post cannot be redirected there: CSP form-action 'self'.)
+  function follow(root) {
+    var link = root.querySelector("a[data-follow]");
+    if (link) {
+      window.location.assign(link.href);
+    }
+  }
+
   function start() {
+    passwordRules(document);
+    follow(document);
     localTimes(document);
     copyButtons(document);
     dialogs(document);
