@@ -69,6 +69,8 @@ class ConsoleServer(Gateway):
 
     def __init__(self, data_dir: Path, config: Path, *, env: dict[str, str] | None = None) -> None:
         super().__init__(data_dir, config, workers=2)
+        # The address in mailed links and the origin the same-site checks compare with.
+        self.env["AGENTROUTER_PUBLIC_URL"] = self.url
         self.env.update(env or {})
 
     def manage_key(self, name: str = "operator") -> dict[str, Any]:

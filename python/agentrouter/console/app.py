@@ -181,8 +181,6 @@ class Console:
         template: str,
         viewer: Viewer | None = None,
         http_status: int = 200,
-        *,
-        no_referrer: bool = False,
         **ctx: Any,
     ) -> Response:
         flash = None
@@ -197,7 +195,7 @@ class Console:
             "title": ctx.pop("title", "AgentRouter"),
             **ctx,
         }
-        return html(self.renderer.render(template, context), http_status, no_referrer=no_referrer)
+        return html(self.renderer.render(template, context), http_status)
 
     def error_page(self, viewer: Viewer | None, status: int, message: str, req: Request | None = None) -> Response:
         titles = {

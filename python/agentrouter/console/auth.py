@@ -6,8 +6,16 @@ of one public account route of ``/api/v1/auth/…``.
 The links in mails lead here (``accounts.service``: ``/verify-email``,
 ``/reset-password``, ``/register``, ``/setup``, each with ``?token=``). Opening one
 changes nothing by itself — mail scanners open links too — the page asks for the
-click (and the password) that posts the token. Pages whose URL holds a token are
-sent with ``Referrer-Policy: no-referrer``.
+click (and the password) that posts the token.
+
+The token leaves the address bar at once: the link's answer is a redirect to the same
+path without it (sent with ``Referrer-Policy: no-referrer``), keeping the token in a
+short-lived ``HttpOnly`` cookie for that page (``SameSite=Lax``: it must arrive with
+the navigation that started in a mail program). So it is not in the browser's
+history nor in a ``Referer``, and the page can keep the console's usual
+``Referrer-Policy: same-origin`` — under ``no-referrer`` a browser sends
+``Origin: null`` with the form post, which the API's same-origin check rightly
+refuses.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from typing import Any
 
 from agentrouter.console.app import Console
 from agentrouter.console.client import ApiReply
-from agentrouter.console.http import Request, Response, redirect, safe_next
+from agentrouter.console.http import NO_REFERRER, Request, Response, redirect, safe_next
 
 __all__ = [
     "register",
@@ -37,6 +45,45 @@ __all__ = [
 ]
 
 PROVIDER_NAMES = {"github": "GitHub", "google": "Google"}
+LINK_COOKIE = "agentrouter_link"
+LINK_LIFETIME = 3600
+"""Seconds a link's token waits in its cookie for the page's form (the API decides
+how long the token itself is valid)."""
+
+
+def _link_cookie_name(c: Console, req: Request) -> str:
+    name = f"{LINK_COOKIE}{req.path.replace('/', '_').replace('-', '_')}"
+    return ("__Host-" + name) if c.settings.https else name
+
+
+def _link_cookie(c: Console, req: Request, token: str, max_age: int) -> bytes:
+    secure = "; Secure" if c.settings.https else ""
+    return f"{_link_cookie_name(c, req)}={token}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Lax{secure}".encode(
+        "latin-1"
+    )
+
+
+def _token_out_of_the_url(c: Console, req: Request) -> Response | None:
+    """For a link with ``?token=``: the redirect to the same page without it, the
+    token in the page's cookie. None when the URL holds no token."""
+    token = req.arg("token")
+    if not token:
+        return None
+    if len(token) > 256 or not token.replace("-", "").replace("_", "").isalnum():
+        token = ""
+    response = redirect(req.path, [_link_cookie(c, req, token, LINK_LIFETIME)])
+    response.headers.append(NO_REFERRER)
+    return response
+
+
+def _link_token(c: Console, req: Request) -> str:
+    """The token of the link this page was opened with (its cookie), or a form's."""
+    return req.field("token") or req.cookies.get(_link_cookie_name(c, req), "")
+
+
+def _used(c: Console, req: Request) -> bytes:
+    """``Set-Cookie`` that forgets the page's link token (it was used)."""
+    return _link_cookie(c, req, "", 0)
 
 
 async def sign_in_methods(c: Console, req: Request) -> dict[str, Any]:
@@ -161,17 +208,19 @@ async def _register_form(
         invitation=invitation,
         values=values,
         errors=errors,
-        no_referrer=bool(token),
         **methods,
     )
 
 
 async def register_page(c: Console, req: Request) -> Response:
-    return await _register_form(c, req, req.arg("token"), {}, {})
+    moved = _token_out_of_the_url(c, req)
+    if moved is not None:
+        return moved
+    return await _register_form(c, req, _link_token(c, req), {}, {})
 
 
 async def register(c: Console, req: Request) -> Response:
-    token = req.field("token")
+    token = _link_token(c, req)
     values = {"email": req.field("email"), "display_name": req.field("display_name")}
     body: dict[str, Any] = {"email": values["email"], "password": req.form.get("password", [""])[0]}
     if values["display_name"]:
@@ -180,15 +229,16 @@ async def register(c: Console, req: Request) -> Response:
         body["invitation"] = token
     reply = await c.call(req, "POST", "/api/v1/auth/register", body=body)
     if reply.ok:
-        return c.page(
+        page = c.page(
             req,
             "notice.html",
             None,
             title="Check your mail",
             message=reply.data.get("message", ""),
             next_steps="Then sign in. Until your address is verified you can sign in, but not create keys.",
-            no_referrer=True,
         )
+        page.cookies.append(_used(c, req))
+        return page
     errors = field_errors(reply, ("email", "password", "display_name"))
     if reply.field == "invitation":
         errors = {"form": reply.message}
@@ -196,24 +246,22 @@ async def register(c: Console, req: Request) -> Response:
 
 
 async def verify_page(c: Console, req: Request) -> Response:
-    token = req.arg("token")
-    return c.page(req, "verify.html", None, title="Verify your email address", token=token, errors={}, no_referrer=True)
+    moved = _token_out_of_the_url(c, req)
+    if moved is not None:
+        return moved
+    return c.page(req, "verify.html", None, title="Verify your email address", token=_link_token(c, req), errors={})
 
 
 async def verify(c: Console, req: Request) -> Response:
-    token = req.field("token")
+    token = _link_token(c, req)
     reply = await c.call(req, "POST", "/api/v1/auth/verify", body={"token": token})
     if reply.ok:
         viewer = await c.viewer(req)
-        return c.flash("/keys" if viewer is not None else "/sign-in", reply.data.get("message", "Verified."))
+        done = c.flash("/keys" if viewer is not None else "/sign-in", reply.data.get("message", "Verified."))
+        done.cookies.append(_used(c, req))
+        return done
     return c.page(
-        req,
-        "verify.html",
-        None,
-        title="Verify your email address",
-        token=token,
-        errors={"form": reply.message},
-        no_referrer=True,
+        req, "verify.html", None, title="Verify your email address", token=token, errors={"form": reply.message}
     )
 
 
@@ -230,14 +278,15 @@ async def resend(c: Console, req: Request) -> Response:
 
 
 async def reset_page(c: Console, req: Request) -> Response:
-    token = req.arg("token")
-    return c.page(
-        req, "reset.html", None, title="Reset your password", token=token, values={}, errors={}, no_referrer=True
-    )
+    moved = _token_out_of_the_url(c, req)
+    if moved is not None:
+        return moved
+    token = _link_token(c, req)
+    return c.page(req, "reset.html", None, title="Reset your password", token=token, values={}, errors={})
 
 
 async def reset(c: Console, req: Request) -> Response:
-    token = req.field("token")
+    token = _link_token(c, req)
     if not token:
         email = req.field("email")
         reply = await c.call(req, "POST", "/api/v1/auth/password/reset", body={"email": email})
@@ -263,40 +312,44 @@ async def reset(c: Console, req: Request) -> Response:
     body = {"token": token, "password": req.form.get("password", [""])[0]}
     reply = await c.call(req, "POST", "/api/v1/auth/password/reset/confirm", body=body)
     if reply.ok:
-        return c.flash("/sign-in", reply.data.get("message", "Your password is set."))
+        done = c.flash("/sign-in", reply.data.get("message", "Your password is set."))
+        done.cookies.append(_used(c, req))
+        return done
     errors = field_errors(reply, ("password",))
     if reply.field == "token" or reply.code == "invalid_token":
         errors = {"form": reply.message}
-    return c.page(
-        req, "reset.html", None, title="Reset your password", token=token, values={}, errors=errors, no_referrer=True
-    )
+    return c.page(req, "reset.html", None, title="Reset your password", token=token, values={}, errors=errors)
 
 
 # -- the first admin ----------------------------------------------------------------
 
 
 async def setup_page(c: Console, req: Request) -> Response:
+    moved = _token_out_of_the_url(c, req)
+    if moved is not None:
+        return moved
     return c.page(
         req,
         "setup.html",
         None,
         title="Create the first admin account",
-        token=req.arg("token"),
+        token=_link_token(c, req),
         values={},
         errors={},
-        no_referrer=True,
     )
 
 
 async def setup(c: Console, req: Request) -> Response:
-    token = req.field("token")
+    token = _link_token(c, req)
     values = {"email": req.field("email"), "display_name": req.field("display_name")}
     body: dict[str, Any] = {"token": token, "email": values["email"], "password": req.form.get("password", [""])[0]}
     if values["display_name"]:
         body["display_name"] = values["display_name"]
     reply = await c.call(req, "POST", "/api/v1/auth/setup", body=body)
     if reply.ok:
-        return c.flash("/keys", "Welcome! Your admin account is ready. Create a key to start.")
+        done = c.flash("/keys", "Welcome! Your admin account is ready. Create a key to start.")
+        done.cookies.append(_used(c, req))
+        return done
     errors = field_errors(reply, ("email", "password", "display_name"))
     if reply.field == "token" or reply.code == "invalid_token":
         errors = {"form": reply.message}
@@ -308,5 +361,4 @@ async def setup(c: Console, req: Request) -> Response:
         token=token,
         values=values,
         errors=errors,
-        no_referrer=True,
     )

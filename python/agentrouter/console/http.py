@@ -140,15 +140,12 @@ class Response:
 
 
 NO_REFERRER = (b"referrer-policy", b"no-referrer")
-"""For a page whose URL holds a link's token (verification, reset, invitation, setup):
-the token must not leave in a ``Referer``, not even to this site's own assets."""
+"""For the answer to a link whose URL holds a token (verification, reset, invitation,
+setup): the token must not leave in a ``Referer``."""
 
 
-def html(text: str, status: int = 200, cookies: Iterable[bytes] = (), *, no_referrer: bool = False) -> Response:
-    headers = [HTML, NO_STORE]
-    if no_referrer:
-        headers.append(NO_REFERRER)
-    return Response(text.encode("utf-8"), status, headers, cookies)
+def html(text: str, status: int = 200, cookies: Iterable[bytes] = ()) -> Response:
+    return Response(text.encode("utf-8"), status, [HTML, NO_STORE], cookies)
 
 
 def redirect(location: str, cookies: Iterable[bytes] = (), status: int = 303) -> Response:
