@@ -172,7 +172,8 @@ async def create_key(c: Console, req: Request) -> Response:
 def _shown_once(
     c: Console, req: Request, viewer: Viewer, created: dict[str, Any], rotated_from: dict[str, Any] | None
 ) -> Response:
-    base = req.base_url()
+    # This gateway's address: the configured public URL, else the one the browser used.
+    base = c.settings.base_url if c.settings.public_url else req.base_url()
     return c.page(
         req,
         "key_created.html",

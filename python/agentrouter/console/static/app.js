@@ -4,14 +4,17 @@
 (function () {
   "use strict";
 
+  // Times in the browser's time zone (the year only when it is not this one); the
+  // UTC value stays in the title, seen on hover.
   function localTimes(root) {
-    var fmt = new Intl.DateTimeFormat(undefined, {
-      year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
-    });
+    var parts = { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" };
+    var short = new Intl.DateTimeFormat(undefined, parts);
+    var long = new Intl.DateTimeFormat(undefined, Object.assign({ year: "numeric" }, parts));
+    var year = new Date().getFullYear();
     root.querySelectorAll("time[data-local]").forEach(function (el) {
       var when = new Date(el.getAttribute("datetime"));
       if (!isNaN(when.getTime())) {
-        el.textContent = fmt.format(when);
+        el.textContent = (when.getFullYear() === year ? short : long).format(when);
       }
     });
   }
