@@ -13,7 +13,7 @@ SQLite file.
   that fail the test on any console error, uncaught page error or
   Content-Security-Policy violation, and ``shoot(page, name)``, which saves the page
   at 1280×800 and 375×812 into ``test-artifacts/screenshots/`` (gitignored) and fails
-  if the phone-width page scrolls sideways.
+  if the phone-width page scrolls sideways or an input has no label.
 
 A CSP violation is caught in the page itself: an init script (Playwright adds it
 outside the page's CSP) listens for ``securitypolicyviolation`` and reports it
@@ -48,6 +48,9 @@ TIMEZONE = "Asia/Kolkata"
 """A zone at +05:30 (no daylight saving): local times differ visibly from UTC."""
 
 _FRAMES = "() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))"
+_UNLABELLED = """() => [...document.querySelectorAll("input, select, textarea")]
+  .filter(e => e.type !== "hidden" && !(e.labels && e.labels.length) && !e.getAttribute("aria-label"))
+  .map(e => e.name || e.id || e.outerHTML.slice(0, 60))"""
 _WATCH = """
 document.addEventListener("securitypolicyviolation", function (e) {
   window.__agentrouterCsp(e.violatedDirective + " blocked " + (e.blockedURI || "inline") +
@@ -146,6 +149,8 @@ class Web:
             if label == "phone":
                 overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
                 assert overflow <= 1, f"{name}: at 375 px the page is {overflow} px too wide"
+        unlabelled = page.evaluate(_UNLABELLED)
+        assert not unlabelled, f"{name}: inputs without a label: {unlabelled}"
         page.set_viewport_size(size)
 
     def close(self) -> None:

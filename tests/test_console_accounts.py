@@ -274,3 +274,21 @@ async def test_two_factor_sign_in(app: Gateway) -> None:
     assert re.search(r'id="e-code"|class="error-box"', text(wrong))
     done = await browser.post("/sign-in/two-factor", two_factor_token=token.group(1), code=codes[0], next="/devices")
     assert done.status == 303 and done.headers["location"] == "/devices"
+
+
+async def test_an_ended_session_is_sent_to_sign_in_and_told_why(app: Gateway) -> None:
+    first = await first_admin(app)
+    second = Jar(app)
+    await second.post("/sign-in", email="admin@example.com", password=STRONG)
+    assert (await second.get("/keys")).status == 200
+    devices = text(await first.get("/devices"))
+    assert devices.count("data-session-id=") == 2 and "this device" in devices
+    ended = await first.post("/devices/end-others", csrf_token=await first.csrf("/devices"))
+    assert ended.status == 303 and ended.headers["location"] == "/devices"
+    sent = await second.get("/keys?sort=name")
+    assert sent.status == 303
+    assert sent.headers["location"] == "/sign-in?next=/keys%3Fsort%3Dname&ended=1"
+    assert "agentrouter_session" not in second.cookies  # the API cleared the dead cookie
+    page = text(await second.get(sent.headers["location"]))
+    assert "Your session has ended or expired" in page and 'value="/keys?sort=name"' in page
+    assert (await first.get("/keys")).status == 200  # the first device is still signed in

@@ -234,7 +234,10 @@ class Console:
     async def require_viewer(self, req: Request, *, admin: bool = False) -> Viewer:
         viewer = await self.viewer(req)
         if viewer is None:
-            raise Answer(redirect(signin_url(req.full_path if req.method == "GET" else req.path)))
+            target = signin_url(req.full_path if req.method == "GET" else req.path)
+            if any(c.startswith((b"agentrouter_session=;", b"__Host-agentrouter_session=;")) for c in req.api_cookies):
+                target += "&ended=1"  # the API cleared a session cookie that no longer works
+            raise Answer(redirect(target))
         if admin and not viewer.admin:
             raise Answer(self.error_page(viewer, 404, "There is no page here.", req))
         return viewer
@@ -243,7 +246,10 @@ class Console:
         """The answer to a failed API call outside a form: sign in again on 401, the
         console's 404, or an error page with the API's message."""
         if reply.status == 401:
-            return Answer(redirect(signin_url(back or (req.full_path if req.method == "GET" else req.path))))
+            target = signin_url(back or (req.full_path if req.method == "GET" else req.path))
+            if reply.code == "session_ended":
+                target += "&ended=1"  # the sign-in page says why
+            return Answer(redirect(target))
         message = reply.message
         if reply.status == 429 and reply.retry_after is not None:
             message += f" Try again in {reply.retry_after} s."
