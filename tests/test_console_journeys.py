@@ -314,7 +314,8 @@ def test_4_a_second_device_is_logged_out_from_the_first(journey_web: Web, server
 
     # The second device's next navigation: back to sign in, then to the page it wanted.
     second.goto("/keys?sort=last_used")
-    expect(second).to_have_url(re.compile(r".*/sign-in\?next=/keys%3Fsort%3Dlast_used$"))
+    expect(second).to_have_url(re.compile(r".*/sign-in\?next=/keys%3Fsort%3Dlast_used&ended=1$"))
+    expect(second.locator(".error-box")).to_contain_text("Your session has ended")
     sign_in(second, MEMBER, MEMBER_PASSWORD)
     expect(second).to_have_url(re.compile(r".*/keys\?sort=last_used$"))
     People.member_state = first.context.storage_state()
