@@ -23,15 +23,36 @@ OTHER_STRONG = "Amber7-Lantern-Drift-Oxbow"
 _TOKEN = re.compile(r"[?&]token=([A-Za-z0-9_\-]+)")
 
 
-async def accounts_core(data_dir: Path, clock: FakeClock | None = None, **env: str) -> Core:
-    """``Core.from_settings`` with ``AGENTROUTER_*`` ``env`` (registration open unless
-    given)."""
+async def accounts_core(
+    data_dir: Path, clock: FakeClock | None = None, *, store_url: str | None = None, **env: str
+) -> Core:
+    """``Core.from_settings`` on ``store_url`` (None: the SQLite file) with
+    ``AGENTROUTER_*`` ``env`` (registration open unless given)."""
     env.setdefault("AGENTROUTER_ACCOUNTS_REGISTRATION", "open")
-    return await Core.from_settings(settings_on(data_dir, **env), clock=clock)
+    return await Core.from_settings(settings_on(data_dir, store_url=store_url, **env), clock=clock)
+
+
+ACCOUNT_TABLES = ("users", "sessions", "account_tokens", "recovery_codes", "identities", "invitations", "audit_events")
+
+
+async def stored_text(core: Core) -> str:
+    """Every row of the accounts tables and the keys, as text (bytes included), from
+    either backend; for SQLite the database file's bytes too."""
+    from agentrouter.store.sql import q
+
+    parts: list[str] = []
+    for table in (*ACCOUNT_TABLES, "keys"):
+        async with core.store._read() as db:  # type: ignore[attr-defined]
+            rows = await db.fetch(q(f"SELECT * FROM {table}"))
+        for row in rows:
+            for value in row:
+                parts.append(bytes(value).decode("latin-1") if isinstance(value, bytes | memoryview) else str(value))
+    for path in core.store.files():
+        parts.append(path.read_bytes().decode("latin-1"))
+    return "\n".join(parts)
 
 
 def service(core: Core) -> AccountService:
-    assert core.accounts is not None
     return core.accounts
 
 

@@ -28,8 +28,7 @@ import httpx
 import pytest
 
 from agentrouter.datadir import DB_FILE
-from agentrouter.store import Store
-from agentrouter.store.analytics import Analytics
+from agentrouter.store import SqliteStore, Store
 from agentrouter.store.models import RequestRecord
 from tests.waiting import until_sync
 
@@ -156,7 +155,7 @@ class ApiServer:
 
     def with_store(self, op: Callable[[Store], Awaitable[T]]) -> T:
         async def main() -> T:
-            store = await Store.open(self.data_dir / DB_FILE)
+            store = await SqliteStore.open(self.data_dir / DB_FILE)
             try:
                 return await op(store)
             finally:
@@ -165,7 +164,7 @@ class ApiServer:
         return asyncio.run(main())
 
     def add_requests(self, records: Sequence[RequestRecord]) -> None:
-        self.with_store(lambda s: Analytics(s).add_requests(records))
+        self.with_store(lambda s: s.add_requests(records))
 
     def monitor_lease_expiry(self) -> float | None:
         """When the monitor's lease expires; every run of the monitor renews it."""

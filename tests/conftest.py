@@ -60,18 +60,52 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     return factories
 
 
-def settings_on(data_dir: Path, *, secret: str | None = SECRET, **env: str) -> Settings:
+# The store backends a test runs on. A module (or test) marked
+# ``@pytest.mark.store_backends`` runs once per backend, the "store_backend" parameter
+# (module-scoped, so a module's server fixtures are made once per backend); the
+# fixtures ``store_url``, ``core``, ``cli`` and ``api_server`` follow it. Unmarked
+# tests run on SQLite only.
+STORE_BACKENDS = ("sqlite", "postgres")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("store_backends")
+    if marker is not None and "store_backend" in metafunc.fixturenames:
+        metafunc.parametrize("store_backend", marker.args or STORE_BACKENDS, scope="module")
+
+
+@pytest.fixture(scope="module")
+def store_backend() -> str:
+    return "sqlite"
+
+
+@pytest.fixture
+def store_url(store_backend: str, request: pytest.FixtureRequest) -> str | None:
+    """None (the SQLite file in the data directory), or a fresh migrated PostgreSQL
+    database of the session's private cluster."""
+    if store_backend == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def settings_on(data_dir: Path, *, secret: str | None = SECRET, store_url: str | None = None, **env: str) -> Settings:
     """The settings of a server on ``data_dir`` with ``secret`` (None: the data
-    directory's secret file) and ``AGENTROUTER_*`` values, as ``load_settings`` reads them."""
+    directory's secret file), ``store_url`` (None: SQLite) and ``AGENTROUTER_*``
+    values, as ``load_settings`` reads them."""
     values = {"AGENTROUTER_DATA_DIR": str(data_dir), **env}
     if secret is not None:
         values["AGENTROUTER_SECRET"] = secret
+    if store_url is not None:
+        values["AGENTROUTER_STORE_URL"] = store_url
     return load_settings(env=values)
 
 
-async def open_core(data_dir: Path, *, secret: str | None = SECRET, clock: FakeClock | None = None) -> Core:
+async def open_core(
+    data_dir: Path, *, secret: str | None = SECRET, clock: FakeClock | None = None, store_url: str | None = None
+) -> Core:
     """``Core.from_settings`` on ``data_dir`` (the one way every process opens it)."""
-    return await Core.from_settings(settings_on(data_dir, secret=secret), clock=clock)
+    return await Core.from_settings(settings_on(data_dir, secret=secret, store_url=store_url), clock=clock)
 
 
 @pytest.fixture
@@ -87,8 +121,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def core(data_dir: Path, clock: FakeClock) -> AsyncIterator[Core]:
-    c = await open_core(data_dir, clock=clock)
+async def core(data_dir: Path, clock: FakeClock, store_url: str | None) -> AsyncIterator[Core]:
+    c = await open_core(data_dir, clock=clock, store_url=store_url)
     try:
         yield c
     finally:
@@ -98,9 +132,12 @@ async def core(data_dir: Path, clock: FakeClock) -> AsyncIterator[Core]:
 class Cli:
     """Runs the real ``agentrouter`` command in a subprocess against one data dir."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, store_url: str | None = None) -> None:
         self.env = {**os.environ, "AGENTROUTER_DATA_DIR": str(data_dir)}
         self.env.pop("AGENTROUTER_SECRET", None)
+        self.env.pop("AGENTROUTER_STORE_URL", None)
+        if store_url is not None:
+            self.env["AGENTROUTER_STORE_URL"] = store_url
 
     def run(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -119,5 +156,5 @@ class Cli:
 
 
 @pytest.fixture
-def cli(data_dir: Path) -> Cli:
-    return Cli(data_dir)
+def cli(data_dir: Path, store_url: str | None) -> Cli:
+    return Cli(data_dir, store_url)

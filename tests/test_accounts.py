@@ -37,13 +37,16 @@ from tests.accounts_helpers import (
     outbox,
     registered_user,
     service,
+    stored_text,
     token_in,
 )
 
+pytestmark = pytest.mark.store_backends
+
 
 @pytest.fixture
-async def acore(data_dir: Path, clock: FakeClock) -> AsyncIterator[Core]:
-    core = await accounts_core(data_dir, clock)
+async def acore(data_dir: Path, clock: FakeClock, store_url: str | None) -> AsyncIterator[Core]:
+    core = await accounts_core(data_dir, clock, store_url=store_url)
     try:
         yield core
     finally:
@@ -172,10 +175,11 @@ async def test_sign_in_answers_the_same_for_unknown_address_wrong_password_and_n
     assert len(failures) == 3 and all(e.client_ip == "10.0.0.1" for e in failures)
 
 
-async def test_throttled_sign_ins_cost_no_hashing(data_dir: Path, clock: FakeClock) -> None:
+async def test_throttled_sign_ins_cost_no_hashing(data_dir: Path, clock: FakeClock, store_url: str | None) -> None:
     core = await accounts_core(
         data_dir,
         clock,
+        store_url=store_url,
         AGENTROUTER_ACCOUNTS_SIGNIN_ACCOUNT_ATTEMPTS="3",
         AGENTROUTER_ACCOUNTS_SIGNIN_ACCOUNT_INTERVAL="60",
         AGENTROUTER_ACCOUNTS_SIGNIN_IP_ATTEMPTS="5",
@@ -263,6 +267,8 @@ async def test_sessions_expire_after_30_days_and_are_touched_once_a_minute(acore
     assert stored.last_seen_at == clock.unix
     clock.advance(30 * 86400 - 61)
     assert await acc.authenticate_session(signed.token) is None
+    assert await acc.prune() == 1  # the monitor's hourly prune deletes expired sessions and tokens
+    assert await acc.prune() == 0
     assert await acc.authenticate_session("ars_" + "A" * 43) is None
     assert await acc.authenticate_session(None) is None
     assert await acc.authenticate_session("sk-ar-not-a-session") is None
@@ -348,8 +354,8 @@ async def test_first_admin_setup_link_works_once_and_only_while_there_is_no_user
     assert await acc.prepare_setup() is None
 
 
-async def test_registration_modes(data_dir: Path, clock: FakeClock) -> None:
-    core = await accounts_core(data_dir, clock, AGENTROUTER_ACCOUNTS_REGISTRATION="invite")
+async def test_registration_modes(data_dir: Path, clock: FakeClock, store_url: str | None) -> None:
+    core = await accounts_core(data_dir, clock, store_url=store_url, AGENTROUTER_ACCOUNTS_REGISTRATION="invite")
     try:
         acc = service(core)
         with pytest.raises(RegistrationClosed, match="invitation"):
@@ -384,6 +390,7 @@ async def test_registration_modes(data_dir: Path, clock: FakeClock) -> None:
     core = await accounts_core(
         data_dir,
         clock,
+        store_url=store_url,
         AGENTROUTER_ACCOUNTS_REGISTRATION="domains",
         AGENTROUTER_ACCOUNTS_REGISTRATION_DOMAINS="Corp.example",
     )
@@ -458,15 +465,15 @@ async def test_the_last_admin_stays(acore: Core) -> None:
         await acc.delete_user(INSTANCE, admin.user.id)
 
 
-async def test_rehash_on_sign_in_when_parameters_rise(data_dir: Path, clock: FakeClock) -> None:
-    core = await accounts_core(data_dir, clock)
+async def test_rehash_on_sign_in_when_parameters_rise(data_dir: Path, clock: FakeClock, store_url: str | None) -> None:
+    core = await accounts_core(data_dir, clock, store_url=store_url)
     try:
         await service(core).create_user(INSTANCE, email="rita@example.com", password=STRONG)
         before = (await service(core).find_user(INSTANCE, "rita@example.com")).password_hash
         assert before is not None and "t=3" in before
     finally:
         await core.close()
-    core = await accounts_core(data_dir, clock, AGENTROUTER_ACCOUNTS_PASSWORD_TIME_COST="4")
+    core = await accounts_core(data_dir, clock, store_url=store_url, AGENTROUTER_ACCOUNTS_PASSWORD_TIME_COST="4")
     try:
         assert isinstance(await service(core).sign_in(email="rita@example.com", password=STRONG), SignedIn)
         after = (await service(core).find_user(INSTANCE, "rita@example.com")).password_hash
@@ -488,6 +495,7 @@ async def test_audit_never_holds_a_secret(acore: Core, data_dir: Path) -> None:
     text = repr(await acc.audit_events(INSTANCE))
     for secret in (STRONG, OTHER_STRONG, signed.token, *tokens):
         assert secret not in text
-    raw = (data_dir / "agentrouter.db").read_bytes()
+    stored = await stored_text(acore)
+    assert "sam@example.com" in stored  # the dump does hold the rows
     for secret in (STRONG, OTHER_STRONG, signed.token, *tokens):
-        assert secret.encode() not in raw
+        assert secret not in stored

@@ -7,19 +7,24 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from agentrouter.core import Core
-from agentrouter.store import Store
-from agentrouter.store.analytics import MAX_BUCKETS, Analytics, UsageQueryError
+from agentrouter.store import Store, open_store
+from agentrouter.store.analytics import MAX_BUCKETS, UsageQueryError
 from agentrouter.store.models import RequestRecord
+from tests.conftest import settings_on
 
 T0 = 1_704_067_200.0  # 2024-01-01T00:00:00Z
 
 
+pytestmark = pytest.mark.store_backends()
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "agentrouter.db")
+async def store(tmp_path: Path, store_url: str | None) -> AsyncIterator[Store]:
+    s = await open_store(settings_on(tmp_path, store_url=store_url))
     try:
         yield s
     finally:
@@ -27,8 +32,8 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 @pytest.fixture
-def analytics(store: Store) -> Analytics:
-    return Analytics(store)
+def analytics(store: Store) -> Store:
+    return store
 
 
 def rec(
@@ -61,32 +66,17 @@ async def test_migration_adds_the_tables(store: Store) -> None:
     assert await store.schema_version() >= 3  # 2: the request log and its rollups; 3: caller_request_id
 
 
-async def test_a_batch_is_one_row_per_request_and_never_a_key(store: Store, analytics: Analytics) -> None:
+async def test_a_batch_is_one_row_per_request_and_never_a_key(store: Store, analytics: Store) -> None:
     await analytics.add_requests([rec(T0 + i, ua="x" * 2000) for i in range(5)])
     await analytics.add_requests([])
     assert await analytics.count_requests() == 5
     assert await analytics.count_requests("key_a") == 5
-    async with store._db.execute("SELECT * FROM request_log LIMIT 1") as cur:
-        names = [d[0] for d in cur.description]
-        row = await cur.fetchone()
-    assert names == [
-        "id",
-        "time",
-        "key_id",
-        "model",
-        "status",
-        "latency_ms",
-        "input_tokens",
-        "output_tokens",
-        "client_ip",
-        "user_agent",
-        "caller_request_id",
-    ]
-    assert row is not None and len(row[9]) == 512  # long user agents are cut, not refused
-    assert row[10] == "caller-7"
+    row = (await store.request_log(limit=1))[0]
+    assert row == msgspec.structs.replace(rec(T0, ua="x" * 512))  # long user agents are cut, not refused
+    assert row.caller_request_id == "caller-7"
 
 
-async def test_usage_totals_series_and_percentiles(analytics: Analytics) -> None:
+async def test_usage_totals_series_and_percentiles(analytics: Store) -> None:
     # Minute 0: latencies 1..20 (p50 = 10, p95 = 19); minute 2: 100 twice; minute 1: nothing.
     batch = [rec(T0 + i, latency=float(i + 1)) for i in range(20)]
     batch += [rec(T0 + 120 + i, latency=100.0, status=503, ip="10.0.0.2", tin=1, tout=0) for i in range(2)]
@@ -109,7 +99,7 @@ async def test_usage_totals_series_and_percentiles(analytics: Analytics) -> None
     assert models["gpt-4o"].requests == 22 and models[None].requests == 1
 
 
-async def test_usage_per_key_and_range_bounds(analytics: Analytics) -> None:
+async def test_usage_per_key_and_range_bounds(analytics: Store) -> None:
     await analytics.add_requests([rec(T0 + 10, key="key_a"), rec(T0 + 20, key="key_b"), rec(T0 + 3600, key="key_a")])
     a = await analytics.usage(since=T0, until=T0 + 3600, bucket="hour", key_id="key_a")
     assert a.key_id == "key_a" and a.totals.requests == 1  # until is exclusive
@@ -120,7 +110,7 @@ async def test_usage_per_key_and_range_bounds(analytics: Analytics) -> None:
     assert [b.requests for b in day.series] == [3]
 
 
-async def test_usage_refuses_bad_ranges(analytics: Analytics) -> None:
+async def test_usage_refuses_bad_ranges(analytics: Store) -> None:
     with pytest.raises(UsageQueryError) as err:
         await analytics.usage(since=T0, until=T0, bucket="hour")
     assert err.value.field == "until"
@@ -131,7 +121,7 @@ async def test_usage_refuses_bad_ranges(analytics: Analytics) -> None:
         await analytics.usage(since=T0, until=T0 + 60, bucket="week")  # type: ignore[arg-type]
 
 
-async def test_hourly_rollups_and_known_ips_follow_the_log(analytics: Analytics) -> None:
+async def test_hourly_rollups_and_known_ips_follow_the_log(analytics: Store) -> None:
     await analytics.add_requests([rec(T0 + 5, ip="10.0.0.1"), rec(T0 + 7, status=500, ip="10.0.0.9")])
     await analytics.add_requests([rec(T0 + 3, status=404, ip="10.0.0.1"), rec(T0 + 3700, ip=None)])
     hours = await analytics.hourly(["key_a", "key_x"], T0)
@@ -144,7 +134,7 @@ async def test_hourly_rollups_and_known_ips_follow_the_log(analytics: Analytics)
     assert (ips["10.0.0.1"].first_seen, ips["10.0.0.1"].last_seen, ips["10.0.0.1"].requests) == (T0 + 3, T0 + 5, 2)
 
 
-async def test_pruning_by_retention_keeps_rollups(analytics: Analytics) -> None:
+async def test_pruning_by_retention_keeps_rollups(analytics: Store) -> None:
     await analytics.add_requests([rec(T0 + i * 60) for i in range(12_000)])  # more than one prune batch
     assert await analytics.oldest_request() == T0
     deleted = await analytics.prune(log_before=T0 + 6000 * 60)
@@ -159,7 +149,7 @@ async def test_pruning_by_retention_keeps_rollups(analytics: Analytics) -> None:
 
 
 async def test_keys_used_since_lists_active_keys_only(core: Core) -> None:
-    analytics = Analytics(core.store)
+    analytics = core.store
     a = (await core.keys.create(name="a")).row
     b = (await core.keys.create(name="b")).row
     await analytics.add_requests([rec(T0, key=a.id), rec(T0 + 7200, key=b.id), rec(T0 + 7200, key="key_gone")])
@@ -169,7 +159,7 @@ async def test_keys_used_since_lists_active_keys_only(core: Core) -> None:
     assert await analytics.keys_used_since(T0 + 3600) == []
 
 
-async def test_alerts_dedup_cooldown_and_acknowledgement(analytics: Analytics) -> None:
+async def test_alerts_dedup_cooldown_and_acknowledgement(analytics: Store) -> None:
     first = await analytics.record_alert(
         key_id="key_a", kind="new_ip", subject="192.0.2.1", evidence={"ip": "192.0.2.1"}, now=T0, cooldown=0
     )
@@ -235,7 +225,7 @@ async def test_alerts_dedup_cooldown_and_acknowledgement(analytics: Analytics) -
     assert len(ids) == len(set(ids)) == 5
 
 
-async def test_notification_bookkeeping(analytics: Analytics) -> None:
+async def test_notification_bookkeeping(analytics: Store) -> None:
     a = await analytics.record_alert(key_id="key_a", kind="new_ip", subject="x", evidence={}, now=T0, cooldown=0)
     assert a is not None
     assert [x.id for x in await analytics.alerts_to_notify(created_after=T0 - 1, max_attempts=2)] == [a.id]
@@ -249,12 +239,13 @@ async def test_notification_bookkeeping(analytics: Analytics) -> None:
     assert row is not None and row.notified_at == T0 + 5 and row.notify_attempts == 3
 
 
-async def test_lease_is_held_by_one_holder_until_it_expires(tmp_path: Path) -> None:
-    # Two processes' worth of connections to one database file.
-    s1 = await Store.open(tmp_path / "db")
-    s2 = await Store.open(tmp_path / "db")
+async def test_lease_is_held_by_one_holder_until_it_expires(tmp_path: Path, store_url: str | None) -> None:
+    # Two processes' (or hosts') worth of connections to one database.
+    (tmp_path / "a").mkdir()
+    s1 = await open_store(settings_on(tmp_path / "a", store_url=store_url))
+    s2 = await open_store(settings_on(tmp_path / ("a" if store_url is None else "b"), store_url=store_url))
     try:
-        a, b = Analytics(s1), Analytics(s2)
+        a, b = s1, s2
         assert await a.take_lease("monitor", "one", now=100, ttl=30)
         assert not await b.take_lease("monitor", "two", now=110, ttl=30)
         assert await a.take_lease("monitor", "one", now=120, ttl=30)  # renewal
@@ -268,7 +259,7 @@ async def test_lease_is_held_by_one_holder_until_it_expires(tmp_path: Path) -> N
         await s2.close()
 
 
-async def test_concurrent_writes_of_one_process_share_the_connection_safely(store: Store, analytics: Analytics) -> None:
+async def test_concurrent_writes_of_one_process_share_the_connection_safely(store: Store, analytics: Store) -> None:
     """The usage flush, the monitor and API requests of one worker write through one
     connection at the same time; each gets its own transaction, in turn."""
     import asyncio

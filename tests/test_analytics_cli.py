@@ -7,16 +7,15 @@ import time
 from pathlib import Path
 
 from agentrouter.datadir import DB_FILE
-from agentrouter.store import Store
-from agentrouter.store.analytics import Analytics
+from agentrouter.store import SqliteStore
 from agentrouter.store.models import RequestRecord
 from tests.conftest import Cli
 
 
 async def seed(data_dir: Path, key_id: str, times: list[float], *, status: int = 200, model: str = "gpt-4o") -> None:
-    store = await Store.open(data_dir / DB_FILE)
+    store = await SqliteStore.open(data_dir / DB_FILE)
     try:
-        await Analytics(store).add_requests(
+        await store.add_requests(
             [
                 RequestRecord(
                     key_id=key_id,

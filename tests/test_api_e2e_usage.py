@@ -22,8 +22,7 @@ import httpx
 import pytest
 
 from agentrouter.datadir import DB_FILE
-from agentrouter.store import Store, UsageDelta
-from agentrouter.store.analytics import Analytics
+from agentrouter.store import SqliteStore, UsageDelta
 from agentrouter.store.models import RequestRecord
 from tests.api_fixtures import api_error, record
 from tests.e2e.conftest import Gateway, start_gateway
@@ -46,7 +45,7 @@ class Stack:
 
     def with_store(self, op: Any) -> Any:
         async def main() -> Any:
-            store = await Store.open(self.gateway.data_dir / DB_FILE)
+            store = await SqliteStore.open(self.gateway.data_dir / DB_FILE)
             try:
                 return await op(store)
             finally:
@@ -223,7 +222,7 @@ def test_store_flush_path(stack: Stack) -> None:
 
         async def flush(store: Any) -> None:  # the two writes of one flush
             await store.add_usage([delta])
-            await Analytics(store).add_requests(records)
+            await store.add_requests(records)
 
         stack.with_store(flush)
         totals = api.get(f"/api/v1/keys/{key['id']}").json()["usage"]

@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 
-from agentrouter.store.analytics import Analytics
 from tests.api_fixtures import ApiServer, record
 from tests.api_fixtures import api_error as error
 from tests.waiting import until_sync
@@ -127,7 +126,7 @@ def alerts(api_server: ApiServer, traffic: dict[str, Any]) -> list[dict[str, Any
     now = time.time()
 
     async def seed(store: Any) -> list[str]:
-        a = Analytics(store)
+        a = store
         out = []
         for i, kind in enumerate(["volume_spike", "failure_rate", "unusual_hour", "new_ip", "new_ip"]):
             row = await a.record_alert(

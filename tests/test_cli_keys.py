@@ -183,3 +183,20 @@ def test_the_cli_finds_the_servers_data_dir(tmp_path: Path, cli: Cli) -> None:
     # Without either, the default data dir is used: another one, empty.
     assert cli.json("keys", "list") == []
     assert (tmp_path / "xdg" / "agentrouter" / "agentrouter.db").exists()
+
+
+@pytest.mark.store_backends("postgres")
+def test_keys_against_postgres_act_on_the_shared_state(tmp_path: Path, store_url: str | None) -> None:
+    """``AGENTROUTER_STORE_URL=postgresql://…``: the CLI of one host creates, the CLI of
+    another host (its own data directory) lists and deletes the same keys."""
+    assert store_url is not None
+    host1, host2 = Cli(tmp_path / "h1", store_url), Cli(tmp_path / "h2", store_url)
+    for cli in (host1, host2):  # the digests of both hosts must agree: one secret
+        cli.env["AGENTROUTER_SECRET"] = "shared-secret-0123456789abcdef0123456789"
+    made = host1.json("keys", "create", "--name", "shared", "--requests", "5")
+    listed = host2.json("keys", "list")
+    assert [k["id"] for k in listed] == [made["id"]] and listed[0]["name"] == "shared"
+    assert not (tmp_path / "h1" / "agentrouter.db").exists()  # nothing went to SQLite
+    assert host2.run("keys", "delete", made["id"], "--yes").returncode == 0
+    assert host1.json("keys", "list") == []
+    assert host1.json("keys", "list", "--all")[0]["state"] == "deleted"

@@ -16,7 +16,6 @@ from agentrouter.api import ManagementApi, build_api
 from agentrouter.config import Settings
 from agentrouter.core import Core
 from agentrouter.gateway.app import Gateway, create_app
-from agentrouter.store.analytics import Analytics
 from tests.gateway_fixtures import call, new_key, settings_for
 from tests.waiting import until
 
@@ -158,7 +157,7 @@ async def test_each_proxied_request_is_one_log_row(gw: Gateway) -> None:
     assert gw.usage is not None and await gw.usage.flush()
     assert gw.core is not None
     usage = (await gw.core.keys.get(key_id)).usage
-    analytics = Analytics(gw.core.store)
+    analytics = gw.core.store
     assert usage.requests == await analytics.count_requests() == 4
     rows = [
         tuple(r)

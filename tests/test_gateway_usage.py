@@ -276,11 +276,16 @@ class Sink:
     def __init__(self, fail: int = 0) -> None:
         self.batches: list[list[UsageDelta]] = []
         self.records: list[RequestRecord] = []
+        self.ids: list[str] = []
+        """The batch id of every call, failed ones included."""
         self.calls = 0
         self.fail = fail
 
-    async def __call__(self, deltas: Sequence[UsageDelta], requests: Sequence[RequestRecord] = ()) -> None:
+    async def __call__(
+        self, deltas: Sequence[UsageDelta], requests: Sequence[RequestRecord] = (), *, batch_id: str = ""
+    ) -> None:
         self.calls += 1
+        self.ids.append(batch_id)
         if self.fail:
             self.fail -= 1
             raise RuntimeError("database is locked")
@@ -325,7 +330,9 @@ async def test_failed_write_is_kept_and_retried() -> None:
     rec.record("k", 200, 1, 2, 1.0, "2.2.2.2")
     assert await rec.flush()
     assert totals(sink) == {"k": (2, 2, 0, 0, 2, 4)}
-    assert sink.batches[0][0].last_client_ip == "2.2.2.2"
+    # The failed batch is sent again as it was, under its id, before the newer one.
+    assert [b[0].last_client_ip for b in sink.batches] == ["1.1.1.1", "2.2.2.2"]
+    assert sink.ids[0] == sink.ids[1] != sink.ids[2] and len(set(sink.ids)) == 2
 
 
 async def test_periodic_flush_and_close_lose_nothing() -> None:
@@ -425,13 +432,12 @@ async def test_pending_records_are_capped_while_the_store_is_down(caplog: pytest
 async def test_a_flush_writes_totals_and_log_in_one_store_transaction(tmp_path: Path) -> None:
     """Through the real store: a batch whose totals cannot be written leaves no log
     rows either; a recorder's flush writes both, and the log's view equals the totals."""
-    from agentrouter.store.analytics import Analytics
     from tests.conftest import open_core
 
     core = await open_core(tmp_path / "data", secret="usage-test-secret-0123456789abcdef")
     try:
         key = (await core.keys.create(name="logged")).row.id
-        analytics = Analytics(core.store)
+        analytics = core.store
         orphan = RequestRecord(key_id=key, time=time.time(), model="gpt-4o", status=200, latency_ms=1.0)
         with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):  # the totals' insert fails after the log's
             await core.store.add_usage([UsageDelta(key_id="key_missing", requests=1)], [orphan])
@@ -452,9 +458,10 @@ async def test_a_flush_writes_totals_and_log_in_one_store_transaction(tmp_path: 
             usage.input_tokens,
             usage.output_tokens,
         )
-        rows = await core.store._db.execute_fetchall(
-            "SELECT model, status, client_ip, user_agent FROM request_log ORDER BY id"
-        )
-        assert [tuple(r) for r in rows] == [("gpt-4o", 200, "10.0.0.9", "curl/8"), (None, 429, "10.0.0.9", "curl/8")]
+        rows = await core.store.request_log()
+        assert [(r.model, r.status, r.client_ip, r.user_agent) for r in rows] == [
+            ("gpt-4o", 200, "10.0.0.9", "curl/8"),
+            (None, 429, "10.0.0.9", "curl/8"),
+        ]
     finally:
         await core.close()

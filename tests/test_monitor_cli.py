@@ -6,15 +6,14 @@ import time
 from pathlib import Path
 
 from agentrouter.datadir import DB_FILE
-from agentrouter.store import Store
-from agentrouter.store.analytics import Analytics
+from agentrouter.store import SqliteStore
 from tests.conftest import Cli
 
 
 async def seed_alerts(data_dir: Path, key_id: str) -> list[str]:
-    store = await Store.open(data_dir / DB_FILE)
+    store = await SqliteStore.open(data_dir / DB_FILE)
     try:
-        a = Analytics(store)
+        a = store
         now = time.time()
         made = [
             await a.record_alert(

@@ -16,12 +16,14 @@ from agentrouter._core import FakeClock
 from agentrouter.config import Settings
 from agentrouter.core import Core
 from agentrouter.monitor import Monitor
-from agentrouter.store.analytics import Analytics
 from agentrouter.store.models import RequestRecord
 from tests.waiting import until
 
 HOUR = 3600.0
 DAY = 86400.0
+
+
+pytestmark = pytest.mark.store_backends()
 
 
 def requests(
@@ -51,7 +53,7 @@ async def seed_known_key(core: Core, clock: FakeClock) -> str:
     start = (now // HOUR) * HOUR - 20 * DAY
     for h in range(20 * 24):
         batch += requests(key.id, start + h * HOUR, 10, every=60)
-    await Analytics(core.store).add_requests(batch)
+    await core.store.add_requests(batch)
     return key.id
 
 
@@ -61,7 +63,7 @@ async def test_steady_key_raises_nothing_then_a_new_ip_raises_one_alert(core: Co
     result = await monitor.run_once()
     assert result.leader and result.keys_checked == 1 and result.alerts == []
 
-    await monitor.analytics.add_requests(requests(key_id, clock.unix - 30, 3, ip="192.0.2.77"))
+    await monitor.store.add_requests(requests(key_id, clock.unix - 30, 3, ip="192.0.2.77"))
     result = await monitor.run_once()
     [alert] = result.alerts
     assert (alert.key_id, alert.kind, alert.subject) == (key_id, "new_ip", "192.0.2.77")
@@ -69,7 +71,7 @@ async def test_steady_key_raises_nothing_then_a_new_ip_raises_one_alert(core: Co
     # The next runs see the same condition: no second alert.
     clock.advance(60)
     assert (await monitor.run_once()).alerts == []
-    assert len(await monitor.analytics.list_alerts()) == 1
+    assert len(await monitor.store.list_alerts()) == 1
 
 
 async def test_only_the_lease_holder_runs(core: Core, clock: FakeClock) -> None:
@@ -86,7 +88,7 @@ async def test_only_the_lease_holder_runs(core: Core, clock: FakeClock) -> None:
 
 
 async def test_request_log_is_pruned_by_retention(core: Core, clock: FakeClock) -> None:
-    analytics = Analytics(core.store)
+    analytics = core.store
     now = clock.unix
     await analytics.add_requests(requests("key_x", now - 40 * DAY, 5) + requests("key_x", now - 1 * DAY, 7))
     monitor = Monitor(core.store, Settings(request_log_retention_days=30), clock=core.now)
@@ -132,7 +134,7 @@ async def test_new_alerts_reach_the_webhook_and_failed_ones_are_tried_again(
     core: Core, clock: FakeClock, hook: Hook
 ) -> None:
     key_id = await seed_known_key(core, clock)
-    await Analytics(core.store).add_requests(requests(key_id, clock.unix - 30, 1, ip="192.0.2.50"))
+    await core.store.add_requests(requests(key_id, clock.unix - 30, 1, ip="192.0.2.50"))
     hook.statuses = [500, 500]  # the first run's try and its one retry fail
     settings = Settings(alert_webhook_url=hook.url, alert_webhook_retries=1, alert_webhook_backoff=0.01)
     monitor = Monitor(core.store, settings, clock=core.now)
@@ -150,7 +152,7 @@ async def test_new_alerts_reach_the_webhook_and_failed_ones_are_tried_again(
     assert body["type"] == "agentrouter.alert"
     assert body["alert"]["kind"] == "new_ip" and body["alert"]["key_id"] == key_id
     assert body["key"]["name"] == "steady" and body["key"]["prefix"].startswith("sk-ar-")
-    row = (await monitor.analytics.list_alerts())[0]
+    row = (await monitor.store.list_alerts())[0]
     assert row.notified_at is not None and row.notify_attempts == 2
 
 
@@ -170,7 +172,7 @@ async def test_the_task_runs_periodically_and_stops_cleanly(core: Core) -> None:
 
 async def test_with_detectors_disabled_the_task_still_prunes(core: Core, clock: FakeClock) -> None:
     key_id = await seed_known_key(core, clock)
-    analytics = Analytics(core.store)
+    analytics = core.store
     await analytics.add_requests(
         requests(key_id, clock.unix - 40 * DAY, 2) + requests(key_id, clock.unix - 30, 1, ip="192.0.2.1")
     )

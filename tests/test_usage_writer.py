@@ -22,7 +22,7 @@ import pytest
 
 from agentrouter.core import Core
 from agentrouter.gateway.usage import UsageRecorder
-from agentrouter.store.analytics import WRITE_CHUNK, Analytics
+from agentrouter.store.analytics import WRITE_CHUNK
 from agentrouter.store.models import RequestRecord, UsageDelta
 from agentrouter.store.writer import NICE, UsageWriter, UsageWriterError
 from tests.waiting import until
@@ -100,7 +100,7 @@ async def test_a_batch_is_committed_by_a_separate_process_at_lower_priority(core
         5 * n,
         "10.1.2.3",
     )
-    analytics = Analytics(core.store)
+    analytics = core.store
     assert await analytics.count_requests(key) == n
     report = await analytics.usage(since=time.time() - 60, until=time.time() + 60, bucket="hour", key_id=key)
     assert (report.totals.requests, report.totals.failures_5xx) == (n, n // 4 + 1)
@@ -111,7 +111,7 @@ async def test_a_refused_batch_changes_nothing_and_the_writer_goes_on(core: Core
     pid = writer.pid
     with pytest.raises(UsageWriterError, match="FOREIGN KEY"):
         await writer([UsageDelta(key_id="key_unknown", requests=1)], records(key, 2))
-    analytics = Analytics(core.store)
+    analytics = core.store
     assert await analytics.count_requests() == 0  # the log rows of the refused batch rolled back too
     await writer([UsageDelta(key_id=key, requests=2)], records(key, 2))
     assert writer.pid == pid and writer.spawned == 1
@@ -145,7 +145,7 @@ async def test_a_killed_writer_is_replaced_and_the_recorder_loses_nothing(core: 
     await until(lambda: proc.returncode is not None, "the event loop to reap the killed writer")
     assert await rec.flush()
     assert writer.spawned == 3 and writer.pid not in (None, first, second)
-    assert (await core.keys.get(key)).usage.requests == 13 == await Analytics(core.store).count_requests(key)
+    assert (await core.keys.get(key)).usage.requests == 13 == await core.store.count_requests(key)
 
 
 async def test_the_writer_ignores_interrupts_and_exits_when_its_parent_is_done(core: Core, writer: UsageWriter) -> None:
@@ -228,7 +228,7 @@ async def test_the_gateway_writes_usage_in_either_mode(tmp_path: Path, mode: str
             assert reply.status == 200
         usage = await stored_usage(app, key_id)
         assert usage.requests == 3 and usage.input_tokens > 0
-        assert await Analytics(app.core.store).count_requests(key_id) == 3
+        assert await app.core.store.count_requests(key_id) == 3
     finally:
         await app.shutdown()
     if child is not None:

@@ -17,6 +17,30 @@ key is not in this copy but the generation moved), the table is reloaded from th
 and the key checked again. Reloads are single-flight: concurrent requests wait for the
 same one.
 
+With a shared limiter (``limiter_url``: Redis, through ``limits.failover``) the check
+is in two steps: ``KeyTable.authenticate`` (native, local: format, digest, lookup,
+this host's revoked flag, expiry), then one ``acquire`` round trip that reads the
+key's revoked flag on every host, charges its bucket and reads the shared key-set
+generation, atomically. Key changes on other hosts reach this table so:
+
+* **revoked** (deleted; later a disabled user): refused on the request's own
+  round trip (the flag is read with the bucket), whatever the announcements did;
+* **any other change** (expiry, limit, rotation, a new key): the verdict carries
+  the generation; when it differs from the one the table was loaded at, the table
+  is reloaded from the store *before answering* and the key judged again (an
+  expired or deleted key is refused; the charge stands, made under the limit
+  the key had), so a change is in force from the first request after it returned;
+* **a key this table does not know** (made on another host a moment ago): the
+  generation is read (``Limiter.generation``, one round trip) and the table
+  reloaded only when it moved, so a flood of random keys makes no reloads;
+* ``follow`` (a task per process) also reloads on each announced change (pub/sub,
+  or a poll every 0.5 s) so that idle processes are up to date too;
+* **Redis unreachable**: the failure mode decides; ``follow`` reloads the table
+  from the store about once a second (``BLIND_RELOAD_INTERVAL``), and an unknown
+  key triggers at most that many reloads, so deletions made on other hosts (in
+  the store) are still refused within about a second; ``closed`` refuses with 503
+  (``Refusal.UNAVAILABLE``).
+
 Header rules (no message shows more of a key than its display prefix):
 
 * ``Authorization: Bearer <key>`` or ``x-api-key: <key>``; the same key in both is
@@ -38,9 +62,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import math
-from collections.abc import Callable, Iterable
-from typing import Protocol
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Final, Protocol
 
 from agentrouter._core import (
     AUTH_EXPIRED,
@@ -49,11 +75,12 @@ from agentrouter._core import (
     AUTH_REVOKED,
     AUTH_STALE,
     AUTH_UNKNOWN,
-    Decision,
     KeyRecord,
     KeyTable,
     display_prefix,
 )
+from agentrouter.limits.base import Decision as AnyDecision
+from agentrouter.limits.base import Limiter, LimiterUnavailable
 
 __all__ = [
     "INFERENCE_SCOPE",
@@ -69,6 +96,11 @@ __all__ = [
 
 INFERENCE_SCOPE = "inference"
 MANAGE_SCOPE = "manage"
+BLIND_RELOAD_INTERVAL: Final = 1.0
+"""Seconds between two reloads of the key table made without knowing whether a key
+changed (the shared limiter unreachable)."""
+
+log = logging.getLogger("agentrouter.auth")
 
 
 class Refusal(enum.Enum):
@@ -83,6 +115,8 @@ class Refusal(enum.Enum):
     EXPIRED = "expired"
     WRONG_SCOPE = "wrong_scope"
     RATE_LIMITED = "rate_limited"
+    UNAVAILABLE = "unavailable"
+    """The shared limiter cannot be reached and its failure mode is ``closed``."""
 
     @property
     def status(self) -> int:
@@ -90,6 +124,8 @@ class Refusal(enum.Enum):
             return 403
         if self is Refusal.RATE_LIMITED:
             return 429
+        if self is Refusal.UNAVAILABLE:
+            return 503
         return 401
 
 
@@ -101,6 +137,7 @@ _DIFFERENT = (
     "Ambiguous credentials: the Authorization and x-api-key headers carry different keys; "
     "send one key (in either header, or the same key in both)."
 )
+_UNAVAILABLE = "The gateway's rate limiter cannot be reached; retry shortly."
 # What a key of the wrong scope is told, by the scope the route needs.
 _SCOPE_HINTS = {
     INFERENCE_SCOPE: "cannot call the inference API; use a key with scope 'inference'.",
@@ -126,7 +163,7 @@ class AuthResult:
         refusal: Refusal | None,
         message: str,
         record: KeyRecord | None = None,
-        decision: Decision | None = None,
+        decision: AnyDecision | None = None,
     ) -> None:
         self.refusal = refusal
         self.message = message
@@ -158,12 +195,26 @@ def key_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes | None, b
 class KeyAuthenticator:
     """One per process (``Core.auth``): the key table and how to reload it."""
 
-    def __init__(self, table: KeyTable, loader: TableLoader, generation: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        table: KeyTable,
+        loader: TableLoader,
+        generation: Callable[[], int],
+        *,
+        shared: Limiter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._table = table
         self._loader = loader
         self._generation = generation
+        self._shared = shared
+        self._clock = clock
         self._reload: asyncio.Future[None] | None = None
         self._loaded = False
+        self._shared_generation: int | None = None
+        self._blind_reload_at = 0.0
+        self.reloads = 0
+        """Reloads of the table since start."""
 
     @property
     def table(self) -> KeyTable:
@@ -198,6 +249,8 @@ class KeyAuthenticator:
                 return AuthResult(Refusal.NOT_BEARER, _NOT_BEARER)
             return AuthResult(Refusal.MISSING, _MISSING)
 
+        if self._shared is not None:
+            return await self._check_shared(raw, scope, self._shared)
         table = self._table
         if not self._loaded or self._generation() != table.generation:
             await self.reload()
@@ -208,26 +261,100 @@ class KeyAuthenticator:
 
         if code == AUTH_OK:
             assert record is not None and decision is not None
+            # _judged, inlined: the shared-memory hot path pays no extra call.
             if record.scope != scope:
-                hint = _SCOPE_HINTS.get(scope, f"cannot call this API; it needs a key with scope '{scope}'.")
-                message = f"The API key {display_prefix(raw)} has scope '{record.scope}' and {hint}"
-                return AuthResult(Refusal.WRONG_SCOPE, message, record, decision)
+                return _wrong_scope(raw, scope, record, decision)
             if not decision.allowed:
                 return AuthResult(Refusal.RATE_LIMITED, _limit_message(decision), record, decision)
             return AuthResult(None, "", record, decision)
-        if code == AUTH_MALFORMED:
-            return AuthResult(Refusal.MALFORMED, _MALFORMED)
-        shown = display_prefix(raw)
-        if code == AUTH_REVOKED:
-            return AuthResult(Refusal.DELETED, f"Invalid API key {shown}: the key has been deleted.")
-        if code == AUTH_EXPIRED:
-            return AuthResult(Refusal.EXPIRED, f"Invalid API key {shown}: the key has expired.")
-        # AUTH_UNKNOWN, or still stale after a reload (a key created and deleted meanwhile).
-        assert code in (AUTH_UNKNOWN, AUTH_STALE), code
-        return AuthResult(Refusal.UNKNOWN, f"Invalid API key {shown}: no such key.")
+        return _refused(code, raw)
+
+    async def _check_shared(self, raw: str, scope: str, shared: Limiter) -> AuthResult:
+        """The check with a shared limiter (see the module docstring)."""
+        if not self._loaded:
+            await self.reload()
+        table = self._table
+        code, record = table.authenticate(raw)
+        if code in (AUTH_UNKNOWN, AUTH_STALE) and await self._maybe_reload(shared):
+            code, record = table.authenticate(raw)
+        if code != AUTH_OK:
+            return _refused(code, raw)
+        assert record is not None
+        verdict = await shared.acquire(record, record.requests, record.interval)
+        generation = verdict.generation
+        if generation is not None and generation != self._shared_generation:
+            # A key changed somewhere since the table was loaded: in force before answering.
+            await self.reload()
+            code, record = table.authenticate(raw)
+            if code != AUTH_OK:
+                return _refused(code, raw)
+            assert record is not None
+        if verdict.revoked:
+            return _refused(AUTH_REVOKED, raw)
+        decision = verdict.decision
+        if decision is None:  # the failure mode is "closed"
+            return AuthResult(Refusal.UNAVAILABLE, _UNAVAILABLE, record)
+        return self._judged(raw, scope, record, decision)
+
+    async def _maybe_reload(self, shared: Limiter) -> bool:
+        """For a key the table does not know: reload if the shared generation moved
+        (or, when it cannot be read, at most once per ``BLIND_RELOAD_INTERVAL``).
+        Returns whether the table was reloaded."""
+        try:
+            generation: int | None = await shared.generation()
+        except LimiterUnavailable:
+            generation = None
+        if generation is not None:
+            if generation == self._shared_generation:
+                return False
+            await self.reload()
+            return True
+        return await self.reload_blind()
+
+    async def reload_blind(self) -> bool:
+        """Reload unless a reload of this kind ran less than ``BLIND_RELOAD_INTERVAL``
+        seconds ago; returns whether it reloaded."""
+        now = self._clock()
+        if now < self._blind_reload_at:
+            return False
+        self._blind_reload_at = now + BLIND_RELOAD_INTERVAL
+        await self.reload()
+        return True
+
+    async def follow(self, changes: AsyncIterator[int | None]) -> None:
+        """Reload the table on each value of ``changes`` (``FailoverLimiter.changes``)
+        that differs from the generation the table was loaded at; on None (the shared
+        limiter unreachable) reload blind, and reload on the first value after it.
+        Runs until cancelled; a failing reload (the store) is logged and retried on
+        the next value."""
+        unsure = False
+        failing = False
+        async for generation in changes:
+            try:
+                if generation is None:
+                    unsure = True
+                    await self.reload_blind()
+                elif unsure or generation != self._shared_generation:
+                    await self.reload()
+                    unsure = False
+                failing = False
+            except Exception as exc:  # noqa: BLE001 - the store failing: try again on the next value
+                if not failing:
+                    log.warning("reloading the key table failed (tried again shortly): %s", exc)
+                failing = True
+
+    def _judged(self, raw: str, scope: str, record: KeyRecord, decision: AnyDecision) -> AuthResult:
+        """A valid key's result: its scope, then its limit."""
+        if record.scope != scope:
+            return _wrong_scope(raw, scope, record, decision)
+        if not decision.allowed:
+            return AuthResult(Refusal.RATE_LIMITED, _limit_message(decision), record, decision)
+        return AuthResult(None, "", record, decision)
 
     async def reload(self) -> None:
-        """Rebuild the table from the store; concurrent callers share one reload."""
+        """Rebuild the table from the store; concurrent callers share one reload. With a
+        shared limiter, its generation is read first (a change landing during the read
+        then moves it past the value kept, and causes one more reload)."""
         pending = self._reload
         if pending is not None:
             await asyncio.shield(pending)
@@ -235,7 +362,15 @@ class KeyAuthenticator:
         loop = asyncio.get_running_loop()
         self._reload = pending = loop.create_future()
         try:
+            shared_generation = None
+            if self._shared is not None:
+                try:
+                    shared_generation = await self._shared.generation()
+                except LimiterUnavailable:
+                    pass  # unknown: the first generation read later differs, and reloads
             await self._loader.load_table(self._table)
+            self._shared_generation = shared_generation
+            self.reloads += 1
         except BaseException as exc:
             pending.set_exception(exc)
             pending.exception()  # retrieved: waiters re-raise it, nobody else must
@@ -247,7 +382,27 @@ class KeyAuthenticator:
             self._reload = None
 
 
-def rate_limit_headers(decision: Decision | None) -> list[tuple[bytes, bytes]]:
+def _wrong_scope(raw: str, scope: str, record: KeyRecord, decision: AnyDecision) -> AuthResult:
+    hint = _SCOPE_HINTS.get(scope, f"cannot call this API; it needs a key with scope '{scope}'.")
+    message = f"The API key {display_prefix(raw)} has scope '{record.scope}' and {hint}"
+    return AuthResult(Refusal.WRONG_SCOPE, message, record, decision)
+
+
+def _refused(code: int, raw: str) -> AuthResult:
+    """The refusal for an authentication outcome other than AUTH_OK."""
+    if code == AUTH_MALFORMED:
+        return AuthResult(Refusal.MALFORMED, _MALFORMED)
+    shown = display_prefix(raw)
+    if code == AUTH_REVOKED:
+        return AuthResult(Refusal.DELETED, f"Invalid API key {shown}: the key has been deleted.")
+    if code == AUTH_EXPIRED:
+        return AuthResult(Refusal.EXPIRED, f"Invalid API key {shown}: the key has expired.")
+    # AUTH_UNKNOWN, or still stale after a reload (a key created and deleted meanwhile).
+    assert code in (AUTH_UNKNOWN, AUTH_STALE), code
+    return AuthResult(Refusal.UNKNOWN, f"Invalid API key {shown}: no such key.")
+
+
+def rate_limit_headers(decision: AnyDecision | None) -> list[tuple[bytes, bytes]]:
     """``X-RateLimit-Limit``, ``-Remaining``, ``-Reset`` for a limited key, and on a
     refusal ``Retry-After`` (whole seconds, rounded up) and ``retry-after-ms`` (which
     the OpenAI SDK reads first); nothing for an unlimited key."""
@@ -257,7 +412,7 @@ def rate_limit_headers(decision: Decision | None) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-def add_rate_limit_headers(headers: list[tuple[bytes, bytes]], decision: Decision) -> None:
+def add_rate_limit_headers(headers: list[tuple[bytes, bytes]], decision: AnyDecision) -> None:
     """``rate_limit_headers`` appended to ``headers``, for a decision with a limit
     (the hot path's form: no list of its own)."""
     headers.append((b"x-ratelimit-limit", b"%d" % decision.limit))  # type: ignore[str-format]
@@ -269,7 +424,7 @@ def add_rate_limit_headers(headers: list[tuple[bytes, bytes]], decision: Decisio
         headers.append((b"retry-after-ms", b"%d" % max(1, math.ceil(wait * 1000.0))))
 
 
-def _limit_message(decision: Decision) -> str:
+def _limit_message(decision: AnyDecision) -> str:
     if decision.reason == "cost_exceeds_limit":
         return f"This request costs more than the key's limit of {decision.limit} requests allows."
     retry = decision.retry_after

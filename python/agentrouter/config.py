@@ -12,6 +12,14 @@ The file::
     body_timeout = 300           # seconds a request body may take in all (408)
     cors_allow_origins = []      # browser origins allowed by CORS ("https://app.example.com", "*")
     limiter_slots = 65536        # buckets in the shared limiter region (at most this many live keys)
+    limiter_url = "redis://redis.internal:6379/0"   # buckets in Redis, for several hosts (default: none)
+    limiter_failure_mode = "local"   # while Redis is unreachable: local | open | closed
+    limiter_timeout = 0.25       # seconds any Redis call may take before the failure mode decides
+    store_url = "postgresql://agentrouter@db.internal/agentrouter"   # default: the SQLite file in data_dir
+    store_pool_min = 1           # PostgreSQL connections each process keeps open
+    store_pool_max = 10          # and at most
+    store_connect_timeout = 5    # seconds to connect to PostgreSQL (and to answer a query)
+    usage_buffer_records = 100000   # request-log records a worker buffers while the store is down
     shutdown_timeout = 30        # seconds to drain in-flight requests on SIGTERM
     request_log_retention_days = 30
     alert_webhook_url = "https://hooks.example.com/agentrouter"   # default: none
@@ -59,7 +67,8 @@ send them.
 
 Every ``[server]`` setting is also read from ``AGENTROUTER_<NAME>`` (``AGENTROUTER_PORT``,
 ``AGENTROUTER_WORKERS``, ``AGENTROUTER_DATA_DIR``, ``AGENTROUTER_MAX_BODY_BYTES``,
-``AGENTROUTER_LIMITER_SLOTS``, ``AGENTROUTER_CORS_ALLOW_ORIGINS`` (comma-separated), …),
+``AGENTROUTER_LIMITER_SLOTS``, ``AGENTROUTER_LIMITER_URL``, ``AGENTROUTER_CORS_ALLOW_ORIGINS``
+(comma-separated), …),
 the server secret from ``AGENTROUTER_SECRET`` (``secret``; at least 32 bytes; without it
 the secret is the data directory's ``secret`` file, created on first run),
 every provider setting from ``AGENTROUTER_PROVIDERS__<PROVIDER>__<NAME>`` (for instance
@@ -90,13 +99,14 @@ import math
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
 
-from agentrouter.datadir import default_data_dir
+from agentrouter.datadir import DB_FILE, default_data_dir
 from agentrouter.errors import AgentRouterError
 
 __all__ = [
@@ -106,6 +116,7 @@ __all__ = [
     "ProviderSettings",
     "Settings",
     "load_settings",
+    "redact_url",
 ]
 
 ENV_PREFIX = "AGENTROUTER_"
@@ -115,6 +126,8 @@ DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_LIMITER_SLOTS = 65536
 MAX_LIMITER_SLOTS = 1 << 24  # 16 Mi buckets: a 1 GiB region file
 MIN_SECRET_BYTES = 32
+MAX_LIMITER_TIMEOUT = 5.0
+LIMITER_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 HOUR = 3600.0
 
 ProviderType = Literal["openai", "anthropic", "mock"]
@@ -359,6 +372,19 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limiter_slots: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMITER_SLOTS)] = DEFAULT_LIMITER_SLOTS
     """Buckets in the shared limiter region: one per live key. Every process sharing a
     data directory must use the same number (the region file records it)."""
+    limiter_url: str | None = None
+    """Redis (7.0 or later, or Valkey) holding the buckets, the revoked flags and the
+    key-set generation of every host: ``redis://[user:password@]host:port/db``,
+    ``rediss://…`` (TLS) or ``unix:///path/redis.sock?db=0``. None (the default): this
+    host's shared-memory region (``limiter_slots``) decides alone. Its password is
+    never shown (``redacted_limiter_url``)."""
+    limiter_failure_mode: Literal["local", "open", "closed"] = "local"
+    """What decides while Redis cannot be reached (``limits.failover``): ``local``, this
+    host's shared-memory limiter with the same limits (so they hold per host); ``open``,
+    every valid key admitted without a limit; ``closed``, every request refused with 503."""
+    limiter_timeout: Annotated[float, msgspec.Meta(gt=0, le=MAX_LIMITER_TIMEOUT)] = 0.25
+    """Seconds any call to Redis may take (connecting included) before it counts as a
+    failure and the failure mode answers; never retried (a retry could charge twice)."""
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = DEFAULT_MAX_BODY_BYTES
     """A larger request body gets 413 (a larger ``Content-Length`` before any is read)."""
     body_idle_timeout: _Seconds = 30.0
@@ -374,6 +400,24 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cors_allow_origins: tuple[str, ...] = ()
     """Browser origins allowed by CORS (``https://app.example.com``, exact; ``*`` for
     any, then never with credentials). None by default: no CORS headers at all."""
+    store_url: str | None = None
+    """Where keys, usage and the request log live: None (the default) for the SQLite
+    file ``agentrouter.db`` in ``data_dir``, ``sqlite:///ABSOLUTE/PATH`` for another
+    file, or ``postgresql://user:password@host:port/database`` (``postgres://`` too;
+    asyncpg's query parameters, e.g. ``?sslmode=require``) for PostgreSQL. Shown
+    without its password (``redact_url``)."""
+    store_pool_min: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 1
+    """PostgreSQL: connections each process keeps open."""
+    store_pool_max: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
+    """PostgreSQL: at most this many connections per process (a server of W workers
+    opens up to W × (this + 1): each worker's usage writer has one of its own)."""
+    store_connect_timeout: _Seconds = 5.0
+    """PostgreSQL: seconds to connect, and for a query to answer, before the store
+    counts as unavailable (503 on the management API, ``/readyz`` not ready)."""
+    usage_buffer_records: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    """Request-log records each worker keeps while the store cannot be written (about
+    300 bytes each); past that the newest are dropped, counted and logged (the key
+    totals still count them)."""
     shutdown_timeout: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     usage_flush_interval: _Seconds = 1.0
     usage_writer: Literal["process", "inline"] = "process"
@@ -451,17 +495,63 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return self.base_url.startswith("https://")
 
     @property
+    def store_backend(self) -> Literal["sqlite", "postgresql"]:
+        return "postgresql" if self.store_url and _is_postgres(self.store_url) else "sqlite"
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite file (the default store, or a ``sqlite:///`` URL)."""
+        if self.store_url and self.store_url.startswith("sqlite:///"):
+            return Path(urllib.parse.unquote(self.store_url[len("sqlite://") :]))
+        return self.data_path / DB_FILE
+
+    @property
     def secret_bytes(self) -> bytes | None:
         """``secret`` as the bytes the digester takes (None: use the data directory's file)."""
         return None if self.secret is None else _secret_bytes(self.secret)
+
+    @property
+    def redacted_limiter_url(self) -> str | None:
+        """``limiter_url`` with its password replaced by ``***``: the form for messages."""
+        return None if self.limiter_url is None else redact_url(self.limiter_url)
 
     def __repr__(self) -> str:
         # The secret (and providers' keys) must not reach a log through a repr.
         shown = {f: getattr(self, f) for f in self.__struct_fields__ if f not in ("secret", "providers")}
         # (smtp and oauth hide their own passwords and client secrets in their reprs)
         shown["secret"] = None if self.secret is None else "***"
+        shown["limiter_url"] = self.redacted_limiter_url
+        shown["store_url"] = None if self.store_url is None else redact_url(self.store_url)
         shown["providers"] = tuple(p.name for p in self.providers)
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+
+def _is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (in the authority or a ``password`` parameter),
+    for messages and logs."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<an unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        if ":" in userinfo:
+            netloc = f"{user}:***@{hostport}"
+        elif parts.scheme.lower() in ("redis", "rediss", "unix"):
+            netloc = f"***@{hostport}"  # Redis reads a lone redis://secret@host as the password
+        else:
+            netloc = f"{user}@{hostport}"  # PostgreSQL reads it as the user
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        query = urllib.parse.urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _secret_bytes(secret: str) -> bytes:
@@ -722,6 +812,28 @@ def _check_server(settings: Settings, env: Mapping[str, str], origin: dict[str, 
         raise fail("secret", f"must be at least {MIN_SECRET_BYTES} bytes long")
     if settings.body_idle_timeout > settings.body_timeout:
         raise fail("body_idle_timeout", f"must not exceed body_timeout ({settings.body_timeout:g} s)")
+    if settings.store_pool_min > settings.store_pool_max:
+        raise fail("store_pool_min", f"must not exceed store_pool_max ({settings.store_pool_max})")
+    url = (settings.store_url or "").strip()
+    if not url:
+        changes["store_url"] = None
+    elif _is_postgres(url):
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError as exc:
+            raise fail("store_url", f"{redact_url(url)} is not a valid URL ({exc})") from None
+        if not parts.hostname and "host=" not in parts.query:
+            raise fail("store_url", f"{redact_url(url)} names no host: postgresql://user:password@host:5432/database")
+        changes["store_url"] = url
+    elif url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        changes["store_url"] = url
+    else:
+        raise fail(
+            "store_url",
+            f"{redact_url(url)!r} is not a store URL: give postgresql://user:password@host:5432/database, "
+            "sqlite:///absolute/path.db, or nothing for the SQLite file in data_dir",
+        )
     origins = []
     for value in settings.cors_allow_origins:
         origin_ = value.strip().lower()
@@ -732,6 +844,18 @@ def _check_server(settings: Settings, env: Mapping[str, str], origin: dict[str, 
             )
         origins.append(origin_)
     changes["cors_allow_origins"] = tuple(dict.fromkeys(origins))
+    limiter_url = settings.limiter_url
+    if limiter_url is not None:
+        limiter_url = limiter_url.strip() or None  # an empty AGENTROUTER_LIMITER_URL: no Redis
+        if limiter_url is not None and (
+            not limiter_url.lower().startswith(LIMITER_URL_SCHEMES)
+            or len(limiter_url) <= len(limiter_url.partition("://")[0]) + 3
+        ):
+            raise fail(
+                "limiter_url",
+                f"expected a redis://, rediss:// or unix:// URL, got {redact_url(limiter_url)!r}",
+            )
+        changes["limiter_url"] = limiter_url
     return msgspec.structs.replace(settings, **changes)
 
 

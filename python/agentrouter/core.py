@@ -4,8 +4,21 @@
 ``serve``'s preparation, the management API on its own, the CLI and the tests all come
 through here — so there is one way to put the store, the shared limiter region, the
 digester, the key authenticator and the accounts service (``core.accounts``: its
-mailer, its sign-in throttle on its own limiter region) together. (The store and limiter backends chosen
-by settings, PostgreSQL and Redis, are to be picked here too.)
+mailer, its sign-in throttle on its own limiter region) together, and one place that
+picks the limiter backend from the settings:
+
+* no ``limiter_url``: this host's shared-memory region decides alone (``limits``
+  is a ``SharedMemoryLimiter``; the hot path stays the one native call
+  ``KeyTable.check``);
+* ``limiter_url``: ``limits`` is a ``FailoverLimiter`` over a ``RedisLimiter``, with
+  the shared-memory region as its ``local`` fallback (``limiter_failure_mode``).
+  Redis being down at start-up is not an error: the core starts in the failure
+  mode and Redis is probed from then on. ``follow_changes`` starts the task that
+  reloads the key table when the shared generation moves (pub/sub and a poll),
+  and from the store about once a second while Redis cannot be reached.
+
+The store is the one ``store_url`` names (``store.open_store``: the SQLite file by
+default, or PostgreSQL).
 
 What cannot be opened (the data directory, the database file, the limiter region) is
 a ``StateError`` whose message names the file and says what to do.
@@ -29,8 +42,10 @@ from agentrouter.config import Settings
 from agentrouter.datadir import DB_FILE, LIMITER_FILE, ensure_data_dir
 from agentrouter.errors import AgentRouterError
 from agentrouter.keys import KeyService
+from agentrouter.limits import FailureMode, Limiter, SharedMemoryLimiter
+from agentrouter.limits.failover import FailoverLimiter
 from agentrouter.secret import load_secret
-from agentrouter.store import KeyRow, Store
+from agentrouter.store import KeyRow, Store, open_store
 
 if TYPE_CHECKING:
     from agentrouter.accounts.service import AccountService
@@ -57,25 +72,34 @@ class Core:
         digester: Digester,
         clock: FakeClock | None = None,
         *,
-        settings: Settings | None = None,
-        secret: bytes | None = None,
+        settings: Settings,
+        secret: bytes,
+        limits: Limiter | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.store = store
         self.limiter = limiter
+        """This host's shared-memory region (slots, the local buckets)."""
+        self.limits: Limiter = limits if limits is not None else SharedMemoryLimiter(limiter)
+        """The limiter interface every edge and the key service use."""
+        self.remote = self.limits if isinstance(self.limits, FailoverLimiter) else None
+        """The Redis limiter (with its failure mode), or None in shared-memory mode."""
         self.digester = digester
         # Expiry is judged by the limiter's clock in the key table, so key
         # operations must read the same clock.
         self.now: Callable[[], float] = time.time if clock is None else (lambda: clock.unix)
-        self.keys = KeyService(store, limiter, digester, clock=self.now)
-        self.accounts: AccountService | None = None
-        if settings is not None and secret is not None:
-            self.accounts = _accounts(self, settings, secret, clock)
+        self.keys = KeyService(store, limiter, digester, clock=self.now, limits=self.limits)
+        self.accounts: AccountService = _accounts(self, settings, secret, clock)
+        self.store_target = store.url
+        """What a child process opens to reach the same store (the usage writer): the
+        SQLite file, or the full PostgreSQL URL (with its password: never log it)."""
         # One key table per process, shared by every edge it serves (/v1, /api).
-        self.auth = KeyAuthenticator(self.new_table(), self, limiter.generation)
+        self.auth = KeyAuthenticator(self.new_table(), self, limiter.generation, shared=self.remote)
+        self._follower: asyncio.Task[None] | None = None
         # The files this process opened (path → device and inode), to tell at
         # readiness whether they are still the ones at those paths.
-        paths = [store.path] + ([Path(limiter.path)] if limiter.path is not None else [])
+        self._store_files = set(store.files())
+        paths = [*store.files()] + ([Path(limiter.path)] if limiter.path is not None else [])
         self._opened = {path: _identity(path) for path in paths}
 
     @classmethod
@@ -98,18 +122,28 @@ class Core:
                 "or set limiter_slots to the value the server uses."
             ) from exc
         try:
-            store = await Store.open(data_dir / DB_FILE)
+            store = await open_store(settings)
         except (sqlite3.Error, OSError) as exc:
             raise state_error(exc, data_dir) from exc
         try:
-            core = cls(data_dir, store, limiter, Digester(secret), clock, settings=settings, secret=secret)
+            limits = await open_limits(settings, limiter, clock)
+        except BaseException:
+            await store.close()
+            raise
+        try:
+            core = cls(
+                data_dir, store, limiter, Digester(secret), clock, settings=settings, secret=secret, limits=limits
+            )
         except LimiterError as exc:
+            await limits.aclose()
             await store.close()
             raise StateError(
                 f"{exc}. The sign-in throttle's region ({data_dir / THROTTLE_FILE}) is rebuilt when it is missing: "
                 "stop every AgentRouter process using the data directory, remove it, and start again; or set "
                 "accounts.throttle_buckets to the value the server uses."
             ) from exc
+        if settings.store_url is not None and settings.store_backend == "postgresql":
+            core.store_target = settings.store_url
         try:
             await core._sync_slots()
         except BaseException:
@@ -117,12 +151,31 @@ class Core:
             raise
         return core
 
+    def follow_changes(self) -> None:
+        """Start reloading the key table when the shared generation moves (Redis only;
+        a no-op otherwise). Stopped by ``close``."""
+        if self.remote is not None and self._follower is None:
+            self._follower = asyncio.get_running_loop().create_task(
+                self.auth.follow(self.remote.changes()), name="agentrouter-key-changes"
+            )
+
     async def close(self) -> None:
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
         try:
-            if self.accounts is not None:
-                await self.accounts.aclose()
+            await self.accounts.aclose()
+            await self.limits.aclose()
         finally:
             await self.store.close()
+
+    def limiter_state(self) -> str | None:
+        """With Redis, what decides now: ``redis``, or ``redis unavailable: <mode>``
+        (None in shared-memory mode)."""
+        if self.remote is None:
+            return None
+        return "redis" if self.remote.available else f"redis unavailable: {self.remote.mode.value}"
 
     async def problems(self) -> list[str]:
         """Why this process cannot serve keys right now (empty: ready). Cheap: a few
@@ -132,7 +185,7 @@ class Core:
         if not self.auth.loaded:
             problems.append("key table: not loaded yet")
         for path, identity in self._opened.items():
-            part = "store" if path == self.store.path else "limiter"
+            part = "store" if path in self._store_files else "limiter"
             now = _identity(path)
             if now != identity:
                 log.warning("not ready: %s was removed or replaced since this process opened it", path)
@@ -140,6 +193,12 @@ class Core:
             elif not os.access(path, os.R_OK | os.W_OK):
                 log.warning("not ready: %s is not readable and writable", path)
                 problems.append(f"{part}: its file is not readable and writable")
+        if self.remote is not None:
+            # A probe: ends an outage when Redis is back. Logged by the limiter (once per
+            # outage); only "closed" stops serving (the other modes keep answering).
+            up = await self.remote.check()
+            if not up and self.remote.mode is FailureMode.CLOSED:
+                problems.append("limiter: Redis is unavailable and limiter_failure_mode is closed")
         try:
             await asyncio.wait_for(self.store.schema_version(), READY_QUERY_TIMEOUT)
         except TimeoutError:
@@ -164,7 +223,14 @@ class Core:
         digests (refused as deleted, not unknown). The generation is read first, so a
         change that lands during the read moves it again and causes one more reload."""
         generation = self.limiter.generation()
-        entries = [(digest, key_record(row)) for digest, row in await self.store.active_keys_with_digests()]
+        rows = await self.store.active_keys_with_digests()
+        if self.remote is not None:
+            # Keys made on other hosts hold slots this host's region has not given them
+            # yet: the table's local checks (and the local failure mode) need them live.
+            for _digest, row in rows:
+                if row.slot is not None and not self.limiter.slot_is_live(row.slot, row.tag):
+                    self.limiter.claim_slot(row.slot, row.tag)
+        entries = [(digest, key_record(row)) for digest, row in rows]
         deleted = await self.store.deleted_key_digests()
         table.replace_all(entries, generation, deleted)
 
@@ -184,6 +250,24 @@ def _accounts(core: Core, settings: Settings, secret: bytes, clock: FakeClock | 
         throttle=throttle,
         clock=core.now,
     )
+
+
+async def open_limits(settings: Settings, region: RateLimiter, clock: FakeClock | None = None) -> Limiter:
+    """The limiter of ``settings``: the shared-memory region alone, or Redis with the
+    region as its fallback (see the module docstring)."""
+    local = SharedMemoryLimiter(region)
+    url = settings.limiter_url
+    if url is None:
+        return local
+    from agentrouter.limits.redis import RedisLimiter  # redis-py: imported only when used
+
+    test_clock = None if clock is None else (lambda: round(clock.unix * 1e9))
+    remote = await RedisLimiter.connect(url, timeout=settings.limiter_timeout, test_clock=test_clock, lazy=True)
+    limits = FailoverLimiter(remote, local, FailureMode(settings.limiter_failure_mode))
+    # Redis down now is no reason not to start: the outage is logged (once) and the
+    # failure mode decides until Redis answers.
+    await limits.check()
+    return limits
 
 
 def key_record(row: KeyRow) -> KeyRecord:

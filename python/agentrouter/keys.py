@@ -1,9 +1,10 @@
 """The key service: every change to API keys goes through here (CLI, management API).
 
-It keeps three things in step: the store (source of truth), the shared limiter
-region (slot ownership, revoked flags, the key-set generation) and the digests.
-A change is visible to every running gateway process on its next request:
-deletion through the shared revoked flag, everything else through the generation
+It keeps three things in step: the store (source of truth), the limiter (slot
+ownership in this host's region; the revoked flags and the key-set generation of
+every host, through ``Limiter.changed``) and the digests. A change is visible to
+every running gateway process, on every host sharing the limiter, on its next
+request: deletion through the revoked flag, everything else through the generation
 counter, which makes each process reload its key table once.
 
 Keys belong to people. Every method takes an ``actor`` (``agentrouter.actor``):
@@ -23,7 +24,6 @@ from __future__ import annotations
 import builtins
 import math
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -34,6 +34,7 @@ from agentrouter._core import Digester, RateLimiter, display_prefix, generate_ke
 from agentrouter.actor import INSTANCE, Actor
 from agentrouter.audit import AuditLog
 from agentrouter.errors import AgentRouterError
+from agentrouter.limits import KeyId, Limiter, SharedMemoryLimiter
 from agentrouter.store import KeyRow, Store
 from agentrouter.store.models import SCOPES
 
@@ -87,9 +88,12 @@ class KeyService:
         digester: Digester,
         clock: Callable[[], float] = time.time,
         audit: AuditLog | None = None,
+        *,
+        limits: Limiter | None = None,
     ) -> None:
         self._store = store
         self._limiter = limiter
+        self._limits = limits if limits is not None else SharedMemoryLimiter(limiter)
         self._digester = digester
         self._clock = clock
         self._audit = audit
@@ -129,21 +133,18 @@ class KeyService:
                 )
             if owner is None or not actor.is_admin:
                 owner = actor.user_id
-        try:
-            created = await self._insert(
-                name=validate_name(name),
-                requests=requests,
-                interval=interval,
-                metadata=validate_metadata(metadata if metadata is not None else {}),
-                scope=validate_scope(scope),
-                owner=owner,
-                expires_at=None if expires_in is None else now + expires_in,
-                now=now,
-            )
-        except sqlite3.IntegrityError as exc:
-            if owner is not None and "FOREIGN KEY" in str(exc).upper():
-                raise KeyInputError(f"owner: no user with id {owner!r}") from None
-            raise
+        if owner is not None and owner != actor.user_id and await self._store.accounts.get_user(owner) is None:
+            raise KeyInputError(f"owner: no user with id {owner!r}")
+        created = await self._insert(
+            name=validate_name(name),
+            requests=requests,
+            interval=interval,
+            metadata=validate_metadata(metadata if metadata is not None else {}),
+            scope=validate_scope(scope),
+            owner=owner,
+            expires_at=None if expires_in is None else now + expires_in,
+            now=now,
+        )
         await self._record("key_created", actor, created.row, name=created.row.name, scope=created.row.scope)
         return created
 
@@ -158,13 +159,15 @@ class KeyService:
         owner: str | None,
         expires_at: float | None,
         now: float,
-        before_commit: Any = None,
         key_id: str | None = None,
+        replaces: str | None = None,
+        replaced_until: float | None = None,
     ) -> CreatedKey:
         raw = generate_key()
         tag = secrets.randbits(63) | 1  # non-zero, fits SQLite's signed 64-bit integer
+        new_id = key_id or new_key_id()
         row = await self._store.insert_key(
-            id=key_id or new_key_id(),
+            id=new_id,
             name=name,
             prefix=display_prefix(raw),
             digest=self._digester.digest(raw),
@@ -178,9 +181,12 @@ class KeyService:
             expires_at=expires_at,
             slot_capacity=self._limiter.capacity,
             claim=lambda slot: self._limiter.claim_slot(slot, tag),
-            before_commit=before_commit,
+            replaces=replaces,
+            replaced_until=replaced_until,
         )
-        self._limiter.bump_generation()
+        if row is None:
+            raise KeyNotFound(f"no active key with id {replaces!r} (deleted or rotated meanwhile)")
+        await self._limits.changed()
         return CreatedKey(key=raw, row=row)
 
     async def list(
@@ -232,7 +238,7 @@ class KeyService:
         row = await self._store.update_key(key_id, changes)
         if row is None:
             raise KeyNotFound(f"no active key with id {key_id!r}")
-        self._limiter.bump_generation()
+        await self._limits.changed()
         await self._record("key_updated", actor, row, fields=sorted(changes))
         return row
 
@@ -245,13 +251,17 @@ class KeyService:
         return row
 
     async def _delete(self, key_id: str) -> KeyRow | None:
+        revoked: list[KeyId] = []
+
         def revoke(slot: int, tag: int) -> None:
-            # False (ignored) means the slot has a new owner already: nothing left to refuse.
+            # This host's region at once, before the commit (fail closed); False (ignored)
+            # means the slot has a new owner already: nothing left to refuse.
             self._limiter.revoke_slot(slot, tag)
+            revoked.append(KeyId(key_id, slot, tag))
 
         row = await self._store.delete_key(key_id, now=self._clock(), revoke=revoke)
         if row is not None:
-            self._limiter.bump_generation()
+            await self._limits.changed(revoked)
         return row
 
     async def revoke_owned(self, owner: str, *, actor: Actor = INSTANCE, reason: str) -> builtins.list[KeyRow]:
@@ -281,16 +291,7 @@ class KeyService:
         if old.expires_at is not None and old.expires_at <= now:
             raise KeyConflict(f"key {key_id} has expired; create a new key instead")
         old_until = now + grace if old.expires_at is None else min(old.expires_at, now + grace)
-        new_id = new_key_id()
-
-        async def retire_old(db: Any) -> None:
-            cur = await db.execute(
-                "UPDATE keys SET expires_at = ?, rotated_to = ? WHERE id = ? AND state = 'active'",
-                (old_until, new_id, key_id),
-            )
-            if cur.rowcount == 0:
-                raise KeyNotFound(f"no active key with id {key_id!r}")
-
+        # The old key is retired in the new one's transaction (``replaces``).
         created = await self._insert(  # same settings, same expiry (still in the future)
             name=old.name,
             requests=old.requests,
@@ -300,10 +301,10 @@ class KeyService:
             owner=old.owner,
             expires_at=old.expires_at,
             now=now,
-            before_commit=retire_old,
-            key_id=new_id,
+            replaces=key_id,
+            replaced_until=old_until,
         )
-        await self._record("key_rotated", actor, old, new_key=new_id, grace_seconds=grace)
+        await self._record("key_rotated", actor, old, new_key=created.row.id, grace_seconds=grace)
         return created
 
 

@@ -5,7 +5,8 @@
 1. opens the core once (creates the data directory, the server secret, the database
    and its migrations, and the shared limiter region) so that workers never race to
    create them, then closes it, and removes the metrics snapshot files that workers
-   of an earlier run left (``gateway.metrics.snapshot``);
+   of an earlier run left (``gateway.metrics.snapshot``); while there is no user it
+   prints the first admin's one-time setup link;
 2. starts Granian's process manager with an in-process target loader: each worker
    builds the gateway from the same frozen settings (nothing is passed through the
    environment), with the management API mounted under ``/api`` and the web console
@@ -34,6 +35,7 @@ import logging
 import math
 import signal
 import socket
+import sys
 from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
@@ -145,20 +147,34 @@ def _parameters(function: Callable[..., Any]) -> list[str] | None:
         return None
 
 
-async def _prepare(settings: Settings) -> None:
+async def _prepare(settings: Settings) -> str | None:
     from agentrouter.core import Core
     from agentrouter.gateway.metrics import clear_stale
 
     core = await Core.from_settings(settings)
-    await core.close()
+    try:
+        link = await core.accounts.prepare_setup()
+    finally:
+        await core.close()
     # The metrics snapshots of workers of an earlier run (those of a server still
     # running on this data directory are left alone).
     clear_stale(settings.data_path / "metrics")
+    return link
+
+
+SETUP_NOTICE = (
+    "No account exists yet. Create the first admin account here (the link works once, "
+    "until the server restarts; or run: agentrouter users create --email EMAIL --admin):\n\n    {link}\n"
+)
 
 
 def prepare(settings: Settings) -> None:
-    """Create or migrate everything the workers open (see the module docstring)."""
-    asyncio.run(_prepare(settings))
+    """Create or migrate everything the workers open (see the module docstring); with
+    no user yet, print the one-time setup link of the first admin (a new one at each
+    start: the previous one stops working)."""
+    link = asyncio.run(_prepare(settings))
+    if link is not None:
+        print(SETUP_NOTICE.format(link=link), file=sys.stderr, flush=True)
 
 
 def _log_config(level: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from agentrouter.datadir import DB_FILE
-from agentrouter.store import Store
+from agentrouter.store import SqliteStore
 from tests.e2e.conftest import Gateway, write_config
 from tests.upstream_fake import FakeUpstream
 from tests.waiting import until_async
@@ -88,7 +88,7 @@ async def test_one_worker_runs_the_monitor(tmp_path: Path, fake: FakeUpstream, d
 
 async def leases(db: Path) -> list[tuple[str, float]]:
     """The monitor's lease: (holder, expiry), or nothing."""
-    store = await Store.open(db)
+    store = await SqliteStore.open(db)
     try:
         rows = await store._db.execute_fetchall("SELECT holder, expires_at FROM leases WHERE name = 'monitor'")
         return [(r[0], float(r[1])) for r in rows]

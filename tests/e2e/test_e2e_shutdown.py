@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from agentrouter.datadir import DB_FILE
-from agentrouter.store import Store
+from agentrouter.store import SqliteStore
 from tests.e2e.conftest import async_client, start_gateway
 from tests.upstream_fake import FakeUpstream
 from tests.waiting import until
@@ -109,7 +109,7 @@ async def test_sigterm_under_load_loses_no_usage(tmp_path: Path, fake: FakeUpstr
 
 async def request_log(db: Path, key_id: str) -> tuple[int, list[int], int, int]:
     """(rows, their statuses sorted, input tokens, output tokens) of a key's request log."""
-    store = await Store.open(db)
+    store = await SqliteStore.open(db)
     try:
         found = list(
             await store._db.execute_fetchall(

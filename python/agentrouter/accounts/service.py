@@ -92,7 +92,6 @@ from agentrouter.audit import AuditLog
 from agentrouter.config import Settings
 from agentrouter.keys import KeyService
 from agentrouter.store import Store
-from agentrouter.store.accounts import AccountStore
 from agentrouter.store.models import (
     PROVIDERS,
     ROLES,
@@ -221,7 +220,7 @@ class AccountService:
         hasher: PasswordHasher | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._db = AccountStore(store)
+        self._db = store.accounts
         self._settings = settings
         self._acc = settings.accounts
         self._keys = keys

@@ -804,7 +804,7 @@ ACCOUNT_OPERATIONS: tuple[Operation, ...] = (
         "The provider's callback",
         "Register this URL at the provider. Checks the state against this browser's cookie, exchanges the code "
         "(with the PKCE verifier), validates Google's ID token, then signs in (or links, when started from "
-        "`/api/v1/me/identities/{provider}`), sets the session cookie and redirects to `next`. With two-factor "
+        "`/api/v1/me/identities/{provider}/link`), sets the session cookie and redirects to `next`. With two-factor "
         f"sign-in on it redirects to `{TWO_FACTOR_PAGE}`. A refused callback answers with the error body.",
         oauth_callback,
         None,
@@ -915,7 +915,7 @@ ACCOUNT_OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "POST",
-        _ME + "/identities/{provider}",
+        _ME + "/identities/{provider}/link",
         "linkIdentity",
         "account",
         "Link GitHub or Google",

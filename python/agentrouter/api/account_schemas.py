@@ -18,7 +18,13 @@ from msgspec import UNSET, Meta, UnsetType
 from agentrouter.api.schemas import Cursor, Limit, TimeParam
 
 Email = Annotated[
-    str, Meta(min_length=1, max_length=320, description="An email address (compared case-insensitively).")
+    str,
+    Meta(
+        min_length=3,
+        max_length=254,
+        pattern=r"^[^\s@]+@[^\s@]+\.[^\s@.]+$",
+        description="An email address (compared case-insensitively).",
+    ),
 ]
 Password = Annotated[
     str,

@@ -41,7 +41,6 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
-from agentrouter._core import Decision
 from agentrouter.accounts.errors import AccountDisabled, AccountError, Busy, Throttled
 from agentrouter.actor import instance_actor
 from agentrouter.api.caller import Caller
@@ -66,6 +65,7 @@ from agentrouter.core import Core
 from agentrouter.cors import cors_policy
 from agentrouter.errors import AgentRouterError
 from agentrouter.keys import EmailNotVerified, KeyConflict, KeyInputError, KeyNotFound
+from agentrouter.limits.base import Decision
 from agentrouter.monitor.runner import Monitor
 from agentrouter.request_body import BodyError, BodyReader
 from agentrouter.store import StoreError
@@ -129,8 +129,10 @@ class ManagementApi:
             self._bind(core)
         elif self.core is None:
             opener = self._open_core or _open_core
-            self._bind(await opener(self.settings))
+            core = await opener(self.settings)
+            self._bind(core)
             self._owns_core = True
+            core.follow_changes()  # a shared limiter's key-change feed (no-op without one)
         assert self.core is not None
         if self._run_monitor and self.monitor is None:
             self.monitor = Monitor(self.core.store, self.settings, clock=self.core.now)
@@ -221,6 +223,8 @@ class ManagementApi:
                 decision = exc.decision
             await _send_error(send, api_error(exc, f"{method} {path}"), [*extra, *rate_limit_headers(decision)])
             return
+        if any(name == b"set-cookie" for name, _ in reply.headers):
+            extra = [h for h in extra if h[0] != b"set-cookie"]  # the handler's cookies decide
         if reply.redirect is not None:
             headers = [(b"location", reply.redirect.encode()), _NO_STORE, _NO_REFERRER, *extra, *reply.headers]
             await _send(send, reply.status, b"", headers, head=head)

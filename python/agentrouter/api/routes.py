@@ -41,7 +41,7 @@ from agentrouter.config import Settings
 from agentrouter.core import Core
 from agentrouter.keys import KeyInputError, KeyNotFound, check_metadata_depth
 from agentrouter.store import KeyRow
-from agentrouter.store.analytics import Analytics, UsageQueryError
+from agentrouter.store.analytics import UsageQueryError
 from agentrouter.store.models import AlertRow
 
 SHOWN_ONCE = "This key will not be shown again. Copy it now and keep it somewhere safe."
@@ -97,7 +97,7 @@ class Reply:
 
 
 class Context:
-    """What handlers share: the opened core, the analytics on its store, the server's
+    """What handlers share: the opened core, its store, the server's
     settings, how cookies are made (``api.web``) and the OAuth providers (``api.oauth``)."""
 
     def __init__(self, core: Core, settings: Settings | None = None) -> None:
@@ -106,7 +106,7 @@ class Context:
 
         self.core = core
         self.settings = settings if settings is not None else Settings()
-        self.analytics = Analytics(core.store)
+        self.store = core.store
         self.cookies = CookiePolicy(https=self.settings.https)
         self.oauth = flows_from_settings(self.settings, core.digester, clock=core.now)
 
@@ -281,6 +281,8 @@ _INPUT_FIELDS = {
 
 def _input_error(exc: KeyInputError) -> ApiError:
     message = str(exc)
+    if message.startswith("owner: no user"):  # an unknown id, like any other: 404
+        return ApiError(404, message, field="owner")
     first = message.split(" ", 1)[0]
     return ApiError(422, message, field=_INPUT_FIELDS.get(first))
 
@@ -425,9 +427,7 @@ async def _usage(ctx: Context, q: UsageQuery, key_id: str | None, owner: str | N
     until = now if q.until is None else parse_time(q.until, now=now, field="until")
     since = until - DEFAULT_RANGE if q.since is None else parse_time(q.since, now=now, field="since")
     try:
-        report: UsageReport = await ctx.analytics.usage(
-            since=since, until=until, bucket=q.by, key_id=key_id, owner=owner
-        )
+        report: UsageReport = await ctx.store.usage(since=since, until=until, bucket=q.by, key_id=key_id, owner=owner)
     except UsageQueryError as exc:
         raise ApiError(422, f"{exc.field}: {exc}", field=exc.field) from None
     return Reply(report)
@@ -455,10 +455,8 @@ async def list_alerts(ctx: Context, req: Request) -> Reply:
     q: AlertsQuery = req.query
     before = decode_cursor(q.cursor) if q.cursor is not None else None
     acknowledged = {"open": False, "acknowledged": True, "all": None}[q.status]
-    actor = _actor(req)
-    if q.key_id is not None:
-        await _key_row(ctx, q.key_id, actor, include_deleted=True)
-    rows = await ctx.analytics.list_alerts(
+    actor = _actor(req)  # a member's filter is their own keys: another's key_id lists nothing
+    rows = await ctx.store.list_alerts(
         kind=q.kind,
         key_id=q.key_id,
         acknowledged=acknowledged,
@@ -483,7 +481,7 @@ async def get_alert(ctx: Context, req: Request) -> Reply:
 
 async def _alert_row(ctx: Context, req: Request, alert_id: str) -> AlertRow:
     """The alert when the caller may see its key (404 alike otherwise)."""
-    row = await ctx.analytics.get_alert(alert_id)
+    row = await ctx.store.get_alert(alert_id)
     if row is None:
         raise not_found("alert", alert_id)
     try:
@@ -496,7 +494,7 @@ async def _alert_row(ctx: Context, req: Request, alert_id: str) -> AlertRow:
 async def acknowledge_alert(ctx: Context, req: Request) -> Reply:
     alert_id = req.params["alert_id"]
     await _alert_row(ctx, req, alert_id)
-    row = await ctx.analytics.acknowledge_alert(alert_id, now=ctx.now())
+    row = await ctx.store.acknowledge_alert(alert_id, now=ctx.now())
     if row is None:
         raise not_found("alert", alert_id)
     return Reply(alert_out(row))
@@ -536,7 +534,7 @@ KEY_OPERATIONS: tuple[Operation, ...] = (
         CreatedKey,
         status=201,
         body=KeyCreate,
-        errors=(*_READ, 400, 409, 413, 415, 422),
+        errors=(*_READ, 400, 404, 409, 413, 415, 422),
     ),
     Operation(
         "GET",

@@ -4,7 +4,8 @@ Each sub-command lives in its own module with a ``register(subparsers)`` functio
 that adds its parser and sets ``func``; ``func(args)`` returns the exit status.
 
 Exit status: 0 on success; 2 on bad input (argparse, ``UsageError``, ``KeyInputError``,
-``ConfigError``: the message says what to fix, nothing was written); 1 otherwise. Every
+``ConfigError``, ``AccountInputError`` such as a weak password: the message says what
+to fix, nothing was written); 1 otherwise. Every
 error of the project (``AgentRouterError``: an unknown id, a locked or damaged
 database, an unusable data directory or limiter region, …) is turned into a one-line
 message here, in ``main``, and never into a traceback.
@@ -17,6 +18,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from agentrouter.accounts.errors import AccountInputError
 from agentrouter.cli.context import add_global_options
 from agentrouter.cli.output import UsageError, fail
 from agentrouter.config import ConfigError
@@ -24,7 +26,7 @@ from agentrouter.errors import AgentRouterError
 from agentrouter.keys import KeyInputError
 
 # Sub-command modules, in the order `--help` lists them.
-_COMMANDS = ("serve", "keys", "usage", "alerts")
+_COMMANDS = ("serve", "migrate", "keys", "users", "usage", "alerts")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMANDS:
         try:
-            module = importlib.import_module(f"agentrouter.cli.{name}")
+            module = importlib.import_module(f"agentrouter.cli.{name}")  # users.py registers invites too
         except ModuleNotFoundError as exc:
             if exc.name != f"agentrouter.cli.{name}":
                 raise
@@ -53,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-_BAD_INPUT = (UsageError, KeyInputError, ConfigError)
+_BAD_INPUT = (UsageError, KeyInputError, ConfigError, AccountInputError)
 
 
 def _message(exc: AgentRouterError) -> str:

@@ -15,7 +15,6 @@ import msgspec
 from agentrouter.cli.output import CommandError, UsageError, add_json_flag, emit_json, wants_json
 from agentrouter.cli.usage import run
 from agentrouter.core import Core
-from agentrouter.store.analytics import Analytics
 from agentrouter.store.models import ALERT_KINDS, AlertRow
 
 DEFAULT_LIMIT = 100
@@ -53,7 +52,7 @@ def _list(args: argparse.Namespace) -> int:
         raise UsageError("--limit must be at least 1")
 
     async def go(core: Core) -> list[AlertRow]:
-        return await Analytics(core.store).list_alerts(
+        return await core.store.list_alerts(
             kind=args.kind, key_id=args.key, acknowledged=None if args.all else False, limit=args.limit
         )
 
@@ -77,7 +76,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _ack(args: argparse.Namespace) -> int:
     async def go(core: Core) -> AlertRow | None:
-        return await Analytics(core.store).acknowledge_alert(args.id, now=core.now())
+        return await core.store.acknowledge_alert(args.id, now=core.now())
 
     row = run(args, go)
     if row is None:

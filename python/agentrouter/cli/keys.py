@@ -35,6 +35,11 @@ def register(sub: Any) -> None:
         default="inference",
         help="inference (default): /v1 calls; manage: the management API",
     )
+    p.add_argument(
+        "--owner",
+        metavar="EMAIL",
+        help="the user who owns the key (email or id; default: none, an instance key visible to admins)",
+    )
     add_json_flag(p)
     p.set_defaults(func=_create)
 
@@ -89,6 +94,11 @@ def _create(args: argparse.Namespace) -> int:
     expires_in = _duration(args.expires_in, "--expires-in") if args.expires_in else None
 
     async def go(core: Core) -> CreatedKey:
+        owner = None
+        if args.owner is not None:
+            from agentrouter.cli.users import resolve_user
+
+            owner = (await resolve_user(core.accounts, args.owner)).id
         return await core.keys.create(
             name=args.name,
             requests=requests,
@@ -96,6 +106,7 @@ def _create(args: argparse.Namespace) -> int:
             metadata=metadata,
             expires_in=expires_in,
             scope=args.scope,
+            owner=owner,
         )
 
     created = run_with_core(args, go)

@@ -19,7 +19,7 @@ from agentrouter.cli.output import CommandError, UsageError, add_json_flag, emit
 from agentrouter.core import Core
 from agentrouter.keys import KeyNotFound
 from agentrouter.store import KeyRow
-from agentrouter.store.analytics import Analytics, UsageQueryError, UsageReport, UsageStats
+from agentrouter.store.analytics import UsageQueryError, UsageReport, UsageStats
 
 T = TypeVar("T")
 DEFAULT_SINCE = "24h"
@@ -50,9 +50,7 @@ def _usage(args: argparse.Namespace) -> int:
         until = now if args.until is None else _time(args.until, now, "--until")
         since = _time(args.since, now, "--since")
         row = await resolve_key(core, args.key) if args.key else None
-        report = await Analytics(core.store).usage(
-            since=since, until=until, bucket=args.by, key_id=row.id if row else None
-        )
+        report = await core.store.usage(since=since, until=until, bucket=args.by, key_id=row.id if row else None)
         return row, report
 
     row, report = run(args, go)

@@ -172,9 +172,11 @@ _REFUSALS: dict[Refusal, ErrorKind] = {
     Refusal.EXPIRED: Kinds.INVALID_KEY,
     Refusal.WRONG_SCOPE: Kinds.WRONG_SCOPE,
     Refusal.RATE_LIMITED: Kinds.RATE_LIMITED,
+    Refusal.UNAVAILABLE: Kinds.UNAVAILABLE,
 }
 _BODY_KINDS = {413: Kinds.TOO_LARGE, 408: Kinds.REQUEST_TIMEOUT, 400: Kinds.BAD_REQUEST}
 _CLOSE = (b"connection", b"close")
+_RETRY_SOON = (b"retry-after", b"1")  # the shared limiter unreachable, failure mode "closed"
 
 
 async def _open_core(settings: Settings) -> Any:
@@ -245,10 +247,15 @@ class Gateway:
         flusher."""
         self._rid_prefix = "req_" + secrets.token_hex(6)  # per worker: ids unique across workers
         core = await self._open_core(self.settings)
-        writer = UsageWriter(core.store.path) if self.settings.usage_writer == "process" else None
+        writer = (
+            UsageWriter(core.store_target, connect_timeout=self.settings.store_connect_timeout)
+            if self.settings.usage_writer == "process"
+            else None
+        )
         auth: KeyAuthenticator = core.auth
         try:
             await auth.reload()
+            core.follow_changes()  # a shared limiter's key-change feed (no-op without one)
             for client in self._clients.values():
                 await client.start()
             if writer is not None:
@@ -265,7 +272,11 @@ class Gateway:
         self.core = core
         self.auth = auth
         self.usage_writer = writer
-        self.usage = UsageRecorder(writer or core.store.add_usage, self.settings.usage_flush_interval)
+        self.usage = UsageRecorder(
+            writer or core.store.add_usage,
+            self.settings.usage_flush_interval,
+            max_pending_requests=self.settings.usage_buffer_records,
+        )
         self.usage.start()
         if self.settings.metrics_enabled:
             self.metrics.usage = self.usage
@@ -491,7 +502,8 @@ class Gateway:
                 if auth.refusal is Refusal.RATE_LIMITED:
                     self.metrics.refused(route.index)
                 kind = _REFUSALS[auth.refusal]
-                await _send_error(send, dialect, kind, auth.message, rid, decision)
+                retry = [_RETRY_SOON] if kind is Kinds.UNAVAILABLE else None
+                await _send_error(send, dialect, kind, auth.message, rid, decision, extra=retry)
                 status = kind.status
                 return
             try:
@@ -616,10 +628,15 @@ class Gateway:
 
     async def _readyz(self, scope: Scope, send: Send) -> None:
         problem = await health.readiness(self.core, self._draining)
+        limiter = self.core.limiter_state() if self.core is not None else None
         if problem is None:
-            await health.answer(scope, send, 200, health.READY)
+            document = health.READY if limiter is None else {**health.READY, "limiter": limiter}
+            await health.answer(scope, send, 200, document)
         else:
-            await health.answer(scope, send, 503, {"status": "unavailable", "reason": problem})
+            document = {"status": "unavailable", "reason": problem}
+            if limiter is not None:
+                document["limiter"] = limiter
+            await health.answer(scope, send, 503, document)
 
     # ------------------------------------------------------------------ answers
 

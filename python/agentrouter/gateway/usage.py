@@ -8,13 +8,22 @@ caller's own x-request-id; never the key). One tracked task hands everything gat
 second — the worker's usage writer process (``store.writer.UsageWriter``), or
 ``Store.add_usage`` itself with ``usage_writer = "inline"``; either way totals and
 log rows are written in one transaction, so the two never disagree — and ``close``
-writes the rest, so a graceful shutdown loses nothing. A failed write keeps both
-and tries again on the next tick.
+writes the rest, so a graceful shutdown loses nothing.
 
-Memory stays bounded when the store is down for long: the totals are a few numbers
-per key and are never dropped, but at most ``max_pending_requests`` log records wait;
-the records past that are dropped (and counted, and logged at the next flush), so
-after a long outage the log has fewer rows than the totals count.
+Each batch has an id (this recorder's random prefix and a sequence number) that the
+store commits with it, skipping a batch whose id it has committed before. A batch
+whose write failed is kept as it is, id and all, and sent again before anything
+newer: when the failure was a lost answer after the commit (the writer process
+killed at that moment, the database connection cut), the retry is skipped by the
+store, so no batch ever counts twice. Meanwhile new requests gather into the next
+batch.
+
+Memory stays bounded when the store is down for long (PostgreSQL restarting, say):
+the totals are a few numbers per key and are never dropped, but at most
+``max_pending_requests`` log records (``usage_buffer_records``) wait, the held batch's
+included; the records past that are dropped (and counted, and logged at the next
+flush), so after a long outage the log has fewer rows than the totals count. Within
+the bound nothing is lost: everything is written when the store is back.
 
 Requests refused before their key is known (401: no key, a malformed, unknown,
 deleted or expired one) belong to no key: they are in neither the totals nor the log.
@@ -46,9 +55,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
@@ -271,9 +281,21 @@ class _Totals:
             self.last_client_ip = d.last_client_ip or self.last_client_ip
 
 
-Sink = Callable[[Sequence[UsageDelta], Sequence[RequestRecord]], Awaitable[None]]
-"""``UsageWriter`` or ``Store.add_usage``: writes the totals and the log records in
-one transaction, or raises and writes nothing."""
+class Sink(Protocol):
+    """``UsageWriter`` or ``Store.add_usage``: writes the totals and the log records in
+    one transaction (once per ``batch_id``), or raises and writes nothing — or, when the
+    raise was a lost answer, wrote it, which the batch id makes harmless."""
+
+    def __call__(
+        self, deltas: Sequence[UsageDelta], requests: Sequence[RequestRecord], *, batch_id: str
+    ) -> Awaitable[object]: ...
+
+
+class _Batch(NamedTuple):
+    id: str
+    deltas: list[UsageDelta]
+    records: list[RequestRecord]
+
 
 MAX_PENDING_REQUESTS = 100_000
 """Request-log records kept while the store cannot be written (about 300 bytes each)."""
@@ -297,6 +319,11 @@ class UsageRecorder:
         self._max_requests = max_pending_requests
         self._pending: dict[str, _Totals] = {}
         self._requests: list[RequestRecord] = []
+        self._held: _Batch | None = None  # a batch whose write failed, sent again as it is
+        self._held_records = 0
+        self._batch_prefix = secrets.token_hex(8)
+        self._batch_seq = 0
+        self._failing = False  # the last write failed (logged once per outage)
         self._dropped = 0  # log records dropped since the last report
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -326,7 +353,7 @@ class UsageRecorder:
         was refused before its body was read; ``caller_request_id``: the caller's own
         ``x-request-id``, if any)."""
         now = self._clock()
-        if len(self._requests) < self._max_requests:
+        if len(self._requests) + self._held_records < self._max_requests:
             self._requests.append(
                 RequestRecord(
                     key_id=key_id,
@@ -363,12 +390,13 @@ class UsageRecorder:
     @property
     def pending_requests(self) -> int:
         """Requests counted in the totals and not written yet."""
-        return sum(t.requests for t in self._pending.values())
+        held = sum(d.requests for d in self._held.deltas) if self._held is not None else 0
+        return held + sum(t.requests for t in self._pending.values())
 
     @property
     def pending_records(self) -> int:
         """Request-log records not written yet."""
-        return len(self._requests)
+        return len(self._requests) + self._held_records
 
     def start(self) -> None:
         """Start the periodic flush (on the running loop)."""
@@ -386,41 +414,50 @@ class UsageRecorder:
             await self.flush()
 
     async def flush(self) -> bool:
-        """Write what was gathered; on failure keep it for the next try. True on success."""
+        """Write the held batch (if a write failed before), then what was gathered
+        since; on failure keep the batch for the next try. True on success."""
         async with self._lock:
             self._report_dropped()
+            if self._held is not None:
+                if not await self._write(self._held):
+                    return False
+                self._held, self._held_records = None, 0
             if not self._pending and not self._requests:
                 return True
-            batch, self._pending = self._pending, {}
+            pending, self._pending = self._pending, {}
             records, self._requests = self._requests, []
-            deltas = [t.delta(k) for k, t in batch.items()]
-            try:
-                await self._sink(deltas, records)
-            except Exception:
-                log.exception(
-                    "writing usage for %d keys (%d requests) failed; keeping it for the next flush",
-                    len(deltas),
-                    len(records),
-                )
-                self._restore(deltas, records)
-                self.failed_batches += 1
+            self._batch_seq += 1
+            batch = _Batch(f"{self._batch_prefix}-{self._batch_seq}", [t.delta(k) for k, t in pending.items()], records)
+            if not await self._write(batch):
+                self._held, self._held_records = batch, len(records)
                 return False
-            self.written_batches += 1
-            self.flushed_requests += sum(d.requests for d in deltas)
             return True
 
-    def _restore(self, deltas: list[UsageDelta], records: list[RequestRecord]) -> None:
-        for d in deltas:
-            t = self._pending.get(d.key_id)
-            if t is None:
-                t = self._pending[d.key_id] = _Totals()
-            t.merge(d)
-        # The older records first; past the cap, the newest are the ones dropped.
-        records.extend(self._requests)
-        if len(records) > self._max_requests:
-            self._dropped += len(records) - self._max_requests
-            del records[self._max_requests :]
-        self._requests = records
+    async def _write(self, batch: _Batch) -> bool:
+        try:
+            await self._sink(batch.deltas, batch.records, batch_id=batch.id)
+        except Exception as exc:  # noqa: BLE001 - any failure: keep the batch, try again
+            if not self._failing:
+                self._failing = True
+                log.error(
+                    "writing usage for %d keys (%d requests) failed (%s); keeping it and trying again "
+                    "every %g s (at most %d request-log records wait)",
+                    len(batch.deltas),
+                    len(batch.records),
+                    " ".join(f"{type(exc).__name__}: {exc}".split())[:500],
+                    self._interval,
+                    self._max_requests,
+                )
+            else:
+                log.debug("writing usage failed again: %s", exc)
+            self.failed_batches += 1
+            return False
+        if self._failing:
+            self._failing = False
+            log.warning("usage is written again (batch %s)", batch.id)
+        self.written_batches += 1
+        self.flushed_requests += sum(d.requests for d in batch.deltas)
+        return True
 
     def _report_dropped(self) -> None:
         if self._dropped:
@@ -445,9 +482,9 @@ class UsageRecorder:
             await asyncio.sleep(0.2 * (attempt + 1))
         self._report_dropped()
         lost = self.pending_requests
-        if lost or self._requests:
+        if lost or self.pending_records:
             log.error(
                 "usage of %d requests (%d request-log records) could not be written at shutdown",
                 lost,
-                len(self._requests),
+                self.pending_records,
             )

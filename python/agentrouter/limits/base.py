@@ -7,7 +7,11 @@ local) the gateway makes one call, ``acquire(key, requests, interval, cost)``, a
 gets a ``Verdict``: whether the key is revoked (deleted, rotated out, its owner
 disabled) on any host, the rate decision, and the shared key-set generation read
 with it (when it moved, the gateway reloads its key table). Key changes use
-``claim`` (a new key: full bucket, not revoked), ``revoke`` and ``bump_generation``.
+``changed(revoke=…)``: the one call made after any change to the keys or to what
+they may do (a key created, updated, rotated or deleted; later a user disabled or a
+session ended), which sets the revoked flags of the keys given and moves (and
+announces) the generation, so every host refuses those keys on its next request and
+reloads its key table. ``claim``, ``revoke`` and ``bump_generation`` are its parts.
 
 Every decision has the fields of the native ``Decision`` with the same meaning, so
 the gateway derives its headers the same way from either implementation.
@@ -16,6 +20,7 @@ the gateway derives its headers the same way from either implementation.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from typing import Final, NamedTuple, Protocol, runtime_checkable
 
 import msgspec
@@ -27,6 +32,7 @@ __all__ = [
     "Decision",
     "DecisionData",
     "FailureMode",
+    "KeyId",
     "KeyRef",
     "Limiter",
     "LimiterUnavailable",
@@ -99,6 +105,14 @@ class KeyRef(Protocol):
     def tag(self) -> int: ...
 
 
+class KeyId(NamedTuple):
+    """A ``KeyRef`` built from a stored key (its id, slot and tag)."""
+
+    id: str
+    slot: int
+    tag: int
+
+
 class FailureMode(enum.StrEnum):
     """What a Redis-backed limiter does while Redis cannot be reached."""
 
@@ -143,6 +157,12 @@ class Limiter(Protocol):
 
     async def generation(self) -> int:
         """The shared key-set generation (0 before the first change)."""
+        ...
+
+    async def changed(self, revoke: Iterable[KeyRef] = ()) -> None:
+        """Keys changed: revoke ``revoke`` (refused on every host from its next request
+        on) and bump the generation (every host reloads its key table). Call it after
+        the change is committed to the store."""
         ...
 
     async def bump_generation(self) -> int:

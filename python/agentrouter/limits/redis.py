@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from importlib import resources
 from typing import Any, Final
 
@@ -120,6 +120,7 @@ class RedisLimiter:
         timeout: float = DEFAULT_TIMEOUT,
         cluster: bool = False,
         test_clock: Callable[[], int] | None = None,
+        where: str = "",
     ) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"the key prefix must be non-empty and without braces, got {prefix!r}")
@@ -132,6 +133,7 @@ class RedisLimiter:
         self._test_clock = test_clock
         self._function = _ACQUIRE if test_clock is None else _ACQUIRE_AT
         self._source = library_source(explicit_time=test_clock is not None)
+        self._where = f" at {where}" if where else ""
         self.generation_key: Final = f"{prefix}:generation"
         self.channel: Final = f"{prefix}:keys"
 
@@ -144,14 +146,33 @@ class RedisLimiter:
         timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 (the bound of every later call, kept by the client)
         cluster: bool = False,
         test_clock: Callable[[], int] | None = None,
+        where: str | None = None,
+        lazy: bool = False,
     ) -> RedisLimiter:
         """A client for ``url`` (``redis://``, ``rediss://``, ``unix://``) with every
         operation bounded by ``timeout`` seconds and no retries; loads the library.
-        Raises ``LimiterUnavailable`` when Redis cannot be reached."""
+        Raises ``LimiterUnavailable`` when Redis cannot be reached, unless ``lazy``:
+        then the client is returned anyway (the library is loaded by the first call
+        that finds it missing). ``where`` names the server in messages (default: the
+        URL without its password)."""
+        from agentrouter.config import redact_url
+
         client = client_for(url, timeout)
-        limiter = cls(client, prefix=prefix, timeout=timeout, cluster=cluster, test_clock=test_clock)
+        limiter = cls(
+            client,
+            prefix=prefix,
+            timeout=timeout,
+            cluster=cluster,
+            test_clock=test_clock,
+            where=redact_url(url) if where is None else where,
+        )
         try:
             await limiter.load()
+        except LimiterUnavailable:
+            if lazy:
+                return limiter
+            await client.aclose()
+            raise
         except BaseException:
             await client.aclose()
             raise
@@ -239,7 +260,10 @@ class RedisLimiter:
             async with asyncio.timeout(self._timeout):
                 return await awaitable
         except (RedisError, OSError) as exc:  # TimeoutError is an OSError
-            raise LimiterUnavailable(f"the Redis limiter is unavailable: {type(exc).__name__}: {exc}") from exc
+            detail = str(exc) or "no answer"
+            raise LimiterUnavailable(
+                f"the Redis limiter{self._where} is unavailable: {type(exc).__name__}: {detail}"
+            ) from exc
 
     # -- key changes -------------------------------------------------------------
 
@@ -260,12 +284,50 @@ class RedisLimiter:
     async def bump_generation(self) -> int:
         return int(await self._fcall(_BUMP, [self.generation_key], [self.channel]))
 
-    async def changes(self, *, poll_interval: float = 0.5) -> AsyncIterator[int]:
+    async def changed(self, revoke: Iterable[KeyRef] = ()) -> None:
+        """The revoked flags and the generation bump in one round trip (a MULTI block:
+        applied together). On a cluster the flags are set first, one call each slot,
+        then the generation is bumped."""
+        flags = [f"{self.key_tag(key.id)}:revoked" for key in revoke]
+        if not flags:
+            await self.bump_generation()
+            return
+        if self._cluster:
+            for flag in flags:
+                await self._bounded(self._client.set(flag, b"1"))
+            await self.bump_generation()
+            return
+
+        async def call() -> None:
+            for _ in range(2):
+                pipe = self._client.pipeline(transaction=True)
+                for flag in flags:
+                    pipe.set(flag, b"1")
+                pipe.fcall(_BUMP, 1, self.generation_key, self.channel)
+                results = await pipe.execute(raise_on_error=False)
+                failed = [r for r in results if isinstance(r, Exception)]
+                if not failed:
+                    return
+                if not any("function not found" in str(r).lower() for r in failed):
+                    raise failed[0]
+                # The block ran without the bump (the setting of flags again is harmless).
+                await self._client.function_load(self._source, replace=True)
+            raise ResponseError("the limiter library could not be loaded")
+
+        await self._bounded(call())
+
+    async def ping(self) -> bool:
+        """True when Redis answers (``LimiterUnavailable`` when it does not)."""
+        return bool(await self._bounded(self._client.ping()))
+
+    async def changes(self, *, poll_interval: float = 0.5, failures: bool = False) -> AsyncIterator[int | None]:
         """Yields the generation at once, then whenever it changes: on a message of the
         channel, or found by a poll every ``poll_interval`` seconds without one (so a
         lost message delays a reload by at most that). Reconnects after failures
         (yielding the value found then) and never raises ``LimiterUnavailable``; a
-        value lower than the last one (Redis restarted empty) is a change too."""
+        value lower than the last one (Redis restarted empty) is a change too. With
+        ``failures``, also yields None for each failed attempt (about every
+        ``poll_interval`` while Redis is unreachable), and the first value after one."""
         last: int | None = None
         while True:
             pubsub = self._client.pubsub()
@@ -279,6 +341,9 @@ class RedisLimiter:
                     # A message only wakes us: the counter read after it is the truth.
                     await pubsub.get_message(ignore_subscribe_messages=True, timeout=poll_interval)
             except (LimiterUnavailable, RedisError, OSError):
+                if failures:
+                    last = None
+                    yield None
                 await asyncio.sleep(poll_interval)
             finally:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -5,6 +5,8 @@ service make today, with the same behaviour (``KeyTable.check`` is
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from agentrouter._core import RateLimiter
 from agentrouter.limits.base import KeyRef, Verdict
 
@@ -42,6 +44,12 @@ class SharedMemoryLimiter:
 
     async def bump_generation(self) -> int:
         return self.native.bump_generation()
+
+    async def changed(self, revoke: Iterable[KeyRef] = ()) -> None:
+        native = self.native
+        for key in revoke:
+            native.revoke_slot(key.slot, key.tag)
+        native.bump_generation()
 
     async def aclose(self) -> None:
         pass

@@ -25,7 +25,6 @@ from agentrouter.monitor.detectors import KeyHistory, detect
 from agentrouter.monitor.settings import DAY, HOUR
 from agentrouter.monitor.webhook import WebhookSender, alert_event
 from agentrouter.store import Store
-from agentrouter.store.analytics import Analytics
 from agentrouter.store.models import AlertRow
 
 log = logging.getLogger("agentrouter.monitor")
@@ -57,7 +56,6 @@ class Monitor:
         holder: str | None = None,
     ) -> None:
         self.store = store
-        self.analytics = Analytics(store)
         self.settings = settings
         self._clock = clock
         self._sender = sender
@@ -105,7 +103,7 @@ class Monitor:
                 except asyncio.CancelledError:
                     pass
             try:
-                await self.analytics.release_lease(LEASE, self.holder)
+                await self.store.release_lease(LEASE, self.holder)
             except Exception:  # the store may already be closing; the lease expires anyway
                 log.warning("could not release the monitor lease", exc_info=True)
         if self._sender is not None:
@@ -126,7 +124,7 @@ class Monitor:
 
     async def run_once(self) -> RunResult:
         now = self._clock()
-        leader = await self.analytics.take_lease(LEASE, self.holder, now=now, ttl=self.lease_ttl)
+        leader = await self.store.take_lease(LEASE, self.holder, now=now, ttl=self.lease_ttl)
         if leader != self.leader:
             self.leader = leader
             if leader:
@@ -154,8 +152,11 @@ class Monitor:
         return result
 
     async def prune(self, now: float) -> int:
+        """Delete request-log rows past their retention (returns how many), and the
+        expired sessions and one-time tokens of the accounts."""
         s = self.settings
-        return await self.analytics.prune(
+        await self.store.accounts.prune(now)
+        return await self.store.prune(
             log_before=now - s.request_log_retention_days * DAY,
             rollups_before=now - max(s.rollup_retention_days, s.request_log_retention_days) * DAY,
         )
@@ -163,16 +164,16 @@ class Monitor:
     async def detect(self, now: float) -> tuple[int, list[AlertRow]]:
         config = self.settings.monitor
         recent = now - max(2 * HOUR, config.new_ip_lookback_hours * HOUR)
-        key_ids = await self.analytics.keys_used_since(recent)
+        key_ids = await self.store.keys_used_since(recent)
         if not key_ids:
             return 0, []
-        hours = await self.analytics.hourly(key_ids, now - config.history_days * DAY)
-        ips = await self.analytics.client_ips(key_ids)
+        hours = await self.store.hourly(key_ids, now - config.history_days * DAY)
+        ips = await self.store.client_ips(key_ids)
         created: list[AlertRow] = []
         for key_id in key_ids:
             history = KeyHistory(key_id=key_id, hours=hours[key_id], ips=ips[key_id])
             for finding in detect(history, now, config):
-                alert = await self.analytics.record_alert(
+                alert = await self.store.record_alert(
                     key_id=key_id,
                     kind=finding.kind,
                     subject=finding.subject,
@@ -187,14 +188,14 @@ class Monitor:
     async def notify(self, now: float) -> tuple[int, int]:
         """Deliver undelivered alerts of the last day; (delivered, failed)."""
         assert self._sender is not None
-        pending = await self.analytics.alerts_to_notify(
+        pending = await self.store.alerts_to_notify(
             created_after=now - DAY, max_attempts=self.settings.alert_webhook_rounds
         )
         delivered = failed = 0
         for alert in pending:
             key = await self.store.get_key(alert.key_id)
             ok = await self._sender.send(alert_event(alert, key))
-            await self.analytics.note_notification(alert.id, delivered_at=self._clock() if ok else None)
+            await self.store.note_notification(alert.id, delivered_at=self._clock() if ok else None)
             if ok:
                 delivered += 1
             else:

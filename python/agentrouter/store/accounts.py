@@ -1,20 +1,28 @@
-"""The accounts tables on the SQLite store: users, sessions, one-time tokens, TOTP
-recovery codes, OAuth identities, invitations and the audit log (migration 5).
+"""The accounts tables (migration 5): users, sessions, one-time tokens, TOTP recovery
+codes, OAuth identities, invitations and the audit log — on either backend.
 
-Works on the store's own connection, like ``Analytics``: reads are one
-``execute_fetchall`` each, writes go through ``store.transaction()``. Every secret
-arrives here already digested (tokens, recovery codes) or hashed (passwords) or
-sealed (TOTP secrets): this module never sees one in the clear. Only
-``agentrouter.accounts`` calls it.
+``AccountStore`` runs on a ``SqlStore``'s driver (``_read``, ``_transaction``) like the
+rest of ``store.sql``: each query is written once with ``?`` placeholders in SQL both
+SQLite and PostgreSQL agree on (``ON CONFLICT … DO NOTHING``, ``DELETE … RETURNING``).
+Reached as ``store.accounts``; only ``agentrouter.accounts`` (and the monitor's prune)
+call it.
+
+Every secret arrives here already digested (tokens, recovery codes), hashed
+(passwords) or sealed (TOTP secrets): this module never sees one in the clear.
+
+Concurrency: every "use once" is decided by the statement that consumes it (a
+``DELETE`` or conditional ``UPDATE`` and the count of rows it changed, or ``DELETE …
+RETURNING``), so of two concurrent uses — two workers, two hosts — exactly one wins.
+Inserting a user takes the ``users`` lock (PostgreSQL: an advisory lock; SQLite's
+write transactions are serialised anyway) so the address check and the first-admin
+check cannot race; unlinking an identity takes the user's own lock.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-import aiosqlite
 import msgspec
 
 from agentrouter.store.models import (
@@ -25,21 +33,24 @@ from agentrouter.store.models import (
     TokenRow,
     UserRow,
 )
+from agentrouter.store.sql import Query, q
 
 if TYPE_CHECKING:
-    from agentrouter.store.sqlite import Store
+    from agentrouter.store.sql import SqlStore
 
-__all__ = ["AccountStore"]
+__all__ = ["USER_UPDATABLE", "AccountStore"]
 
 _USER_COLUMNS = (
     "id, email, email_key, display_name, password_hash, email_verified_at, role, disabled, created_at,"
     " last_login_at, password_changed_at, totp_secret, totp_enabled_at, totp_last_step"
 )
 _SESSION_COLUMNS = "id, user_id, method, created_at, last_seen_at, expires_at, client_ip, user_agent, device"
+_TOKEN_COLUMNS = "kind, user_id, email, created_at, expires_at, detail"
+_IDENTITY_COLUMNS = "provider, subject, user_id, email, created_at, last_used_at"
 _INVITATION_COLUMNS = "id, email, role, created_by, created_at, expires_at, used_at, used_by"
 _AUDIT_COLUMNS = "id, time, event, actor, user_id, target, method, client_ip, detail"
 
-# Columns update_user may change.
+# Columns update_user may change (and compare).
 USER_UPDATABLE: Final = frozenset(
     {
         "display_name",
@@ -54,16 +65,109 @@ USER_UPDATABLE: Final = frozenset(
     }
 )
 
+# -- the queries ---------------------------------------------------------------------
+
+ANY_USER = Query("SELECT 1 FROM users LIMIT 1")
+USER_WITH_EMAIL = Query("SELECT 1 FROM users WHERE email_key = ?")
+TAKE_SETUP_TOKEN = Query("DELETE FROM account_tokens WHERE digest = ? AND kind = 'setup'")
+DELETE_SETUP_TOKENS = Query("DELETE FROM account_tokens WHERE kind = 'setup'")
+USE_INVITATION = Query(
+    "UPDATE invitations SET used_at = ? WHERE digest = ? AND used_at IS NULL AND expires_at > ?"
+    " AND (email IS NULL OR email = ?)"
+)
+INVITATION_USED_BY = Query("UPDATE invitations SET used_by = ? WHERE digest = ?")
+INSERT_USER = Query(
+    f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, NULL, ?, NULL, NULL, NULL)"
+)
+INSERT_IDENTITY = Query(
+    f"INSERT INTO identities ({_IDENTITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (provider, subject) DO NOTHING"
+)
+GET_USER = Query(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?")
+USER_BY_EMAIL = Query(f"SELECT {_USER_COLUMNS} FROM users WHERE email_key = ?")
+LIST_USERS = Query(f"SELECT {_USER_COLUMNS} FROM users ORDER BY created_at, id")
+SET_PASSWORD = Query("UPDATE users SET password_hash = ?, password_changed_at = ? WHERE id = ?")
+DELETE_RESET_TOKENS = Query("DELETE FROM account_tokens WHERE user_id = ? AND kind = 'reset'")
+DELETE_USER_SESSIONS = Query("DELETE FROM sessions WHERE user_id = ?")
+DELETE_OTHER_SESSIONS = Query("DELETE FROM sessions WHERE user_id = ? AND id <> ?")
+SET_DISABLED = Query("UPDATE users SET disabled = ? WHERE id = ?")
+DELETE_USER_TOKENS = Query("DELETE FROM account_tokens WHERE user_id = ?")
+DELETE_USER = Query("DELETE FROM users WHERE id = ?")
+
+ENABLED_USER = Query("SELECT 1 FROM users WHERE id = ? AND disabled = 0")
+TAKE_PENDING = Query("DELETE FROM account_tokens WHERE digest = ? AND kind = 'second_factor'")
+INSERT_SESSION = Query(f"INSERT INTO sessions (digest, {_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+SET_LAST_LOGIN = Query("UPDATE users SET last_login_at = ? WHERE id = ?")
+SESSION_BY_DIGEST = Query(
+    "SELECT s.digest, "
+    + ", ".join(f"s.{c.strip()}" for c in _SESSION_COLUMNS.split(","))
+    + ", "
+    + ", ".join(f"u.{c.strip()}" for c in _USER_COLUMNS.split(","))
+    + " FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.digest = ?"
+)
+TOUCH_SESSION = Query("UPDATE sessions SET last_seen_at = ? WHERE id = ? AND last_seen_at < ?")
+LIST_SESSIONS = Query(
+    f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE user_id = ? AND expires_at > ? ORDER BY created_at, id"
+)
+PRUNE_SESSIONS = Query("DELETE FROM sessions WHERE expires_at <= ?")
+PRUNE_TOKENS = Query("DELETE FROM account_tokens WHERE expires_at IS NOT NULL AND expires_at <= ?")
+
+DELETE_TOKENS_OF_KIND = Query("DELETE FROM account_tokens WHERE kind = ?")
+DELETE_USER_TOKENS_OF_KIND = Query("DELETE FROM account_tokens WHERE kind = ? AND user_id = ?")
+INSERT_TOKEN = Query(
+    "INSERT INTO account_tokens (digest, kind, user_id, email, created_at, expires_at, detail)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+GET_TOKEN = Query(
+    f"SELECT digest, {_TOKEN_COLUMNS} FROM account_tokens"
+    " WHERE digest = ? AND kind = ? AND (expires_at IS NULL OR expires_at > ?)"
+)
+TAKE_TOKEN = Query(f"DELETE FROM account_tokens WHERE digest = ? AND kind = ? RETURNING {_TOKEN_COLUMNS}")
+
+DELETE_RECOVERY_CODES = Query("DELETE FROM recovery_codes WHERE user_id = ?")
+INSERT_RECOVERY_CODE = Query("INSERT INTO recovery_codes (user_id, digest) VALUES (?, ?)")
+USE_RECOVERY_CODE = Query("UPDATE recovery_codes SET used_at = ? WHERE user_id = ? AND digest = ? AND used_at IS NULL")
+RECOVERY_CODES_LEFT = Query("SELECT COUNT(*) FROM recovery_codes WHERE user_id = ? AND used_at IS NULL")
+CLEAR_TOTP = Query("UPDATE users SET totp_secret = NULL, totp_enabled_at = NULL, totp_last_step = NULL WHERE id = ?")
+DELETE_PENDING_OF_USER = Query("DELETE FROM account_tokens WHERE user_id = ? AND kind = 'second_factor'")
+ACCEPT_TOTP_STEP = Query(
+    "UPDATE users SET totp_last_step = ? WHERE id = ? AND (totp_last_step IS NULL OR totp_last_step < ?)"
+)
+
+GET_IDENTITY = Query(f"SELECT {_IDENTITY_COLUMNS} FROM identities WHERE provider = ? AND subject = ?")
+LIST_IDENTITIES = Query(f"SELECT {_IDENTITY_COLUMNS} FROM identities WHERE user_id = ? ORDER BY created_at, provider")
+TOUCH_IDENTITY = Query(
+    "UPDATE identities SET last_used_at = ?, email = COALESCE(?, email) WHERE provider = ? AND subject = ?"
+)
+USER_IDENTITY = Query("SELECT 1 FROM identities WHERE user_id = ? AND provider = ? AND subject = ?")
+OTHER_WAYS_IN = Query(
+    "SELECT (SELECT COUNT(*) FROM users WHERE id = ? AND password_hash IS NOT NULL),"
+    " (SELECT COUNT(*) FROM identities WHERE user_id = ?)"
+)
+DELETE_IDENTITY = Query("DELETE FROM identities WHERE user_id = ? AND provider = ? AND subject = ?")
+
+INSERT_INVITATION = Query(
+    "INSERT INTO invitations (id, digest, email, role, created_by, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+GET_INVITATION = Query(f"SELECT {_INVITATION_COLUMNS} FROM invitations WHERE id = ?")
+INVITATION_BY_DIGEST = Query(f"SELECT digest, {_INVITATION_COLUMNS} FROM invitations WHERE digest = ?")
+LIST_INVITATIONS = Query(f"SELECT {_INVITATION_COLUMNS} FROM invitations ORDER BY created_at DESC, id")
+REVOKE_INVITATION = Query("UPDATE invitations SET expires_at = ? WHERE id = ? AND used_at IS NULL AND expires_at > ?")
+
+INSERT_AUDIT = Query(
+    "INSERT INTO audit_events (time, event, actor, user_id, target, method, client_ip, detail)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
 
 class AccountStore:
-    """The accounts half of an open ``Store``."""
+    """The accounts half of an open store (``store.accounts``)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: SqlStore) -> None:
         self._store = store
-        self._db: aiosqlite.Connection = store._db
 
-    async def _rows(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
-        return list(await self._db.execute_fetchall(sql, args))
+    async def _fetch(self, query: Query, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        async with self._store._read() as db:
+            return await db.fetch(query, args)
 
     # -- users -----------------------------------------------------------------
 
@@ -89,30 +193,27 @@ class AccountStore:
         is not created unless it was an unused, unexpired invitation (bound to this
         address when it names one); ``identity`` (provider, subject, email) is linked;
         ``only_if_no_users`` creates the user only while there is none (the first
-        admin), and ``setup_token`` (a digest) must then be a live setup token — every
-        setup token is deleted.
+        admin), and ``setup_token`` (a digest) must then be a live setup token — it is
+        consumed, and every other setup token deleted.
         """
-        async with self._store.transaction() as db:
-            if only_if_no_users and await _first(db, "SELECT 1 FROM users LIMIT 1"):
+        async with self._store._transaction(lock="users") as db:
+            if only_if_no_users and await db.fetch(ANY_USER):
                 return None
             if setup_token is not None:
-                if not await _first(
-                    db, "SELECT 1 FROM account_tokens WHERE digest = ? AND kind = 'setup'", (setup_token,)
-                ):
+                if await db.execute(TAKE_SETUP_TOKEN, (setup_token,)) == 0:
                     return None
-                await db.execute("DELETE FROM account_tokens WHERE kind = 'setup'")
-            if await _first(db, "SELECT 1 FROM users WHERE email_key = ?", (email_key,)):
+                await db.execute(DELETE_SETUP_TOKENS)
+            if await db.fetch(USER_WITH_EMAIL, (email_key,)):
                 return None
-            if invitation is not None:
-                cur = await db.execute(
-                    "UPDATE invitations SET used_at = ?, used_by = ? WHERE digest = ? AND used_at IS NULL"
-                    " AND expires_at > ? AND (email IS NULL OR email = ?)",
-                    (created_at, None, invitation, created_at, email_key),
-                )
-                if cur.rowcount == 0:
-                    return None
+            # The invitation is marked used first, its user set once the user exists
+            # (used_by references users).
+            if (
+                invitation is not None
+                and await db.execute(USE_INVITATION, (created_at, invitation, created_at, email_key)) == 0
+            ):
+                return None
             await db.execute(
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, NULL, ?, NULL, NULL, NULL)",
+                INSERT_USER,
                 (
                     id,
                     email,
@@ -126,27 +227,22 @@ class AccountStore:
                 ),
             )
             if invitation is not None:
-                await db.execute("UPDATE invitations SET used_by = ? WHERE digest = ?", (id, invitation))
+                await db.execute(INVITATION_USED_BY, (id, invitation))
             if identity is not None:
                 provider, subject, identity_email = identity
-                await db.execute(
-                    "INSERT INTO identities (provider, subject, user_id, email, created_at, last_used_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (provider, subject, id, identity_email, created_at, created_at),
-                )
+                await db.execute(INSERT_IDENTITY, (provider, subject, id, identity_email, created_at, created_at))
         return await self.get_user(id)
 
     async def get_user(self, user_id: str) -> UserRow | None:
-        rows = await self._rows(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,))
+        rows = await self._fetch(GET_USER, (user_id,))
         return _user(rows[0]) if rows else None
 
     async def user_by_email(self, email_key: str) -> UserRow | None:
-        rows = await self._rows(f"SELECT {_USER_COLUMNS} FROM users WHERE email_key = ?", (email_key,))
+        rows = await self._fetch(USER_BY_EMAIL, (email_key,))
         return _user(rows[0]) if rows else None
 
     async def list_users(self) -> list[UserRow]:
-        rows = await self._rows(f"SELECT {_USER_COLUMNS} FROM users ORDER BY created_at, id")
-        return [_user(r) for r in rows]
+        return [_user(r) for r in await self._fetch(LIST_USERS)]
 
     async def count_users(self, *, role: str | None = None, enabled_only: bool = False) -> int:
         clauses, args = [], []
@@ -156,7 +252,7 @@ class AccountStore:
         if enabled_only:
             clauses.append("disabled = 0")
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = await self._rows(f"SELECT COUNT(*) FROM users{where}", args)
+        rows = await self._fetch(q(f"SELECT COUNT(*) FROM users{where}"), args)
         return int(rows[0][0])
 
     async def update_user(self, user_id: str, changes: dict[str, Any], *, expect: dict[str, Any] | None = None) -> bool:
@@ -167,57 +263,53 @@ class AccountStore:
             raise ValueError(f"cannot update {', '.join(sorted(unknown))}")
         if not changes:
             return await self.get_user(user_id) is not None
-        assignments = ", ".join(f"{col} = ?" for col in changes)
-        where, args = "id = ?", [*changes.values(), user_id]
-        for col, value in (expect or {}).items():
-            if col not in USER_UPDATABLE | {"disabled"}:
+        assignments = ", ".join(f"{col} = ?" for col in sorted(changes))
+        where, args = "id = ?", [*(changes[c] for c in sorted(changes)), user_id]
+        for col, value in sorted((expect or {}).items()):
+            if col not in USER_UPDATABLE:
                 raise ValueError(f"cannot compare {col}")
             if value is None:
                 where += f" AND {col} IS NULL"
             else:
                 where += f" AND {col} = ?"
                 args.append(value)
-        async with self._store.transaction() as db:
-            cur = await db.execute(f"UPDATE users SET {assignments} WHERE {where}", args)
-            return bool(cur.rowcount)
+        async with self._store._transaction() as db:
+            return await db.execute(q(f"UPDATE users SET {assignments} WHERE {where}"), args) > 0
 
     async def set_password(
         self, user_id: str, password_hash: str, *, now: float, end_sessions: bool, keep: str | None
     ) -> bool:
-        """A new password hash; with ``end_sessions`` every session of the user ends in
-        the same transaction (but ``keep``, a session id), and every reset token
-        (the old links must not work any more)."""
-        async with self._store.transaction() as db:
-            cur = await db.execute(
-                "UPDATE users SET password_hash = ?, password_changed_at = ? WHERE id = ?",
-                (password_hash, now, user_id),
-            )
-            if cur.rowcount == 0:
+        """A new password hash; every reset token of the user is deleted (the old links
+        must not work any more), and with ``end_sessions`` every session but ``keep``
+        (a session id) ends — all in one transaction."""
+        async with self._store._transaction() as db:
+            if await db.execute(SET_PASSWORD, (password_hash, now, user_id)) == 0:
                 return False
-            await db.execute("DELETE FROM account_tokens WHERE user_id = ? AND kind = 'reset'", (user_id,))
+            await db.execute(DELETE_RESET_TOKENS, (user_id,))
             if end_sessions:
-                await db.execute("DELETE FROM sessions WHERE user_id = ? AND id IS NOT ?", (user_id, keep))
+                if keep is None:
+                    await db.execute(DELETE_USER_SESSIONS, (user_id,))
+                else:
+                    await db.execute(DELETE_OTHER_SESSIONS, (user_id, keep))
         return True
 
     async def set_disabled(self, user_id: str, disabled: bool) -> bool:
-        """Disable (every session and pending sign-in ends in the same transaction) or
+        """Disable (every session and pending token ends in the same transaction) or
         enable a user; False when there is no such user."""
-        async with self._store.transaction() as db:
-            cur = await db.execute("UPDATE users SET disabled = ? WHERE id = ?", (int(disabled), user_id))
-            if cur.rowcount == 0:
+        async with self._store._transaction() as db:
+            if await db.execute(SET_DISABLED, (int(disabled), user_id)) == 0:
                 return False
             if disabled:
-                await db.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,))
-                await db.execute("DELETE FROM account_tokens WHERE user_id = ?", (user_id,))
+                await db.execute(DELETE_USER_SESSIONS, (user_id,))
+                await db.execute(DELETE_USER_TOKENS, (user_id,))
         return True
 
     async def delete_user(self, user_id: str) -> bool:
         """Delete a user; their sessions, tokens, codes and identities go with them
         (ON DELETE CASCADE), their keys become unowned (ON DELETE SET NULL: the caller
         revokes them first), audit events stay."""
-        async with self._store.transaction() as db:
-            cur = await db.execute("DELETE FROM users WHERE id = ?", (user_id,))
-            return bool(cur.rowcount)
+        async with self._store._transaction() as db:
+            return await db.execute(DELETE_USER, (user_id,)) > 0
 
     # -- sessions ----------------------------------------------------------------
 
@@ -238,21 +330,16 @@ class AccountStore:
         """A new session, and the user's ``last_login_at``; None when the user is gone
         or disabled (checked in the same transaction). ``pending``: the digest of the
         second-factor token this sign-in completes, consumed here (None back if it
-        was already used)."""
-        async with self._store.transaction() as db:
-            if not await _first(db, "SELECT 1 FROM users WHERE id = ? AND disabled = 0", (user_id,)):
+        was used already)."""
+        async with self._store._transaction() as db:
+            if not await db.fetch(ENABLED_USER, (user_id,)):
                 return None
-            if pending is not None:
-                cur = await db.execute(
-                    "DELETE FROM account_tokens WHERE digest = ? AND kind = 'second_factor'", (pending,)
-                )
-                if cur.rowcount == 0:
-                    return None
+            if pending is not None and await db.execute(TAKE_PENDING, (pending,)) == 0:
+                return None
             await db.execute(
-                f"INSERT INTO sessions (digest, {_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (digest, id, user_id, method, now, now, expires_at, client_ip, user_agent, device),
+                INSERT_SESSION, (digest, id, user_id, method, now, now, expires_at, client_ip, user_agent, device)
             )
-            await db.execute("UPDATE users SET last_login_at = ? WHERE id = ?", (now, user_id))
+            await db.execute(SET_LAST_LOGIN, (now, user_id))
         return SessionRow(
             id=id,
             user_id=user_id,
@@ -268,12 +355,7 @@ class AccountStore:
     async def session_by_digest(self, digest: bytes) -> tuple[bytes, SessionRow, UserRow] | None:
         """The session with this token digest and its user (the stored digest first,
         for the caller's constant-time comparison)."""
-        cols = ", ".join(f"s.{c.strip()}" for c in _SESSION_COLUMNS.split(","))
-        ucols = ", ".join(f"u.{c.strip()}" for c in _USER_COLUMNS.split(","))
-        rows = await self._rows(
-            f"SELECT s.digest, {cols}, {ucols} FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.digest = ?",
-            (digest,),
-        )
+        rows = await self._fetch(SESSION_BY_DIGEST, (digest,))
         if not rows:
             return None
         r = rows[0]
@@ -281,17 +363,11 @@ class AccountStore:
 
     async def touch_session(self, session_id: str, now: float, *, older_than: float) -> None:
         """Set ``last_seen_at`` unless it is already at or after ``older_than``."""
-        async with self._store.transaction() as db:
-            await db.execute(
-                "UPDATE sessions SET last_seen_at = ? WHERE id = ? AND last_seen_at < ?", (now, session_id, older_than)
-            )
+        async with self._store._transaction() as db:
+            await db.execute(TOUCH_SESSION, (now, session_id, older_than))
 
     async def list_sessions(self, user_id: str, *, now: float) -> list[SessionRow]:
-        rows = await self._rows(
-            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE user_id = ? AND expires_at > ? ORDER BY created_at, id",
-            (user_id, now),
-        )
-        return [_session(r) for r in rows]
+        return [_session(r) for r in await self._fetch(LIST_SESSIONS, (user_id, now))]
 
     async def delete_sessions(
         self, user_id: str, *, session_id: str | None = None, except_id: str | None = None
@@ -305,18 +381,15 @@ class AccountStore:
         if except_id is not None:
             where += " AND id <> ?"
             args.append(except_id)
-        async with self._store.transaction() as db:
-            ids = [r[0] for r in await db.execute_fetchall(f"SELECT id FROM sessions WHERE {where}", args)]
-            if ids:
-                await db.execute(f"DELETE FROM sessions WHERE {where}", args)
-        return ids
+        async with self._store._transaction() as db:
+            rows = await db.fetch(q(f"DELETE FROM sessions WHERE {where} RETURNING id"), args)
+        return sorted(str(r[0]) for r in rows)
 
     async def prune(self, now: float) -> int:
         """Delete expired sessions and tokens; returns how many sessions."""
-        async with self._store.transaction() as db:
-            cur = await db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
-            n = cur.rowcount
-            await db.execute("DELETE FROM account_tokens WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
+        async with self._store._transaction() as db:
+            n = await db.execute(PRUNE_SESSIONS, (now,))
+            await db.execute(PRUNE_TOKENS, (now,))
         return n
 
     # -- one-time tokens -------------------------------------------------------
@@ -335,157 +408,98 @@ class AccountStore:
     ) -> None:
         """Store a token digest. ``replace``: the user's (or, without a user, every)
         earlier token of this kind is deleted first, so only the newest link works."""
-        async with self._store.transaction() as db:
+        async with self._store._transaction() as db:
             if replace:
                 if user_id is None:
-                    await db.execute("DELETE FROM account_tokens WHERE kind = ?", (kind,))
+                    await db.execute(DELETE_TOKENS_OF_KIND, (kind,))
                 else:
-                    await db.execute("DELETE FROM account_tokens WHERE kind = ? AND user_id = ?", (kind, user_id))
+                    await db.execute(DELETE_USER_TOKENS_OF_KIND, (kind, user_id))
             await db.execute(
-                "INSERT INTO account_tokens (digest, kind, user_id, email, created_at, expires_at, detail)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                INSERT_TOKEN,
                 (digest, kind, user_id, email, now, expires_at, msgspec.json.encode(detail or {}).decode()),
             )
 
     async def get_token(self, digest: bytes, kind: str, *, now: float) -> tuple[bytes, TokenRow] | None:
-        """A live token of ``kind`` (not expired), not consumed."""
-        rows = await self._rows(
-            "SELECT digest, kind, user_id, email, created_at, expires_at, detail FROM account_tokens"
-            " WHERE digest = ? AND kind = ? AND (expires_at IS NULL OR expires_at > ?)",
-            (digest, kind, now),
-        )
+        """A live token of ``kind`` (not expired), without consuming it."""
+        rows = await self._fetch(GET_TOKEN, (digest, kind, now))
         return (bytes(rows[0][0]), _token(rows[0][1:])) if rows else None
 
     async def take_token(self, digest: bytes, kind: str, *, now: float) -> TokenRow | None:
         """Consume a token: deleted whether live or expired; returned only when live.
-        Atomic: of two concurrent uses, one gets it."""
-        async with self._store.transaction() as db:
-            rows = list(
-                await db.execute_fetchall(
-                    "SELECT kind, user_id, email, created_at, expires_at, detail FROM account_tokens"
-                    " WHERE digest = ? AND kind = ?",
-                    (digest, kind),
-                )
-            )
-            if not rows:
-                return None
-            await db.execute("DELETE FROM account_tokens WHERE digest = ?", (digest,))
+        Of two concurrent uses, one gets it."""
+        async with self._store._transaction() as db:
+            rows = await db.fetch(TAKE_TOKEN, (digest, kind))
+        if not rows:
+            return None
         token = _token(rows[0])
         return token if token.expires_at is None or token.expires_at > now else None
 
     async def delete_tokens(self, *, kind: str, user_id: str | None = None) -> None:
-        async with self._store.transaction() as db:
+        async with self._store._transaction() as db:
             if user_id is None:
-                await db.execute("DELETE FROM account_tokens WHERE kind = ?", (kind,))
+                await db.execute(DELETE_TOKENS_OF_KIND, (kind,))
             else:
-                await db.execute("DELETE FROM account_tokens WHERE kind = ? AND user_id = ?", (kind, user_id))
+                await db.execute(DELETE_USER_TOKENS_OF_KIND, (kind, user_id))
 
-    # -- TOTP recovery codes -------------------------------------------------------
+    # -- TOTP ----------------------------------------------------------------------
 
     async def replace_recovery_codes(self, user_id: str, digests: Iterable[bytes]) -> None:
-        async with self._store.transaction() as db:
-            await db.execute("DELETE FROM recovery_codes WHERE user_id = ?", (user_id,))
-            await db.executemany(
-                "INSERT INTO recovery_codes (user_id, digest) VALUES (?, ?)", [(user_id, d) for d in digests]
-            )
+        async with self._store._transaction() as db:
+            await db.execute(DELETE_RECOVERY_CODES, (user_id,))
+            await db.executemany(INSERT_RECOVERY_CODE, [(user_id, d) for d in digests])
 
     async def use_recovery_code(self, user_id: str, digest: bytes, *, now: float) -> bool:
         """Mark an unused code used; False when there is none with this digest."""
-        async with self._store.transaction() as db:
-            cur = await db.execute(
-                "UPDATE recovery_codes SET used_at = ? WHERE user_id = ? AND digest = ? AND used_at IS NULL",
-                (now, user_id, digest),
-            )
-            return bool(cur.rowcount)
+        async with self._store._transaction() as db:
+            return await db.execute(USE_RECOVERY_CODE, (now, user_id, digest)) > 0
 
     async def recovery_codes_left(self, user_id: str) -> int:
-        rows = await self._rows("SELECT COUNT(*) FROM recovery_codes WHERE user_id = ? AND used_at IS NULL", (user_id,))
-        return int(rows[0][0])
+        return int((await self._fetch(RECOVERY_CODES_LEFT, (user_id,)))[0][0])
 
     async def disable_totp(self, user_id: str) -> None:
-        async with self._store.transaction() as db:
-            await db.execute(
-                "UPDATE users SET totp_secret = NULL, totp_enabled_at = NULL, totp_last_step = NULL WHERE id = ?",
-                (user_id,),
-            )
-            await db.execute("DELETE FROM recovery_codes WHERE user_id = ?", (user_id,))
-            await db.execute("DELETE FROM account_tokens WHERE user_id = ? AND kind = 'second_factor'", (user_id,))
+        async with self._store._transaction() as db:
+            await db.execute(CLEAR_TOTP, (user_id,))
+            await db.execute(DELETE_RECOVERY_CODES, (user_id,))
+            await db.execute(DELETE_PENDING_OF_USER, (user_id,))
 
     async def accept_totp_step(self, user_id: str, step: int) -> bool:
         """Record ``step`` as the last TOTP step used, if it is later than the one
         recorded (a code is accepted once; of two concurrent uses, one wins)."""
-        async with self._store.transaction() as db:
-            cur = await db.execute(
-                "UPDATE users SET totp_last_step = ? WHERE id = ? AND (totp_last_step IS NULL OR totp_last_step < ?)",
-                (step, user_id, step),
-            )
-            return bool(cur.rowcount)
+        async with self._store._transaction() as db:
+            return await db.execute(ACCEPT_TOTP_STEP, (step, user_id, step)) > 0
 
     # -- identities ----------------------------------------------------------------
 
     async def get_identity(self, provider: str, subject: str) -> IdentityRow | None:
-        rows = await self._rows(
-            "SELECT provider, subject, user_id, email, created_at, last_used_at FROM identities"
-            " WHERE provider = ? AND subject = ?",
-            (provider, subject),
-        )
+        rows = await self._fetch(GET_IDENTITY, (provider, subject))
         return _identity(rows[0]) if rows else None
 
     async def list_identities(self, user_id: str) -> list[IdentityRow]:
-        rows = await self._rows(
-            "SELECT provider, subject, user_id, email, created_at, last_used_at FROM identities"
-            " WHERE user_id = ? ORDER BY created_at, provider",
-            (user_id,),
-        )
-        return [_identity(r) for r in rows]
+        return [_identity(r) for r in await self._fetch(LIST_IDENTITIES, (user_id,))]
 
     async def insert_identity(
         self, *, provider: str, subject: str, user_id: str, email: str | None, now: float
     ) -> bool:
         """Link an identity; False when it is linked already (to anyone)."""
-        try:
-            async with self._store.transaction() as db:
-                await db.execute(
-                    "INSERT INTO identities (provider, subject, user_id, email, created_at, last_used_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (provider, subject, user_id, email, now, now),
-                )
-        except sqlite3.IntegrityError:
-            return False
-        return True
+        async with self._store._transaction() as db:
+            return await db.execute(INSERT_IDENTITY, (provider, subject, user_id, email, now, now)) > 0
 
     async def touch_identity(self, provider: str, subject: str, *, email: str | None, now: float) -> None:
-        async with self._store.transaction() as db:
-            await db.execute(
-                "UPDATE identities SET last_used_at = ?, email = COALESCE(?, email) WHERE provider = ? AND subject = ?",
-                (now, email, provider, subject),
-            )
+        async with self._store._transaction() as db:
+            await db.execute(TOUCH_IDENTITY, (now, email, provider, subject))
 
     async def delete_identity(self, user_id: str, provider: str, subject: str, *, keep_one_way: bool) -> str:
         """Unlink; "ok", "missing" (not this user's) or "last" (refused by
         ``keep_one_way``: it is the user's only way to sign in — no password, no
-        other identity). Decided in the transaction that deletes."""
-        async with self._store.transaction() as db:
-            if not await _first(
-                db,
-                "SELECT 1 FROM identities WHERE user_id = ? AND provider = ? AND subject = ?",
-                (user_id, provider, subject),
-            ):
+        other identity). Decided in the transaction that deletes, under the user's lock."""
+        async with self._store._transaction(lock=f"user:{user_id}") as db:
+            if not await db.fetch(USER_IDENTITY, (user_id, provider, subject)):
                 return "missing"
             if keep_one_way:
-                others = await _first(
-                    db,
-                    "SELECT (SELECT password_hash IS NOT NULL FROM users WHERE id = ?),"
-                    " (SELECT COUNT(*) FROM identities WHERE user_id = ?)",
-                    (user_id, user_id),
-                )
-                assert others is not None
-                if not others[0] and int(others[1]) <= 1:
+                passwords, identities = (await db.fetch(OTHER_WAYS_IN, (user_id, user_id)))[0]
+                if not int(passwords) and int(identities) <= 1:
                     return "last"
-            await db.execute(
-                "DELETE FROM identities WHERE user_id = ? AND provider = ? AND subject = ?",
-                (user_id, provider, subject),
-            )
+            await db.execute(DELETE_IDENTITY, (user_id, provider, subject))
         return "ok"
 
     # -- invitations -----------------------------------------------------------------
@@ -501,36 +515,27 @@ class AccountStore:
         now: float,
         expires_at: float,
     ) -> InvitationRow:
-        async with self._store.transaction() as db:
-            await db.execute(
-                "INSERT INTO invitations (id, digest, email, role, created_by, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (id, digest, email, role, created_by, now, expires_at),
-            )
+        async with self._store._transaction() as db:
+            await db.execute(INSERT_INVITATION, (id, digest, email, role, created_by, now, expires_at))
         found = await self.get_invitation(id)
         assert found is not None
         return found
 
     async def get_invitation(self, invitation_id: str) -> InvitationRow | None:
-        rows = await self._rows(f"SELECT {_INVITATION_COLUMNS} FROM invitations WHERE id = ?", (invitation_id,))
+        rows = await self._fetch(GET_INVITATION, (invitation_id,))
         return _invitation(rows[0]) if rows else None
 
     async def invitation_by_digest(self, digest: bytes) -> tuple[bytes, InvitationRow] | None:
-        rows = await self._rows(f"SELECT digest, {_INVITATION_COLUMNS} FROM invitations WHERE digest = ?", (digest,))
+        rows = await self._fetch(INVITATION_BY_DIGEST, (digest,))
         return (bytes(rows[0][0]), _invitation(rows[0][1:])) if rows else None
 
     async def list_invitations(self) -> list[InvitationRow]:
-        rows = await self._rows(f"SELECT {_INVITATION_COLUMNS} FROM invitations ORDER BY created_at DESC, id")
-        return [_invitation(r) for r in rows]
+        return [_invitation(r) for r in await self._fetch(LIST_INVITATIONS)]
 
     async def revoke_invitation(self, invitation_id: str, *, now: float) -> bool:
         """Make an unused invitation unusable (expired now); False when none."""
-        async with self._store.transaction() as db:
-            cur = await db.execute(
-                "UPDATE invitations SET expires_at = ? WHERE id = ? AND used_at IS NULL AND expires_at > ?",
-                (now, invitation_id, now),
-            )
-            return bool(cur.rowcount)
+        async with self._store._transaction() as db:
+            return await db.execute(REVOKE_INVITATION, (now, invitation_id, now)) > 0
 
     # -- audit -----------------------------------------------------------------------
 
@@ -546,10 +551,9 @@ class AccountStore:
         client_ip: str | None,
         detail: dict[str, Any] | None,
     ) -> None:
-        async with self._store.transaction() as db:
+        async with self._store._transaction() as db:
             await db.execute(
-                "INSERT INTO audit_events (time, event, actor, user_id, target, method, client_ip, detail)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                INSERT_AUDIT,
                 (time, event, actor, user_id, target, method, client_ip, msgspec.json.encode(detail or {}).decode()),
             )
 
@@ -579,16 +583,10 @@ class AccountStore:
             clauses.append("time >= ?")
             args.append(since)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = await self._rows(
-            f"SELECT {_AUDIT_COLUMNS} FROM audit_events{where} ORDER BY id DESC LIMIT ?", (*args, limit)
+        rows = await self._fetch(
+            q(f"SELECT {_AUDIT_COLUMNS} FROM audit_events{where} ORDER BY id DESC LIMIT ?"), (*args, limit)
         )
         return [_audit(r) for r in rows]
-
-
-async def _first(db: aiosqlite.Connection, sql: str, args: Sequence[Any] = ()) -> Any:
-    for row in await db.execute_fetchall(sql, args):
-        return row
-    return None
 
 
 def _user(r: Sequence[Any]) -> UserRow:

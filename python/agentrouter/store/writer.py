@@ -24,8 +24,15 @@ parent died. It ignores SIGINT and SIGTERM, so a Ctrl-C sent to the whole proces
 group cannot stop it before the parent has handed over its last batch.
 
 If the child dies, the batch in hand fails (the recorder keeps it and tries again)
-and the next batch starts a new child. A child killed between its commit and its
-answer would make that batch count twice; nothing else can.
+and the next batch starts a new child. Each batch carries the recorder's batch id,
+which the store commits with it: a child killed between its commit and its answer
+makes the recorder send the batch again, and the store skips it (no double count).
+
+The child opens the store the parent names (``AGENTROUTER_USAGE_WRITER_STORE`` in
+its environment, never on its command line where ``ps`` would show a password): a
+SQLite file, or a PostgreSQL URL, which it reaches through one connection made when
+a batch needs it, so a child starts while PostgreSQL is down and its batches fail
+(and are kept by the recorder) until the database is back.
 """
 
 from __future__ import annotations
@@ -39,10 +46,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from agentrouter.store.models import RequestRecord, UsageDelta
+
+if TYPE_CHECKING:
+    from agentrouter.store.base import Store
 
 __all__ = ["NICE", "Batch", "UsageWriter", "UsageWriterError"]
 
@@ -68,6 +79,12 @@ class Batch(msgspec.Struct, array_like=True):
     requests: list[RequestRecord]
     yield_cpu: bool = True
     """Yield the CPU between chunks of log rows (false: the writer is behind)."""
+    id: str | None = None
+    """The recorder's batch id: committed with the batch, a batch sent again is skipped."""
+
+
+STORE_ENV = "AGENTROUTER_USAGE_WRITER_STORE"
+TIMEOUT_ENV = "AGENTROUTER_USAGE_WRITER_TIMEOUT"
 
 
 class UsageWriterError(Exception):
@@ -88,8 +105,17 @@ class UsageWriter:
     belongs to the batch in hand.
     """
 
-    def __init__(self, db_path: Path, *, start_timeout: float = 30.0, answer_timeout: float = 300.0) -> None:
-        self.db_path = Path(db_path)
+    def __init__(
+        self,
+        store: Path | str,
+        *,
+        start_timeout: float = 30.0,
+        answer_timeout: float = 300.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        """``store``: a SQLite file, or a ``postgresql://`` URL."""
+        self.store = str(store)
+        self._connect_timeout = connect_timeout
         self._start_timeout = start_timeout
         self._answer_timeout = answer_timeout
         self._proc: asyncio.subprocess.Process | None = None
@@ -111,11 +137,12 @@ class UsageWriter:
         env = dict(os.environ)
         # The child imports the same agentrouter as this process, installed or not.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH")) if p)
+        env[STORE_ENV] = self.store
+        env[TIMEOUT_ENV] = repr(self._connect_timeout)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "agentrouter.store.writer",
-            str(self.db_path),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=env,
@@ -132,7 +159,9 @@ class UsageWriter:
             raise UsageWriterError(f"the usage writer did not start (exit status {code}; its error is above)")
         self._proc = proc
 
-    async def __call__(self, deltas: Sequence[UsageDelta], requests: Sequence[RequestRecord]) -> None:
+    async def __call__(
+        self, deltas: Sequence[UsageDelta], requests: Sequence[RequestRecord], *, batch_id: str | None = None
+    ) -> None:
         """Write one batch; raises ``UsageWriterError`` when it was not written."""
         if self._proc is None or self._proc.returncode is not None:
             await self._discard()
@@ -141,7 +170,7 @@ class UsageWriter:
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
         self._seq += 1
         seq = self._seq
-        frame = self._encode(Batch(seq, list(deltas), list(requests), self.last_duration <= YIELD_BUDGET))
+        frame = self._encode(Batch(seq, list(deltas), list(requests), self.last_duration <= YIELD_BUDGET, batch_id))
         started = time.monotonic()
         try:
             proc.stdin.write(_HEADER.pack(len(frame)))
@@ -197,16 +226,24 @@ async def _stop(proc: asyncio.subprocess.Process, timeout: float) -> int | None:
 # --------------------------------------------------------------------------- the child
 
 
-async def _serve(db_path: Path) -> int:
-    from agentrouter.store.sqlite import Store
+async def _open(target: str, connect_timeout: float) -> Store:
+    if target.startswith(("postgresql://", "postgres://")):
+        from agentrouter.store.postgres import PostgresStore
 
+        return await PostgresStore.open(target, min_size=0, max_size=1, connect_timeout=connect_timeout, check=False)
+    from agentrouter.store.sqlite import SqliteStore
+
+    return await SqliteStore.open(Path(target))
+
+
+async def _serve(target: str, connect_timeout: float) -> int:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 16)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
     decode = msgspec.msgpack.Decoder(Batch).decode
     out = sys.stdout.buffer.fileno()
     pause = getattr(os, "sched_yield", None)
-    store = await Store.open(db_path)
+    store = await _open(target, connect_timeout)
     try:
         os.write(out, b"ready\n")
         while True:
@@ -222,7 +259,9 @@ async def _serve(db_path: Path) -> int:
                 return 1
             batch = decode(await reader.readexactly(size))
             try:
-                await store.add_usage(batch.deltas, batch.requests, pause=pause if batch.yield_cpu else None)
+                await store.add_usage(
+                    batch.deltas, batch.requests, batch_id=batch.id, pause=pause if batch.yield_cpu else None
+                )
             except Exception as exc:  # rolled back: the parent keeps the batch
                 log.exception(
                     "usage writer: batch %d (%d keys, %d requests) was not written",
@@ -240,9 +279,14 @@ async def _serve(db_path: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: python -m agentrouter.store.writer DATABASE", file=sys.stderr)
+    target = os.environ.get(STORE_ENV)
+    if args or not target:
+        print(f"usage: {STORE_ENV}=DATABASE python -m agentrouter.store.writer", file=sys.stderr)
         return 2
+    try:
+        timeout = float(os.environ.get(TIMEOUT_ENV, "5"))
+    except ValueError:
+        timeout = 5.0
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
@@ -251,9 +295,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s [usage writer] %(message)s")
     try:
-        return asyncio.run(_serve(Path(args[0])))
+        return asyncio.run(_serve(target, timeout))
     except Exception:
-        log.exception("usage writer: cannot serve %s", args[0])
+        from agentrouter.config import redact_url
+
+        log.exception("usage writer: cannot serve %s", redact_url(target))
         return 1
 
 
