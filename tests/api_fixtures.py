@@ -2,8 +2,8 @@
 
 ``ApiServer`` runs ``python -m granian --interface asgi agentrouter.api.devserver:app``
 with two workers in a subprocess, against a private data directory; the test process
-reaches the same data directory directly (the store file and the shared limiter
-region) to seed request logs and alerts, and through the real CLI to make the first
+reaches the same store directly (the SQLite file, or the PostgreSQL database when the
+module runs on ``store_backend`` "postgres") to seed request logs and alerts, and through the real CLI to make the first
 management key, exactly as an operator would.
 
 The fixtures (``api_server``, ``admin``, ``http``) are a plugin registered in
@@ -27,9 +27,10 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from agentrouter.datadir import DB_FILE
-from agentrouter.store import SqliteStore, Store
+from agentrouter.config import load_settings
+from agentrouter.store import Store, open_store
 from agentrouter.store.models import RequestRecord
+from tests.services import PostgresServer
 from tests.waiting import until_sync
 
 SECRET = "api-test-secret-0123456789abcdef0123456789"
@@ -154,8 +155,10 @@ class ApiServer:
         return self.cli_json("keys", "create", *args)  # type: ignore[no-any-return]
 
     def with_store(self, op: Callable[[Store], Awaitable[T]]) -> T:
+        """``op`` on the server's store (its SQLite file or its PostgreSQL database)."""
+
         async def main() -> T:
-            store = await SqliteStore.open(self.data_dir / DB_FILE)
+            store = await open_store(load_settings(env=self.env))
             try:
                 return await op(store)
             finally:
@@ -170,8 +173,8 @@ class ApiServer:
         """When the monitor's lease expires; every run of the monitor renews it."""
 
         async def read(store: Store) -> float | None:
-            rows = list(await store._db.execute_fetchall("SELECT expires_at FROM leases WHERE name = 'monitor'"))
-            return float(rows[0][0]) if rows else None
+            lease = await store.lease("monitor")
+            return None if lease is None else lease[1]
 
         return self.with_store(read)
 
@@ -195,10 +198,23 @@ def start_api_server(tmp: Path, *, workers: int = 2, env: dict[str, str] | None 
     return ApiServer(data_dir, workers=workers, env=env).start()
 
 
+def store_env(store_backend: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """``AGENTROUTER_STORE_URL`` of a fresh database when the backend is PostgreSQL."""
+    if store_backend != "postgres":
+        return {}
+    pg: PostgresServer = request.getfixturevalue("postgres_server")
+    return {"AGENTROUTER_STORE_URL": pg.url(pg.database())}
+
+
 @pytest.fixture(scope="module")
-def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+def api_server(
+    tmp_path_factory: pytest.TempPathFactory, store_backend: str, request: pytest.FixtureRequest
+) -> Iterator[ApiServer]:
     # The monitor runs every half second so a test can watch it raise an alert.
-    server = start_api_server(tmp_path_factory.mktemp("api"), env={"AGENTROUTER_MONITOR_INTERVAL": "0.5"})
+    server = start_api_server(
+        tmp_path_factory.mktemp("api"),
+        env={"AGENTROUTER_MONITOR_INTERVAL": "0.5", **store_env(store_backend, request)},
+    )
     try:
         yield server
     finally:

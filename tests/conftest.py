@@ -24,10 +24,10 @@ from agentrouter.core import Core
 # tests.browser drives Debian's Chromium against a real server (the console's tests);
 # tests.hang_guard picks pytest-timeout's method for tests that run on uvloop.
 pytest_plugins = [
+    "tests.services",
     "tests.gateway_fixtures",
     "tests.api_fixtures",
     "tests.hang_guard",
-    "tests.services",
     "tests.browser",
 ]
 

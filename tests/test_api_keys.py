@@ -14,7 +14,7 @@ from tests.api_fixtures import ApiServer
 from tests.api_fixtures import api_error as error
 from tests.waiting import until_sync
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.store_backends()]
 
 FORBIDDEN = ["id", "digest", "prefix", "created_at", "usage", "last_used_at", "state", "slot", "tag", "key"]
 

@@ -14,7 +14,7 @@ from tests.api_fixtures import ApiServer, record
 from tests.api_fixtures import api_error as error
 from tests.waiting import until_sync
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.store_backends()]
 
 DAY = 86400.0
 

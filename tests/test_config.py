@@ -426,3 +426,41 @@ def test_serve_honours_the_global_config_and_data_dir(tmp_path: Path) -> None:
         assert proc.returncode == 2 and "providers[0] ('p').base_url: required" in proc.stderr, proc.stderr
         proc = run("--data-dir", str(blocker), "serve")
         assert proc.returncode == 1 and f"cannot use the data directory {blocker}" in proc.stderr, proc.stderr
+
+
+def test_store_settings(tmp_path: Path) -> None:
+    default = load_settings(env={"AGENTROUTER_DATA_DIR": str(tmp_path)})
+    assert default.store_url is None and default.store_backend == "sqlite"
+    assert default.sqlite_path == tmp_path / "agentrouter.db"
+    assert (default.store_pool_min, default.store_pool_max, default.usage_buffer_records) == (1, 10, 100_000)
+    other = load_settings(env={"AGENTROUTER_STORE_URL": f"sqlite://{tmp_path}/other.db"})
+    assert other.store_backend == "sqlite" and other.sqlite_path == tmp_path / "other.db"
+    pg = load_settings(
+        env={
+            "AGENTROUTER_STORE_URL": "postgresql://app:s3cret@db.internal:5432/agentrouter?password=also&sslmode=require",
+            "AGENTROUTER_STORE_POOL_MAX": "4",
+        }
+    )
+    assert pg.store_backend == "postgresql" and pg.store_pool_max == 4
+    assert "s3cret" not in repr(pg) and "also" not in repr(pg)
+    assert "postgresql://app:***@db.internal:5432/agentrouter?password=***&sslmode=require" in repr(pg)
+    assert load_settings(env={"AGENTROUTER_STORE_URL": ""}).store_url is None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"AGENTROUTER_STORE_URL": "mysql://u:pw@h/db"},
+            r"store_url: 'mysql://u:\*\*\*@h/db' is not",
+        ),
+        ({"AGENTROUTER_STORE_URL": "postgresql:///db"}, "names no host"),
+        ({"AGENTROUTER_STORE_URL": "postgresql://u:pw@h:99999/db"}, "is not a valid URL"),
+        ({"AGENTROUTER_STORE_POOL_MIN": "5", "AGENTROUTER_STORE_POOL_MAX": "2"}, "must not exceed store_pool_max"),
+        ({"AGENTROUTER_USAGE_BUFFER_RECORDS": "0"}, "usage_buffer_records"),
+    ],
+)
+def test_bad_store_settings_name_the_field_and_hide_the_password(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as exc:
+        load_settings(env=env)
+    assert ":pw@" not in str(exc.value)

@@ -306,11 +306,8 @@ async def test_usage_range_errors_are_shown_by_their_field(app: Gateway, manage:
 
 
 async def test_alerts_page(app: Gateway, manage: dict[str, str]) -> None:
-    from agentrouter.store.analytics import Analytics
-
     key_id = (await app.core.keys.create(name="watched")).row.id
-    analytics = Analytics(app.core.store)
-    await analytics.record_alert(
+    await app.core.store.record_alert(
         key_id=key_id,
         kind="failure_rate",
         subject="1700000000",

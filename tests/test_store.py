@@ -13,6 +13,7 @@ import pytest
 
 from agentrouter.config import load_settings
 from agentrouter.core import Core
+from agentrouter.keys import KeyInputError
 from agentrouter.store import (
     SchemaBehind,
     SqliteStore,
@@ -224,3 +225,16 @@ async def test_a_stopped_postgres_is_store_unavailable_and_then_back(postgres_se
         assert await store.list_keys() == []  # the pool reconnects
     finally:
         await store.close()
+
+
+async def test_a_nul_in_a_callers_text_never_blocks_a_batch(core: Core) -> None:
+    """A JSON string may carry U+0000 (a model name); PostgreSQL's text cannot hold it.
+    Every backend stores it as U+FFFD, so such a request never makes its batch fail
+    (and be held, and block the usage of everyone after it)."""
+    k = (await core.keys.create()).row
+    odd = RequestRecord(key_id=k.id, time=100.0, model="gpt\x00-4o", status=400, latency_ms=1.0, user_agent="a\x00")
+    assert await core.store.add_usage([UsageDelta(key_id=k.id, requests=1)], [odd], batch_id="nul")
+    [row] = await core.store.request_log(k.id)
+    assert (row.model, row.user_agent) == ("gpt\ufffd-4o", "a\ufffd")
+    with pytest.raises(KeyInputError, match="NUL"):
+        await core.keys.create(name="a\x00b")

@@ -81,6 +81,7 @@ from agentrouter._core import (
 )
 from agentrouter.limits.base import Decision as AnyDecision
 from agentrouter.limits.base import Limiter, LimiterUnavailable
+from agentrouter.store.base import StoreUnavailable
 
 __all__ = [
     "INFERENCE_SCOPE",
@@ -99,6 +100,8 @@ MANAGE_SCOPE = "manage"
 BLIND_RELOAD_INTERVAL: Final = 1.0
 """Seconds between two reloads of the key table made without knowing whether a key
 changed (the shared limiter unreachable)."""
+RELOAD_RETRY = 1.0
+"""Seconds between two reloads of the key table while the database is unavailable."""
 
 log = logging.getLogger("agentrouter.auth")
 
@@ -215,6 +218,7 @@ class KeyAuthenticator:
         self._blind_reload_at = 0.0
         self.reloads = 0
         """Reloads of the table since start."""
+        self._retry_at = 0.0  # while the store is unavailable: when to try a reload again
 
     @property
     def table(self) -> KeyTable:
@@ -253,10 +257,10 @@ class KeyAuthenticator:
             return await self._check_shared(raw, scope, self._shared)
         table = self._table
         if not self._loaded or self._generation() != table.generation:
-            await self.reload()
+            await self._refresh()
         code, record, decision = table.check(raw)
         if code == AUTH_STALE:
-            await self.reload()
+            await self._refresh()
             code, record, decision = table.check(raw)
 
         if code == AUTH_OK:
@@ -272,7 +276,7 @@ class KeyAuthenticator:
     async def _check_shared(self, raw: str, scope: str, shared: Limiter) -> AuthResult:
         """The check with a shared limiter (see the module docstring)."""
         if not self._loaded:
-            await self.reload()
+            await self._refresh()
         table = self._table
         code, record = table.authenticate(raw)
         if code in (AUTH_UNKNOWN, AUTH_STALE) and await self._maybe_reload(shared):
@@ -283,8 +287,9 @@ class KeyAuthenticator:
         verdict = await shared.acquire(record, record.requests, record.interval)
         generation = verdict.generation
         if generation is not None and generation != self._shared_generation:
-            # A key changed somewhere since the table was loaded: in force before answering.
-            await self.reload()
+            # A key changed somewhere since the table was loaded: in force before answering
+            # (unless the store is down: then the loaded table serves, see _refresh).
+            await self._refresh()
             code, record = table.authenticate(raw)
             if code != AUTH_OK:
                 return _refused(code, raw)
@@ -307,7 +312,7 @@ class KeyAuthenticator:
         if generation is not None:
             if generation == self._shared_generation:
                 return False
-            await self.reload()
+            await self._refresh()
             return True
         return await self.reload_blind()
 
@@ -318,7 +323,7 @@ class KeyAuthenticator:
         if now < self._blind_reload_at:
             return False
         self._blind_reload_at = now + BLIND_RELOAD_INTERVAL
-        await self.reload()
+        await self._refresh()
         return True
 
     async def follow(self, changes: AsyncIterator[int | None]) -> None:
@@ -350,6 +355,26 @@ class KeyAuthenticator:
         if not decision.allowed:
             return AuthResult(Refusal.RATE_LIMITED, _limit_message(decision), record, decision)
         return AuthResult(None, "", record, decision)
+
+    async def _refresh(self) -> None:
+        """``reload``, except while the database is unavailable after a first load: then
+        the loaded table goes on serving (deleted keys are still refused: revocation is
+        the limiter's flag, not the table), tried again at most every
+        ``RELOAD_RETRY`` seconds, so requests never each wait for a dead database."""
+        if self._loaded and time.monotonic() < self._retry_at:
+            return
+        try:
+            await self.reload()
+        except StoreUnavailable as exc:
+            if not self._loaded:
+                raise
+            if not self._retry_at:
+                log.error("the key table cannot be reloaded (%s); serving the keys loaded before", exc)
+            self._retry_at = time.monotonic() + RELOAD_RETRY
+        else:
+            if self._retry_at:
+                log.warning("the key table is reloaded again: the database is back")
+            self._retry_at = 0.0
 
     async def reload(self) -> None:
         """Rebuild the table from the store; concurrent callers share one reload. With a

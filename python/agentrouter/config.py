@@ -18,7 +18,7 @@ The file::
     store_url = "postgresql://agentrouter@db.internal/agentrouter"   # default: the SQLite file in data_dir
     store_pool_min = 1           # PostgreSQL connections each process keeps open
     store_pool_max = 10          # and at most
-    store_connect_timeout = 5    # seconds to connect to PostgreSQL (and to answer a query)
+    store_connect_timeout = 5    # seconds to connect to PostgreSQL (statements: 30 s)
     usage_buffer_records = 100000   # request-log records a worker buffers while the store is down
     shutdown_timeout = 30        # seconds to drain in-flight requests on SIGTERM
     request_log_retention_days = 30
@@ -412,8 +412,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """PostgreSQL: at most this many connections per process (a server of W workers
     opens up to W × (this + 1): each worker's usage writer has one of its own)."""
     store_connect_timeout: _Seconds = 5.0
-    """PostgreSQL: seconds to connect, and for a query to answer, before the store
-    counts as unavailable (503 on the management API, ``/readyz`` not ready)."""
+    """PostgreSQL: seconds to connect (or to get a pooled connection) before the
+    store counts as unavailable (503 on the management API, ``/readyz`` not ready). A
+    statement may take up to 30 s (or this, if longer) before it counts as such."""
     usage_buffer_records: Annotated[int, msgspec.Meta(ge=1)] = 100_000
     """Request-log records each worker keeps while the store cannot be written (about
     300 bytes each); past that the newest are dropped, counted and logged (the key

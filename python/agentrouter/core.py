@@ -45,7 +45,7 @@ from agentrouter.keys import KeyService
 from agentrouter.limits import FailureMode, Limiter, SharedMemoryLimiter
 from agentrouter.limits.failover import FailoverLimiter
 from agentrouter.secret import load_secret
-from agentrouter.store import KeyRow, Store, open_store
+from agentrouter.store import KeyRow, Store, StoreUnavailable, open_store
 
 if TYPE_CHECKING:
     from agentrouter.accounts.service import AccountService
@@ -203,6 +203,9 @@ class Core:
             await asyncio.wait_for(self.store.schema_version(), READY_QUERY_TIMEOUT)
         except TimeoutError:
             problems.append(f"store: no answer within {READY_QUERY_TIMEOUT:g} s")
+        except StoreUnavailable as exc:
+            log.warning("not ready: %s", exc)
+            problems.append("store: the database is unavailable")
         except Exception as exc:  # noqa: BLE001 - any failure of the query means "not ready"
             log.warning("not ready: the store failed: %s", exc)
             problems.append("store: the query failed")

@@ -378,6 +378,8 @@ def validate_name(name: str | None) -> str | None:
     if not isinstance(name, str):
         raise KeyInputError("name must be text")
     name = name.strip()
+    if "\x00" in name:
+        raise KeyInputError("name must not contain NUL characters")
     if len(name) > MAX_NAME:
         raise KeyInputError(f"name must be at most {MAX_NAME} characters")
     return name or None

@@ -48,6 +48,7 @@ import httpx
 import openai
 import pytest
 
+from tests.services import PostgresServer
 from tests.upstream_fake import FakeUpstream, refused_port
 
 UPSTREAM_OPENAI_KEY = "sk-upstream-openai-0123456789"
@@ -149,12 +150,22 @@ def write_config(
 class Gateway:
     """A real ``agentrouter serve`` subprocess and the CLI bound to its data dir."""
 
-    def __init__(self, data_dir: Path, config: Path, *, workers: int = 2, port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        config: Path,
+        *,
+        workers: int = 2,
+        port: int | None = None,
+        store_url: str | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.config = config
         self.workers = workers
         self.port = port or free_port()
         self.env = clean_env(data_dir)
+        if store_url is not None:
+            self.env["AGENTROUTER_STORE_URL"] = store_url
         self.log_path = data_dir.parent / f"gateway-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
@@ -304,11 +315,13 @@ class Gateway:
             time.sleep(0.25)
 
 
-def start_gateway(tmp: Path, fake: FakeUpstream, down_url: str, *, workers: int = 2) -> Gateway:
+def start_gateway(
+    tmp: Path, fake: FakeUpstream, down_url: str, *, workers: int = 2, store_url: str | None = None
+) -> Gateway:
     data_dir = tmp / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     config = write_config(tmp / "agentrouter.toml", fake.base_url, down_url, raw_url=fake.raw_base_url)
-    return Gateway(data_dir, config, workers=workers).start()
+    return Gateway(data_dir, config, workers=workers, store_url=store_url).start()
 
 
 # ------------------------------------------------------------------ fixtures
@@ -330,12 +343,33 @@ def down_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def gateway(tmp_path_factory: pytest.TempPathFactory, fake: FakeUpstream, down_url: str) -> Iterator[Gateway]:
+def sqlite_gateway(tmp_path_factory: pytest.TempPathFactory, fake: FakeUpstream, down_url: str) -> Iterator[Gateway]:
     gw = start_gateway(tmp_path_factory.mktemp("gateway"), fake, down_url)
     try:
         yield gw
     finally:
         gw.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_gateway(
+    tmp_path_factory: pytest.TempPathFactory, fake: FakeUpstream, down_url: str, postgres_server: PostgresServer
+) -> Iterator[Gateway]:
+    """The same gateway on a database of the session's PostgreSQL (stopped before it)."""
+    url = postgres_server.url(postgres_server.database())
+    gw = start_gateway(tmp_path_factory.mktemp("gateway-pg"), fake, down_url, store_url=url)
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(store_backend: str, request: pytest.FixtureRequest) -> Gateway:
+    """The session's gateway on the module's store backend (SQLite unless the module is
+    marked ``store_backends``), started when first needed."""
+    gw: Gateway = request.getfixturevalue(f"{'postgres' if store_backend == 'postgres' else 'sqlite'}_gateway")
+    return gw
 
 
 @pytest.fixture(autouse=True)

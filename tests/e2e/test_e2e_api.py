@@ -23,6 +23,9 @@ from tests.upstream_fake import TEXT, FakeUpstream, Recorded
 
 MESSAGES = [{"role": "user", "content": "Hello!"}]
 
+# The /v1 edge and its usage records on both stores (tests/conftest.py: store_backend).
+pytestmark = pytest.mark.store_backends()
+
 
 def only(records: list[Recorded], path: str) -> Recorded:
     hits = [r for r in records if r.path == path]

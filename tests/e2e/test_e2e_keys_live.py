@@ -6,11 +6,15 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.e2e.conftest import Gateway, async_client
 from tests.upstream_fake import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "Hello!"}]
+
+# The /v1 edge and its usage records on both stores (tests/conftest.py: store_backend).
+pytestmark = pytest.mark.store_backends()
 
 
 async def _burst(url: str, key: str, n: int) -> list[int]:

@@ -45,7 +45,7 @@ from agentrouter.accounts.errors import AccountDisabled, AccountError, Busy, Thr
 from agentrouter.actor import instance_actor
 from agentrouter.api.caller import Caller
 from agentrouter.api.docs import docs_html
-from agentrouter.api.errors import ApiError
+from agentrouter.api.errors import ApiError, store_unavailable
 from agentrouter.api.openapi import openapi_json
 from agentrouter.api.routes import Context, Request
 from agentrouter.api.table import match
@@ -68,7 +68,7 @@ from agentrouter.keys import EmailNotVerified, KeyConflict, KeyInputError, KeyNo
 from agentrouter.limits.base import Decision
 from agentrouter.monitor.runner import Monitor
 from agentrouter.request_body import BodyError, BodyReader
-from agentrouter.store import StoreError
+from agentrouter.store import StoreError, StoreUnavailable
 from agentrouter.store.analytics import UsageQueryError
 
 __all__ = ["MAX_BODY", "ManagementApi", "build_api"]
@@ -355,6 +355,9 @@ def api_error(exc: Exception, what: str = "request") -> ApiError:
         return ApiError(422, str(exc))
     if isinstance(exc, KeyNotFound):
         return ApiError(404, str(exc))
+    if isinstance(exc, StoreUnavailable):
+        log.error("%s failed: %s", what, exc)
+        return store_unavailable()
     if isinstance(exc, (KeyConflict, StoreError)):
         return ApiError(409, str(exc))
     if isinstance(exc, UsageQueryError):

@@ -24,6 +24,7 @@ ErrorType = Literal[
     "conflict",
     "rate_limit_error",
     "api_error",
+    "service_unavailable",
 ]
 
 STATUS_TYPES: Final[dict[int, ErrorType]] = {
@@ -68,6 +69,7 @@ class ApiError(AgentRouterError):
         field: str | None = None,
         headers: list[tuple[bytes, bytes]] | None = None,
         code: str | None = None,
+        type_: ErrorType | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -75,13 +77,32 @@ class ApiError(AgentRouterError):
         self.field = field
         self.headers = headers or []
         self.code = code
+        self._type = type_
 
     @property
     def type(self) -> ErrorType:
+        if self._type is not None:
+            return self._type
         return STATUS_TYPES.get(self.status, "api_error" if self.status >= 500 else "invalid_request")
 
     def body(self) -> ErrorBody:
         return ErrorBody(error=ErrorDetail(type=self.type, message=self.message, field=self.field, code=self.code))
+
+
+STORE_RETRY_AFTER: Final = 5
+"""Seconds a caller is told to wait when the database is unavailable."""
+
+
+def store_unavailable() -> ApiError:
+    """The database (PostgreSQL) cannot be reached: 503 ``service_unavailable``, for
+    reads and writes alike. The gateway's ``/v1`` goes on serving the keys it loaded."""
+    return ApiError(
+        503,
+        "The database is unavailable, so keys, usage and alerts can be neither read nor changed right now; "
+        "retry shortly.",
+        headers=[(b"retry-after", str(STORE_RETRY_AFTER).encode())],
+        type_="service_unavailable",
+    )
 
 
 def not_found(what: str, ident: str) -> ApiError:

@@ -49,7 +49,9 @@ only their own keys, usage, alerts, sessions and audit events (anyone else's are
 
 **Errors.** One shape: `{"error": {"type", "message", "field"}}`; `type` is
 `invalid_request`, `authentication_error`, `permission_error`, `not_found`,
-`method_not_allowed`, `conflict`, `rate_limit_error` or `api_error`; `field` names the
+`method_not_allowed`, `conflict`, `rate_limit_error`, `api_error` or
+`service_unavailable` (503 with `Retry-After`: the database — PostgreSQL — cannot be
+reached; nothing was changed, or retry to be sure); `field` names the
 body field or query parameter at fault; `code`, on the account routes, a stable
 reason (`invalid_credentials`, `too_many_attempts`, `email_not_verified`, …). Unknown id → 404; malformed JSON → 400; a
 body that does not validate → 422 naming the field, including fields a caller may

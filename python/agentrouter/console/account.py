@@ -174,7 +174,7 @@ async def link_identity(c: Console, req: Request) -> Response:
     viewer = await c.require_viewer(req)
     provider = req.params["provider"]
     reply = await c.call(
-        req, "POST", f"/api/v1/me/identities/{provider}", query={"next": "/account"}, csrf=req.field("csrf_token")
+        req, "POST", f"/api/v1/me/identities/{provider}/link", query={"next": "/account"}, csrf=req.field("csrf_token")
     )
     if not reply.ok:
         if reply.status == 401:

@@ -122,7 +122,13 @@ def new_alert_id() -> str:
 
 
 def cut(text: str | None, limit: int) -> str | None:
-    return text if text is None or len(text) <= limit else text[:limit]
+    """``text`` at most ``limit`` characters long, a NUL (which a caller can send in a
+    JSON string, and PostgreSQL's text cannot hold) as U+FFFD, on every backend alike."""
+    if text is None:
+        return None
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    return text if len(text) <= limit else text[:limit]
 
 
 def rollups(

@@ -44,7 +44,15 @@ from agentrouter.store.analytics import (
     rollups,
 )
 from agentrouter.store.base import StoreError
-from agentrouter.store.models import ALERT_KINDS, AlertRow, KeyRow, RequestRecord, UsageDelta, UsageTotals
+from agentrouter.store.models import (
+    ALERT_KINDS,
+    MAX_CALLER_REQUEST_ID,
+    AlertRow,
+    KeyRow,
+    RequestRecord,
+    UsageDelta,
+    UsageTotals,
+)
 
 if TYPE_CHECKING:
     from agentrouter.store.accounts import AccountStore
@@ -717,9 +725,9 @@ async def _write_requests(db: Tx, records: Sequence[RequestRecord], pause: Calla
                     float(r.latency_ms),
                     r.input_tokens,
                     r.output_tokens,
-                    r.client_ip,
+                    cut(r.client_ip, MAX_MODEL),
                     cut(r.user_agent, MAX_USER_AGENT),
-                    r.caller_request_id,
+                    cut(r.caller_request_id, MAX_CALLER_REQUEST_ID),
                 )
                 for r in records[start : start + WRITE_CHUNK]
             ],
