@@ -24,8 +24,6 @@ violation fails the test (``tests/browser.py``).
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import re
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -145,31 +143,10 @@ class People:
 
 def setup_link(server: ConsoleServer) -> str:
     """The one-time setup link ``agentrouter serve`` printed at start (no user yet)."""
-    import agentrouter.server
-
     found = re.search(r"(http://\S+/setup\?token=[A-Za-z0-9_\-]+)", server.log_path.read_text(errors="replace"))
-    if found is not None:
-        return found.group(1)
-    if hasattr(agentrouter.server, "SETUP_NOTICE"):
+    if found is None:
         pytest.fail(f"the server printed no setup link:\n{server.log_tail()}")
-    # This tree's server does not print it yet (the accounts work that does is not
-    # merged here): make the same link the way serve does, on the same data directory.
-    from agentrouter.core import Core
-    from tests.conftest import settings_on
-
-    async def make() -> str:
-        core = await Core.from_settings(settings_on(server.data_dir, secret=None, AGENTROUTER_PUBLIC_URL=server.url))
-        try:
-            assert core.accounts is not None
-            link = await core.accounts.prepare_setup()
-            assert link is not None
-            return link
-        finally:
-            await core.close()
-
-    # (In a thread of its own: Playwright's sync API runs an event loop in this one.)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, make()).result()
+    return found.group(1)
 
 
 def sign_in(page: Any, email: str, password: str) -> None:
