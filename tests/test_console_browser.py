@@ -167,7 +167,44 @@ def test_every_key_page_at_desktop_and_phone_width(
     signed_out = web.page()
     signed_out.goto("/keys")
     assert signed_out.url.endswith("/sign-in?next=/keys")
-    web.shoot(signed_out, "sign-in")
+    # No OAuth provider is configured on this server: no GitHub or Google button.
+    expect(signed_out.get_by_role("link", name=re.compile("Sign in with"))).to_have_count(0)
+    web.shoot(signed_out, "sign-in-password-only")
+
+
+def test_the_key_pages_by_keyboard(web: Web, console_server: ConsoleServer, operator: dict[str, str]) -> None:
+    page = web.page(extra_http_headers=operator)
+    page.goto("/keys/new")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("main")).to_be_focused()
+    page.get_by_label("Name (optional)").focus()
+    page.keyboard.type("by keyboard")
+    page.keyboard.press("Tab")  # to the presets: a radio group, at its checked one ("Custom")
+    expect(page.get_by_label("Custom")).to_be_focused()
+    page.keyboard.press("ArrowRight")  # the arrow keys choose (and wrap around)
+    expect(page.get_by_label("60 / 60 s")).to_be_checked()
+    page.keyboard.press("ArrowRight")
+    expect(page.get_by_label("100 / 60 s")).to_be_checked()
+    assert page.get_by_label("Request limit (optional)").input_value() == "100"
+    page.get_by_label("Name (optional)").focus()
+    page.keyboard.press("Enter")  # submits the form
+    expect(page.get_by_role("heading", name="Key created")).to_be_visible()
+    page.get_by_role("link", name="Go to the key's page").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name=re.compile("by keyboard"))).to_be_visible()
+    # The delete dialog opens from the keyboard and Escape closes it, focus back on its opener.
+    opener = page.get_by_role("link", name="Delete key…")
+    opener.focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("dialog")).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(page.get_by_role("dialog")).to_be_hidden()
+    # A chart is read with the arrow keys.
+    page.locator("#chart-requests .hit[tabindex='0']").focus()
+    page.keyboard.press("End")
+    expect(page.locator("#chart-requests .chart-readout")).to_contain_text("Requests 0, Failures 0")
 
 
 def test_a_missing_page_is_a_page(web: Web) -> None:
