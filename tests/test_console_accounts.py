@@ -7,6 +7,7 @@ The same journeys in Chromium: ``tests/test_console_journeys.py``."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -17,10 +18,12 @@ import pyotp
 import pytest
 
 from agentrouter.accounts import service as accounts_service
+from agentrouter.actor import INSTANCE
 from agentrouter.api.account_routes import TWO_FACTOR_PAGE
 from agentrouter.console import build_site
 from agentrouter.console.app import Console
 from agentrouter.gateway.app import Gateway, create_app
+from tests.accounts_helpers import OTHER_STRONG as MEMBER
 from tests.accounts_helpers import STRONG, outbox, token_in
 from tests.gateway_fixtures import Reply, call, settings_for
 from tests.waiting import until
@@ -240,8 +243,6 @@ async def test_a_member_cannot_reach_another_members_key_or_the_admin_pages(app:
     await admin.post("/keys/new", csrf_token=admin_csrf, name="admins", preset="none")
     admins_key = next(k for k in await app.core.keys.list() if k.name == "admins")
     assert app.core.accounts is not None
-    from agentrouter.actor import INSTANCE
-
     await app.core.accounts.create_user(INSTANCE, email="m@example.com", password=STRONG, verified=True)
     member = Jar(app)
     await member.post("/sign-in", email="m@example.com", password=STRONG)
@@ -292,3 +293,84 @@ async def test_an_ended_session_is_sent_to_sign_in_and_told_why(app: Gateway) ->
     page = text(await second.get(sent.headers["location"]))
     assert "Your session has ended or expired" in page and 'value="/keys?sort=name"' in page
     assert (await first.get("/keys")).status == 200  # the first device is still signed in
+
+
+async def test_account_name_password_and_two_factor_off(app: Gateway) -> None:
+    admin = await first_admin(app)
+    other = Jar(app)
+    await other.post("/sign-in", email="admin@example.com", password=STRONG)
+    csrf = await admin.csrf("/account")
+    named = await admin.post("/account/profile", csrf_token=csrf, display_name="Ada L.")
+    assert named.status == 303
+    page = text(await admin.get("/account"))
+    assert 'value="Ada L."' in page and "Signed in" in page  # the name, and the audit events
+    wrong = text(
+        await admin.post(
+            "/account/password",
+            csrf_token=csrf,
+            current_password="Nope-Nope-123",
+            new_password="Cobalt-Whistle-94-Arbor",
+        )
+    )
+    assert re.search(r'id="e-current_password"[^>]*>[^<]+|class="error-box"', wrong), wrong
+    changed = await admin.post(
+        "/account/password",
+        csrf_token=csrf,
+        current_password=STRONG,
+        new_password="Cobalt-Whistle-94-Arbor",
+        end_other_sessions="on",
+    )
+    assert changed.status == 303
+    assert "1 other device signed out" in changed.headers["set-cookie"].replace("%20", " ")
+    assert (await other.get("/keys")).status == 303  # the other device is signed out
+    assert (await admin.get("/keys")).status == 200  # this one is not
+
+    # Two-factor on, new recovery codes, off again.
+    started = text(await admin.post("/account/totp", csrf_token=csrf))
+    secret = re.search(r'data-totp-secret="([A-Z2-7]+)"', started)
+    assert secret is not None
+    totp = pyotp.TOTP(secret.group(1))
+    await admin.post("/account/totp/confirm", csrf_token=csrf, code=totp.now())
+    assert "Turn off two-factor sign-in" in text(await admin.get("/account"))
+    bad = text(await admin.post("/account/totp/recovery-codes", csrf_token=csrf, renew_code="000000"))
+    assert re.search(r'id="e-renew_code"[^>]*>[^<]+', bad), bad
+    # (Not the code just used: a code works once. The next step's is accepted, the
+    # server allowing one step of clock drift.)
+    renewed = text(
+        await admin.post("/account/totp/recovery-codes", csrf_token=csrf, renew_code=totp.at(time.time() + 30))
+    )
+    codes = re.findall(r'<li class="recovery-code"><code>([^<]+)</code>', renewed)
+    assert codes and "shown this once" in renewed
+    off = await admin.post("/account/totp/disable", csrf_token=csrf, disable_code=codes[0])
+    assert off.status == 303
+    assert "Turn on two-factor sign-in" in text(await admin.get("/account"))
+
+
+async def test_admin_invites_sets_roles_and_disables(app: Gateway, tmp_path: Path) -> None:
+    admin = await first_admin(app)
+    csrf = await admin.csrf("/admin")
+    invited = text(await admin.post("/admin/invitations", csrf_token=csrf, email="new@example.com", role="member"))
+    link = re.search(r'id="invite-url"[^>]*value="([^"]+)"', invited)
+    assert link is not None and "/register?token=" in link.group(1) and "shown this once" in invited
+    assert "new@example.com as member" in text(await admin.get("/admin"))  # an open invitation
+
+    member = Jar(app)
+    await member.open_link(link.group(1))
+    registered = await member.post("/register", password=MEMBER, email="new@example.com")
+    assert "Check your mail" in text(registered)
+    (user,) = [u for u in await app.core.accounts.list_users(INSTANCE) if u.email == "new@example.com"]  # type: ignore[union-attr]
+    promoted = await admin.post(f"/admin/users/{user.id}", csrf_token=csrf, action="role", role="admin")
+    assert promoted.status == 303 and "is now admin" in promoted.headers["set-cookie"].replace("%20", " ")
+    await member.post("/sign-in", email="new@example.com", password=MEMBER)
+    assert 'href="/admin"' in text(await member.get("/keys"))
+    disabled = await admin.post(f"/admin/users/{user.id}", csrf_token=csrf, action="disable")
+    assert disabled.status == 303
+    assert (await member.get("/keys")).status == 303  # their session ended at once
+    page = text(await admin.get("/admin"))
+    assert re.search(rf'data-user-id="{user.id}".*?disabled', page, flags=re.S)
+    # The last admin cannot disable themselves: the API's refusal, shown on the page.
+    me = next(u for u in await app.core.accounts.list_users(INSTANCE) if u.email == "admin@example.com")  # type: ignore[union-attr]
+    refused = text(await admin.post(f"/admin/users/{me.id}", csrf_token=csrf, action="disable"))
+    assert f'id="e-user-{me.id}"' in refused and "hidden" not in re.search(
+        rf'id="e-user-{me.id}"[^>]*>', refused
+    ).group(0)  # type: ignore[union-attr]
