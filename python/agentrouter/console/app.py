@@ -18,6 +18,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -41,7 +42,7 @@ __all__ = ["Answer", "Console", "Viewer", "build_console"]
 
 log = logging.getLogger("agentrouter.console")
 
-STATIC = __import__("pathlib").Path(__file__).with_name("static")
+STATIC = Path(__file__).with_name("static")
 FLASH_COOKIE = "agentrouter_flash"
 
 Handler = Callable[["Console", Request], Awaitable[Response]]
