@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from agentrouter._core import FakeClock
 from agentrouter.accounts.errors import InvalidCredentials
+from agentrouter.accounts.passwords import HASH_NICENESS, PasswordHasher
 from agentrouter.accounts.service import SignedIn
 from agentrouter.actor import INSTANCE
 from tests.accounts_helpers import STRONG, accounts_core, body, outbox, parse_mail, service, token_in
@@ -255,3 +258,13 @@ async def test_hashing_never_stalls_the_event_loop(data_dir: Path) -> None:
         assert max(lags) < max(0.05, one / 2), (max(lags), one)
     finally:
         await core.close()
+
+
+def test_hashing_threads_run_below_the_event_loops_priority() -> None:
+    """On a busy host the scheduler serves the event loop (``/v1``) before a hash: the
+    pool's threads (and argon2's lane threads, which inherit it) are niced."""
+    hasher = PasswordHasher()
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    pool = hasher._pool.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
+    assert pool == min(own + HASH_NICENESS, 19)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # the loop's thread is untouched

@@ -264,7 +264,7 @@ class AccountsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     password_parallelism: Annotated[int, msgspec.Meta(ge=ARGON2_PARALLELISM, le=64)] = ARGON2_PARALLELISM
     """Argon2id parameters, at or above argon2-cffi's defaults. Raising one rehashes
     each password at its owner's next sign-in."""
-    hash_threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    hash_threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     """Threads per process that hash passwords (off the event loop, so a burst of
     sign-ins never stalls ``/v1``); more waiting hashes queue."""
 

@@ -14,7 +14,10 @@ Hashing (``PasswordHasher``): argon2-cffi's Argon2id at or above its defaults (t
 settings refuse less). Each hash or verification takes about 100 ms of CPU, so it
 runs in a small thread pool (argon2's C code releases the GIL): a burst of sign-ins
 queues there and never stalls the event loop that serves ``/v1`` on the same
-worker. At most ``MAX_QUEUED`` wait per process; beyond that the caller gets
+worker. The pool's threads run at a lower CPU priority (``HASH_NICENESS``; on Linux
+a thread's nice value is its own, and argon2's lane threads inherit it): on a busy
+host the scheduler gives the event loop its turn first, so ``/v1`` latency is not
+traded for sign-in throughput. At most ``MAX_QUEUED`` wait per process; beyond that the caller gets
 ``Busy`` (503) rather than an ever longer queue. ``verify`` says whether the hash
 should be redone (the parameters rose since it was made): the service then
 rehashes the password it just verified.
@@ -27,7 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import os
 import re
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final, TypeVar
@@ -105,6 +111,21 @@ def _contains_own_words(password: str, words: Sequence[str]) -> bool:
     return any(len(w) >= 4 and w in lower for w in words)
 
 
+HASH_NICENESS: Final = 10
+"""How much lower the hashing threads' CPU priority is than the event loop's."""
+
+log = logging.getLogger("agentrouter.accounts")
+
+
+def _lower_priority() -> None:
+    """Thread initializer of the hashing pool: this thread (only) yields the CPU to
+    the event loop. Where threads cannot be given their own priority, nothing changes."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + HASH_NICENESS)
+    except (AttributeError, OSError) as exc:  # not Linux, or refused: hashing still works
+        log.debug("hashing threads keep the process's priority: %s", exc)
+
+
 class PasswordHasher:
     """Argon2id in a bounded thread pool (see the module docstring)."""
 
@@ -114,7 +135,7 @@ class PasswordHasher:
         time_cost: int = argon2.DEFAULT_TIME_COST,
         memory_cost: int = argon2.DEFAULT_MEMORY_COST,
         parallelism: int = argon2.DEFAULT_PARALLELISM,
-        threads: int = 2,
+        threads: int = 1,
     ) -> None:
         if (
             time_cost < argon2.DEFAULT_TIME_COST
@@ -128,7 +149,7 @@ class PasswordHasher:
             parallelism=parallelism,
             type=argon2.Type.ID,
         )
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="argon2")
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="argon2", initializer=_lower_priority)
         self._queued = 0
         self._dummy: str | None = None
 

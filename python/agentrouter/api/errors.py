@@ -68,16 +68,16 @@ class ApiError(AgentRouterError):
         *,
         field: str | None = None,
         headers: list[tuple[bytes, bytes]] | None = None,
-        code: str | None = None,
         type_: ErrorType | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.field = field
         self.headers = headers or []
-        self.code = code
         self._type = type_
+        self.code = code
 
     @property
     def type(self) -> ErrorType:
