@@ -21,8 +21,15 @@ from agentrouter.core import Core
 # management-API tests (``api_server``, ``admin``, ``http``), for every test module:
 # registered as plugins, so a module asks for them by name and imports only helpers.
 # tests.services starts private real servers (Redis) for the tests that need them;
+# tests.browser drives Debian's Chromium against a real server (the console's tests);
 # tests.hang_guard picks pytest-timeout's method for tests that run on uvloop.
-pytest_plugins = ["tests.services", "tests.gateway_fixtures", "tests.api_fixtures", "tests.hang_guard"]
+pytest_plugins = [
+    "tests.services",
+    "tests.gateway_fixtures",
+    "tests.api_fixtures",
+    "tests.hang_guard",
+    "tests.browser",
+]
 
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 

@@ -48,13 +48,17 @@ async def app(tmp_path: Path) -> AsyncIterator[Gateway]:
         await gateway.shutdown()
 
 
-def test_load_app_mounts_the_management_api(tmp_path: Path) -> None:
+def test_load_app_mounts_the_management_api_and_the_console(tmp_path: Path) -> None:
+    from agentrouter.console import Console, Site
     from agentrouter.server import load_app
 
     settings = settings_for(tmp_path / "data", AGENTROUTER_MONITOR_INTERVAL="7")
     gateway = load_app(settings)
-    assert isinstance(gateway, Gateway) and isinstance(gateway._fallback, ManagementApi)
-    assert gateway._fallback.settings is settings  # the one settings object, not read again
+    site = gateway._fallback
+    assert isinstance(gateway, Gateway) and isinstance(site, Site)
+    assert isinstance(site.api, ManagementApi) and isinstance(site.console, Console)
+    # The one settings object, not read again.
+    assert site.api.settings is settings and site.console.settings is settings
 
 
 async def test_the_api_shares_the_gateways_core_and_lifespan(tmp_path: Path) -> None:
@@ -117,7 +121,8 @@ async def test_api_routes_through_the_gateway(app: Gateway) -> None:
 async def test_paths_outside_v1_and_api_are_404_in_a_fitting_dialect(
     app: Gateway, path: str, shape: str, hint: str | None
 ) -> None:
-    """The API's error shape for what is no one's (the console will take / later); the
+    """The API's error shape for what is no one's (here the API alone is mounted; with
+    the console, ``server.load_app``, it takes / and the rest: tests/test_console.py); the
     dialect of the route a client meant when its base URL lacks or repeats /v1."""
     for method in ("GET", "POST"):
         r = await call(app, method, path)

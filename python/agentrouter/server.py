@@ -9,9 +9,10 @@
    prints the first admin's one-time setup link;
 2. starts Granian's process manager with an in-process target loader: each worker
    builds the gateway from the same frozen settings (nothing is passed through the
-   environment), with the management API mounted for every path outside ``/v1``
-   (``load_app``). Each worker's API starts the monitor's task; a lease in the store
-   lets one process of the server do the monitor's work at a time;
+   environment), with the management API mounted under ``/api`` and the web console
+   for every other path outside ``/v1`` (``load_app``). Each worker's API starts the
+   monitor's task; a lease in the store lets one process of the server do the
+   monitor's work at a time;
 3. blocks until SIGTERM / SIGINT.
 
 What happens on SIGTERM (Granian 2.x): the parent stops accepting and signals the
@@ -51,14 +52,15 @@ KILL_MARGIN = 10
 
 def load_app(settings: Settings) -> Any:
     """Granian's target loader, called in each worker process: the gateway, with the
-    management API as its fallback app. The gateway's lifespan calls the API's
-    ``startup(core)`` once its core is open and its ``shutdown()`` before closing it."""
-    from agentrouter.api import build_api
+    management API (``/api``) and the web console (every other path outside ``/v1``)
+    as its fallback app (``agentrouter.console.site``). The gateway's lifespan calls
+    their ``startup(core)`` once its core is open and their ``shutdown()`` before
+    closing it."""
+    from agentrouter.console import build_site
     from agentrouter.gateway.app import create_app
 
     _signal_workers_once()
-    api = build_api(settings=settings)
-    return create_app(settings, fallback=api)
+    return create_app(settings, fallback=build_site(settings))
 
 
 def _signal_workers_once(signals: ModuleType | None = None) -> bool:

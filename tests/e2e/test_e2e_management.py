@@ -1,5 +1,5 @@
 """The management API mounted in the real server (``agentrouter serve --workers 2``):
-``/api`` beside ``/v1`` on one port, 404s outside both, and the monitor run by one
+``/api`` beside ``/v1`` on one port (the console beside both), and the monitor run by one
 worker at a time (the lease in the store)."""
 
 from __future__ import annotations
@@ -39,11 +39,14 @@ def test_the_api_is_served_beside_v1(gateway: Gateway, key: dict[str, Any]) -> N
             json={"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]},
         )
         assert chat.status_code == 403
-        # Outside /v1 and /api: 404, JSON.
-        for path in ("/", "/favicon.ico", "/v1"):
-            resp = http.get(path)
-            assert resp.status_code == 404 and resp.headers["content-type"] == "application/json", path
-            assert resp.json()["error"]["message"], path
+        # /v1 itself is no route: 404, JSON. The rest outside /v1 and /api is the console's.
+        resp = http.get("/v1")
+        assert resp.status_code == 404 and resp.headers["content-type"] == "application/json"
+        assert resp.json()["error"]["message"]
+        resp = http.get("/favicon.ico")
+        assert resp.status_code == 404 and resp.headers["content-type"].startswith("text/html")
+        resp = http.get("/")
+        assert resp.status_code == 303 and resp.headers["location"] == "/sign-in"
 
 
 def test_an_sdk_missing_v1_in_its_base_url_is_told_so(gateway: Gateway, key: dict[str, Any]) -> None:
