@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from agentrouter.config import load_settings
 from agentrouter.core import Core
@@ -379,9 +380,31 @@ async def test_key_changes_on_one_instance_are_in_force_on_the_others(cluster: C
 # ------------------------------------------------------------------ Redis killed under load
 
 
+def limiter_metrics(c: Cluster) -> list[dict[str, float]]:
+    """Each instance's limiter figures on /metrics (summed over its workers)."""
+    wanted = {
+        "agentrouter_limiter_redis_available",
+        "agentrouter_limiter_redis_outages_total",
+        "agentrouter_limiter_failure_mode_decisions_total",
+    }
+    out = []
+    for gw in c.gateways:
+        text = httpx.get(gw.url + "/metrics", headers={"authorization": f"Bearer {c.admin}"}, timeout=10).text
+        found = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name in wanted
+        }
+        out.append({name.removeprefix("agentrouter_limiter_"): found.get(name, 0.0) for name in wanted})
+    return out
+
+
 async def test_redis_killed_under_load_then_restarted(cluster: Cluster) -> None:
     c = cluster
     logs_before = [gw.log_path.read_text(errors="replace") for gw in c.gateways]
+    metrics_before = await asyncio.to_thread(limiter_metrics, c)
+    assert [m["redis_available"] for m in metrics_before] == [WORKERS] * INSTANCES, metrics_before
     (load_key,) = await make_keys(c, 1, requests=100000, interval=60)
     probes = await make_keys(c, 16, requests=4, interval=3600)
     (victim,) = await make_keys(c, 1)
@@ -437,6 +460,19 @@ async def test_redis_killed_under_load_then_restarted(cluster: Cluster) -> None:
     assert {a[0] for a in down} == set(c.urls)
     for _url, _sent, _got, status, headers, text in down:
         assert status == 200 and "x-ratelimit-remaining" in headers, (status, text)
+
+    # Counted on every instance's /metrics: one outage per worker, the decisions the
+    # failure mode made, and every worker's Redis answering again (snapshots lag ~1 s).
+    def counted() -> bool:
+        after = limiter_metrics(c)
+        return all(
+            a["redis_outages_total"] - b["redis_outages_total"] == WORKERS
+            and a["failure_mode_decisions_total"] > b["failure_mode_decisions_total"]
+            and a["redis_available"] == WORKERS
+            for a, b in zip(after, metrics_before, strict=True)
+        )
+
+    await asyncio.to_thread(until_sync, counted, "the outage on /metrics", within=10, poll=0.25)
     # Logged once per worker when it went, once when it came back.
     for gw, before in zip(c.gateways, logs_before, strict=True):
         log = gw.log_path.read_text(errors="replace")[len(before) :]
