@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import tempfile
 import time
@@ -138,6 +139,7 @@ def cluster(fake: FakeUpstream, down_url: str) -> Iterator[Cluster]:
             gw.stop()
         rss.stop_all()
         pgs.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ helpers
