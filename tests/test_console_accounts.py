@@ -19,7 +19,7 @@ import pytest
 
 from agentrouter.accounts import service as accounts_service
 from agentrouter.actor import INSTANCE
-from agentrouter.api.account_routes import TWO_FACTOR_PAGE
+from agentrouter.api.account_routes import ACCOUNT_PAGE, OAUTH_ERROR_CODES, SIGN_IN_PAGE, TWO_FACTOR_PAGE
 from agentrouter.console import build_site
 from agentrouter.console.app import Console
 from agentrouter.gateway.app import Gateway, create_app
@@ -132,8 +132,35 @@ def test_the_console_serves_the_paths_of_the_mailed_links() -> None:
         accounts_service.INVITE_PATH,
         accounts_service.SETUP_PATH,
         TWO_FACTOR_PAGE,
+        SIGN_IN_PAGE,
+        ACCOUNT_PAGE,
     ):
         assert path in paths, path
+
+
+def test_the_console_words_every_oauth_error_code_of_the_api() -> None:
+    from agentrouter.console.auth import OAUTH_ERRORS
+
+    assert set(OAUTH_ERRORS) == set(OAUTH_ERROR_CODES)
+
+
+async def test_a_refused_oauth_callback_is_worded_on_the_sign_in_page(app: Gateway) -> None:
+    """Where the API's callback sends a browser it refused (tests/test_api_oauth_e2e.py)."""
+    browser = Jar(app)
+    page = text(await browser.get("/sign-in?oauth_error=denied&provider=github&next=/alerts"))
+    assert 'role="alert"' in page and "Sign-in with GitHub was cancelled." in page
+    assert 'value="/alerts"' in page  # signing in with the password still returns there
+    page = text(await browser.get("/sign-in?oauth_error=provider_unavailable&provider=google"))
+    assert "Google could not be reached or answered something unexpected" in page
+    # An unknown code or provider is not echoed: the general message.
+    page = text(await browser.get("/sign-in?oauth_error=%3Cb%3Eboom&provider=%3Ci%3Ex"))
+    assert "Sign-in with the provider was refused" in page and "boom" not in page and "<i>" not in page
+
+
+async def test_a_refused_link_is_worded_on_the_account_page(app: Gateway) -> None:
+    admin = await first_admin(app)
+    page = text(await admin.get("/account?oauth_error=identity_conflict&provider=google"))
+    assert "This Google account is linked to another AgentRouter account already." in page
 
 
 async def test_first_admin_setup_signs_in(app: Gateway) -> None:
