@@ -203,6 +203,15 @@ async def test_a_throttled_sign_in_says_when_to_retry(app: Gateway) -> None:
     assert "You can try again at <time" in page
 
 
+async def test_a_throttled_registration_says_when_to_retry(app: Gateway) -> None:
+    browser = Jar(app)
+    for i in range(app.settings.accounts.register_ip_attempts):
+        await browser.post("/register", email=f"flood{i}@example.com", password=STRONG)
+    page = text(await browser.post("/register", email="late@example.com", password=STRONG))
+    assert "too many registrations" in page and re.search(r"Try again in \d+ s", page), page
+    assert "You can try again at <time" in page
+
+
 async def test_register_verify_by_the_mailed_link(app: Gateway, tmp_path: Path) -> None:
     browser = Jar(app)
     form = text(await browser.get("/register"))

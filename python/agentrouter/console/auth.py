@@ -229,7 +229,7 @@ async def signout(c: Console, req: Request) -> Response:
 
 
 async def _register_form(
-    c: Console, req: Request, token: str, values: dict[str, str], errors: dict[str, str]
+    c: Console, req: Request, token: str, values: dict[str, str], errors: dict[str, str], **extra: Any
 ) -> Response:
     methods = await sign_in_methods(c, req)
     invitation = None
@@ -251,6 +251,7 @@ async def _register_form(
         values=values,
         errors=errors,
         **methods,
+        **extra,
     )
 
 
@@ -284,7 +285,7 @@ async def register(c: Console, req: Request) -> Response:
     errors = field_errors(reply, ("email", "password", "display_name"))
     if reply.field == "invitation":
         errors = {"form": reply.message}
-    return await _register_form(c, req, token, values, errors)
+    return await _register_form(c, req, token, values, errors, **_throttle(reply))
 
 
 async def verify_page(c: Console, req: Request) -> Response:
