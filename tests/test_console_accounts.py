@@ -193,6 +193,32 @@ async def test_sign_in_errors_and_the_way_back(app: Gateway) -> None:
     assert (await browser.get("/keys")).status == 303
 
 
+async def test_sign_out_from_every_page_sends_the_csrf_token_and_ends_the_session(app: Gateway) -> None:
+    """Sign-out needs ``X-CSRF-Token`` with a live session: the header's form on each
+    page carries it, and the session is really gone afterwards."""
+    browser = await first_admin(app)
+    pages = ["/keys", "/keys/new", "/alerts", "/devices", "/account", "/admin", "/keys/key_missing"]
+    for i, path in enumerate(pages):
+        if i:
+            signed = await browser.post("/sign-in", email="admin@example.com", password=STRONG, next="/keys")
+            assert signed.status == 303, text(signed)
+        page = text(await browser.get(path))
+        form = re.search(
+            r'<form method="post" action="/sign-out">\s*<input type="hidden" name="csrf_token" value="([^"]*)"', page
+        )
+        assert form and form.group(1), (path, page[:300])
+        out = await browser.post("/sign-out", csrf_token=form.group(1))
+        assert out.status == 303 and out.headers["location"] == "/sign-in", (path, text(out))
+        assert (await browser.get("/keys")).status == 303, path  # signed out: sent to sign in
+
+
+async def test_a_refused_sign_out_does_not_claim_success(app: Gateway) -> None:
+    browser = await first_admin(app)
+    out = await browser.post("/sign-out", csrf_token="not-the-token")
+    assert out.status != 303 or out.headers["location"] != "/sign-in", "claimed 'Signed out.'"
+    assert (await browser.get("/keys")).status == 200  # still signed in, and told so
+
+
 async def test_a_throttled_sign_in_says_when_to_retry(app: Gateway) -> None:
     await first_admin(app)
     browser = Jar(app)

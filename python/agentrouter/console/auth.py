@@ -221,7 +221,9 @@ async def two_factor(c: Console, req: Request) -> Response:
 
 
 async def signout(c: Console, req: Request) -> Response:
-    await c.call(req, "POST", "/api/v1/auth/signout", csrf=req.field("csrf_token"))
+    reply = await c.call(req, "POST", "/api/v1/auth/signout", csrf=req.field("csrf_token"))
+    if not reply.ok and reply.status != 401:  # refused (a stale form's CSRF token): still signed in
+        raise c.fail(req, await c.viewer(req), reply)
     return c.flash("/sign-in", "Signed out.")
 
 
