@@ -20,6 +20,12 @@ the challenge, and accepts each code once (a replay is ``invalid_grant`` /
   JWKS. ``tamper`` bends the next ID tokens for the refusal tests: ``bad_signature``
   (signed by another key under the same ``kid``), ``wrong_audience``, ``wrong_issuer``,
   ``wrong_nonce``, ``expired``.
+
+Both can also misbehave: ``misbehave`` maps an endpoint (GitHub: ``token``, ``user``,
+``emails``; Google: ``discovery``, ``jwks``, ``token``) to what it answers instead,
+with status 200: ``html`` (an HTML page, as a captive portal or a proxy's error page
+would) or ``shape`` (JSON of the wrong shape: a list for an object, an object for a
+list, a JWKS whose ``keys`` is not a list).
 """
 
 from __future__ import annotations
@@ -90,6 +96,8 @@ class _FakeServer:
         self.grants: dict[str, Grant] = {}
         self.tokens: dict[str, Account] = {}
         self.seen = Seen()
+        self.misbehave: dict[str, str] = {}
+        """endpoint -> ``html`` or ``shape``: answer that instead (status 200)."""
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -167,6 +175,17 @@ class _FakeServer:
         if self._runner is not None:
             await self._runner.cleanup()
 
+    def _misbehaving(self, endpoint: str, shape: Any) -> web.Response | None:
+        """The wrong answer ``misbehave`` asks of ``endpoint``, or None (answer properly)."""
+        mode = self.misbehave.get(endpoint)
+        if mode == "html":
+            return web.Response(
+                status=200, text="<html><body>Please sign in to the network</body></html>", content_type="text/html"
+            )
+        if mode == "shape":
+            return web.json_response(shape)
+        return None
+
     # -- the shared authorization-code logic -------------------------------------
 
     def _authorize(self, request: web.Request, *, oidc: bool) -> web.Response:
@@ -239,6 +258,9 @@ class FakeGitHub(_FakeServer):
     async def access_token(self, request: web.Request) -> web.Response:
         form = {k: str(v) for k, v in (await request.post()).items()}
         found = self._redeem(form, form.get("client_id"), form.get("client_secret"))
+        wrong = self._misbehaving("token", ["access_token", "gho_x"])
+        if wrong is not None:
+            return wrong
         if isinstance(found, str):
             # GitHub answers token errors with 200 and an error body.
             error = "bad_verification_code" if found == "invalid_grant" else found
@@ -254,6 +276,9 @@ class FakeGitHub(_FakeServer):
         return self.tokens.get(token.strip())
 
     async def user(self, request: web.Request) -> web.Response:
+        wrong = self._misbehaving("user", [{"id": 1}])
+        if wrong is not None:
+            return wrong
         account = self._account(request)
         if account is None:
             return web.json_response({"message": "Bad credentials"}, status=401)
@@ -262,6 +287,9 @@ class FakeGitHub(_FakeServer):
         )
 
     async def emails(self, request: web.Request) -> web.Response:
+        wrong = self._misbehaving("emails", {"email": "someone@example.com", "primary": True, "verified": True})
+        if wrong is not None:
+            return wrong
         account = self._account(request)
         if account is None:
             return web.json_response({"message": "Bad credentials"}, status=401)
@@ -291,6 +319,9 @@ class FakeGoogle(_FakeServer):
         return self.url + "/.well-known/openid-configuration"
 
     async def discovery(self, request: web.Request) -> web.Response:
+        wrong = self._misbehaving("discovery", ["issuer", self.url])
+        if wrong is not None:
+            return wrong
         return web.json_response(
             {
                 "issuer": self.url,
@@ -305,6 +336,9 @@ class FakeGoogle(_FakeServer):
         )
 
     async def jwks(self, request: web.Request) -> web.Response:
+        wrong = self._misbehaving("jwks", {"keys": {"kid": "fake-key-1"}})
+        if wrong is not None:
+            return wrong
         return web.json_response({"keys": [self.key.as_dict(private=False)]})
 
     async def authorize(self, request: web.Request) -> web.Response:
@@ -322,6 +356,9 @@ class FakeGoogle(_FakeServer):
             user, _, password = base64.b64decode(encoded).decode().partition(":")
             client_id, client_secret = unquote(user), unquote(password)
         found = self._redeem(form, client_id, client_secret)
+        wrong = self._misbehaving("token", ["access_token", "ya29.x"])
+        if wrong is not None:
+            return wrong
         if isinstance(found, str):
             return web.json_response({"error": found}, status=400 if found != "invalid_client" else 401)
         access = "ya29." + secrets.token_urlsafe(20)

@@ -214,6 +214,43 @@ async def test_throttled_sign_ins_cost_no_hashing(data_dir: Path, clock: FakeClo
         await core.close()
 
 
+async def test_registrations_and_reset_requests_are_throttled_per_client_ip_before_any_work(
+    data_dir: Path, clock: FakeClock, store_url: str | None
+) -> None:
+    core = await accounts_core(
+        data_dir,
+        clock,
+        store_url=store_url,
+        AGENTROUTER_ACCOUNTS_REGISTRATION="open",
+        AGENTROUTER_ACCOUNTS_REGISTER_IP_ATTEMPTS="3",
+        AGENTROUTER_ACCOUNTS_REGISTER_IP_INTERVAL="60",
+    )
+    try:
+        acc = service(core)
+        hashes = _count_hashing(acc)
+        for i in range(2):
+            await acc.register(email=f"reg{i}@example.com", password=STRONG, client_ip="10.9.0.1")
+        assert hashes() == 2
+        await acc.request_password_reset("reg0@example.com", client_ip="10.9.0.1")  # the same quota
+        with pytest.raises(Throttled, match="from this address") as err:
+            await acc.register(email="reg9@example.com", password=STRONG, client_ip="10.9.0.1")
+        assert err.value.status == 429 and 0 < err.value.retry_after <= 20
+        # A weak password is not even estimated: the throttle answers first, no Argon2 work.
+        with pytest.raises(Throttled):
+            await acc.register(email="reg9@example.com", password="password", client_ip="10.9.0.1")
+        with pytest.raises(Throttled):
+            await acc.request_password_reset("reg1@example.com", client_ip="10.9.0.1")
+        assert hashes() == 2
+        assert await acc._db.user_by_email("reg9@example.com") is None
+        # Another client is not affected; the first may go on after the wait.
+        await acc.register(email="other@example.com", password=STRONG, client_ip="10.9.0.2")
+        clock.advance(err.value.retry_after)
+        await acc.register(email="reg9@example.com", password=STRONG, client_ip="10.9.0.1")
+        assert hashes() == 4
+    finally:
+        await core.close()
+
+
 def _count_hashing(acc: object) -> object:
     """Count the hasher's Argon2 calls (hash, verify, dummy verify) from now on."""
     hasher = acc.hasher  # type: ignore[attr-defined]

@@ -172,6 +172,45 @@ async def test_no_key_is_made_for_a_disabled_owner(core: Core) -> None:
     assert await core.keys.list(owner=user.id, include_deleted=True) == []
 
 
+async def test_a_key_made_while_its_owner_is_disabled_does_not_survive(core: Core) -> None:
+    """The owner check is part of the key's insert transaction: a key whose owner was
+    disabled (or deleted) after the caller was authenticated — the window between
+    ``KeyService.create``'s checks and the insert — is refused, never made."""
+    from agentrouter.actor import Actor
+    from agentrouter.keys import KeyInputError
+
+    assert core.accounts is not None
+    user, _ = await core.accounts.create_user(INSTANCE, email="racing@example.com", password=STRONG)
+    # The member's request was authenticated while they were enabled...
+    actor = Actor(kind="user", user_id=user.id, role="member", email_verified=True, via="session")
+    # ...then an admin disabled them, before the insert.
+    assert await core.store.accounts.set_disabled(user.id, True)
+    with pytest.raises(KeyInputError, match="disabled"):
+        await core.keys.create(name="made in the window", actor=actor)
+    assert await core.keys.list(owner=user.id, include_deleted=True) == []
+    # The same for an admin naming the owner, once the pre-check has passed.
+    await core.store.accounts.set_disabled(user.id, False)
+    real_get_user = core.store.accounts.get_user
+
+    async def enabled_then_disabled(user_id: str) -> object:
+        row = await real_get_user(user_id)
+        await core.store.accounts.set_disabled(user_id, True)  # the concurrent disable
+        return row
+
+    core.store.accounts.get_user = enabled_then_disabled  # type: ignore[method-assign]
+    try:
+        with pytest.raises(KeyInputError, match="disabled"):
+            await core.keys.create(name="for them", owner=user.id)
+    finally:
+        del core.store.accounts.get_user
+    assert await core.keys.list(owner=user.id, include_deleted=True) == []
+    # A deleted owner: gone by the insert.
+    assert await core.store.accounts.delete_user(user.id)
+    with pytest.raises(KeyInputError, match="no user"):
+        await core.keys.create(name="for nobody", actor=actor)
+    assert [k for k in await core.keys.list(include_deleted=True) if k.name == "for nobody"] == []
+
+
 async def test_a_refused_user_update_changes_nothing(api: ManagementApi, core: Core) -> None:
     assert core.accounts is not None
     one, _ = await core.accounts.create_user(INSTANCE, email="one@example.com", password=STRONG, role="admin")

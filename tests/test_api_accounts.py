@@ -464,5 +464,25 @@ def test_sign_in_throttling_is_429_with_retry_after(tmp_path_factory: pytest.Tem
         server.stop()
 
 
+def test_registration_throttling_is_429_with_retry_after(tmp_path_factory: pytest.TempPathFactory) -> None:
+    data = tmp_path_factory.mktemp("register-throttle") / "data"
+    data.mkdir()
+    env = {"AGENTROUTER_ACCOUNTS_REGISTRATION": "open", "AGENTROUTER_ACCOUNTS_REGISTER_IP_ATTEMPTS": "2"}
+    server = Served(data, workers=1, env=env).start()
+    try:
+        with server.browser() as b:
+            statuses = []
+            for i in range(3):
+                resp = b.post("/api/v1/auth/register", json={"email": f"flood{i}@example.com", "password": STRONG})
+                statuses.append(resp.status_code)
+            assert statuses == [202, 202, 429], statuses
+            err = api_error(resp, 429, "rate_limit_error")
+            assert err["code"] == "too_many_attempts" and int(resp.headers["retry-after"]) >= 1
+            resp = b.post("/api/v1/auth/password/reset", json={"email": "flood0@example.com"})
+            assert resp.status_code == 429 and int(resp.headers["retry-after"]) >= 1
+    finally:
+        server.stop()
+
+
 def _seed_noop(core: Core, acc: AccountService) -> Any:  # pragma: no cover - a typing aid
     return None

@@ -36,6 +36,8 @@ def google() -> Iterator[FakeGoogle]:
 def flows(github: FakeGitHub, google: FakeGoogle) -> OAuthFlows:
     github.account = google.account = None
     google.tamper.clear()
+    github.misbehave.clear()
+    google.misbehave.clear()
     providers = {
         "github": ProviderConfig(
             name="github",
@@ -110,6 +112,34 @@ async def test_google_refuses_a_bad_id_token(flows: OAuthFlows, google: FakeGoog
     with pytest.raises(OAuthError) as info:
         await sign_in(flows, "google")
     assert info.value.reason == "id_token", info.value
+
+
+@pytest.mark.parametrize(
+    ("provider", "endpoint", "what"),
+    [
+        ("github", "token", "token"),
+        ("github", "user", "user"),
+        ("github", "emails", "email addresses"),
+        ("google", "discovery", "discovery document"),
+        ("google", "jwks", "signing keys"),
+        ("google", "token", "token"),
+    ],
+)
+@pytest.mark.parametrize("mode", ["html", "shape"])
+async def test_a_provider_answering_nonsense_with_200_is_a_502(
+    flows: OAuthFlows, github: FakeGitHub, google: FakeGoogle, provider: str, endpoint: str, what: str, mode: str
+) -> None:
+    """Not JSON (a captive portal's page) or JSON of the wrong shape, with status 200,
+    at any step: a clear refusal naming the provider and what it sent, not a crash."""
+    fake = github if provider == "github" else google
+    fake.account = Account(subject="31337", email="nonsense@example.com")
+    fake.misbehave[endpoint] = mode
+    with pytest.raises(OAuthError) as info:
+        await sign_in(flows, provider)
+    name = "GitHub" if provider == "github" else "Google"
+    assert info.value.status == 502 and info.value.reason == "provider", info.value
+    assert str(info.value).startswith(f"{name} answered something that is not "), info.value
+    assert what in str(info.value)
 
 
 async def test_a_replayed_code_is_refused(flows: OAuthFlows, github: FakeGitHub) -> None:

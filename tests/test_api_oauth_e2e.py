@@ -52,6 +52,25 @@ def served(tmp_path_factory: pytest.TempPathFactory, github: FakeGitHub, google:
 def _reset(github: FakeGitHub, google: FakeGoogle) -> None:
     github.account = google.account = None
     google.tamper.clear()
+    github.misbehave.clear()
+    google.misbehave.clear()
+
+
+def refused(resp: httpx.Response, code: str, page: str = "/sign-in") -> dict[str, list[str]]:
+    """The browser followed a refused callback: its answer was a 302 to the console's
+    ``page`` with ``oauth_error=code`` (no callback code or state), the state cookie
+    cleared, no session set. The query of that redirect."""
+    callback = [r for r in resp.history if "/callback" in r.url.path][-1]
+    assert callback.status_code == 302, (callback.status_code, callback.text)
+    location = urlsplit(callback.headers["location"])
+    assert not location.scheme and not location.netloc and location.path == page, location
+    query = parse_qs(location.query)
+    assert query["oauth_error"] == [code], query
+    assert "code" not in query and "state" not in query
+    cookies = callback.headers.get_list("set-cookie")
+    assert any(c.startswith("agentrouter_oauth=;") and "Max-Age=0" in c for c in cookies)
+    assert not any(c.startswith("agentrouter_session=ars_") for c in cookies)
+    return query
 
 
 def browser(served: Served) -> httpx.Client:
@@ -78,7 +97,7 @@ def test_github_sign_in_creates_a_verified_user_and_returns_to_next(served: Serv
     github.account = Account(subject="9001", email="octo@example.com", name="Octo")
     with browser(served) as b:
         resp = b.get("/api/v1/auth/oauth/github/start", params={"next": "/keys?tab=mine"})
-        assert resp.status_code == 404  # the console page is not served by the API: but we got there
+        assert resp.status_code == 200, resp.text  # the console's key list, signed in
         assert str(resp.url) == served.url + "/keys?tab=mine"
         hops = [str(r.url) for r in resp.history]
         assert hops[0].startswith(served.url + "/api/v1/auth/oauth/github/start")
@@ -118,10 +137,38 @@ def test_a_bad_id_token_is_refused_and_creates_nothing(served: Served, google: F
     before = counts(served)
     with browser(served) as b:
         resp = b.get("/api/v1/auth/oauth/google/start")
-        err = api_error(resp, 400, "invalid_request")
-        assert "ID token" in err["message"]
+        assert refused(resp, "id_token")["provider"] == ["google"]
         assert "agentrouter_session" not in b.cookies
     assert counts(served) == before
+
+
+@pytest.mark.parametrize(
+    ("provider", "endpoint"),
+    [("github", "token"), ("github", "user"), ("github", "emails"), ("google", "token")],
+)
+def test_a_provider_answering_an_html_page_is_refused_and_creates_nothing(
+    served: Served, github: FakeGitHub, google: FakeGoogle, provider: str, endpoint: str
+) -> None:
+    """(Google's discovery document and JWKS are cached by the workers: their
+    misbehaviour is in test_api_oauth_client.py.)"""
+    fake = github if provider == "github" else google
+    fake.account = Account(subject="8080", email=f"portal-{endpoint}@example.com")
+    fake.misbehave[endpoint] = "html"
+    before = counts(served)
+    with browser(served) as b:
+        resp = b.get(f"/api/v1/auth/oauth/{provider}/start", params={"next": "/keys"})
+        query = refused(resp, "provider_unavailable")
+        assert query["provider"] == [provider] and query["next"] == ["/keys"]
+        assert "agentrouter_session" not in b.cookies
+    assert counts(served) == before
+
+
+def test_cancelled_at_the_provider_goes_back_to_sign_in(served: Served, github: FakeGitHub) -> None:
+    github.account = None  # the person pressed "Cancel": error=access_denied
+    with browser(served) as b:
+        resp = b.get("/api/v1/auth/oauth/github/start")
+        refused(resp, "denied")
+        assert str(resp.url) == served.url + "/sign-in?oauth_error=denied&provider=github"
 
 
 def _to_callback(served: Served, b: httpx.Client, provider: str) -> str:
@@ -141,12 +188,12 @@ def test_wrong_state_is_refused(served: Served, github: FakeGitHub) -> None:
         parts = urlsplit(callback)
         q = {k: v[0] for k, v in parse_qs(parts.query).items()}
         resp = b.get(parts.path, params={"code": q["code"], "state": "not-" + q["state"]})
-        assert "state" in api_error(resp, 400, "invalid_request")["message"]
+        refused(resp, "state")
     # A callback in another browser (no state cookie): a login-CSRF attempt.
     with browser(served) as b, browser(served) as victim:
         callback = _to_callback(served, b, "github")
         resp = victim.get(callback)
-        assert api_error(resp, 400, "invalid_request")
+        refused(resp, "state")
         assert "agentrouter_session" not in victim.cookies
     assert counts(served) == before
 
@@ -158,11 +205,10 @@ def test_a_replayed_code_is_refused(served: Served, github: FakeGitHub) -> None:
         state_cookie = b.cookies.get("agentrouter_oauth")
         assert b.get(callback, follow_redirects=False).status_code == 302
         # The same callback again: the state cookie is gone...
-        assert api_error(b.get(callback), 400, "invalid_request")
+        refused(b.get(callback), "state")
         # ...and with the cookie put back, the provider refuses the used code.
         b.cookies.set("agentrouter_oauth", str(state_cookie), domain="127.0.0.1")
-        err = api_error(b.get(callback), 400, "invalid_request")
-        assert "authorization code" in err["message"]
+        refused(b.get(callback), "code")
 
 
 def test_unverified_email_does_not_link_to_an_existing_account(served: Served, github: FakeGitHub) -> None:
@@ -171,16 +217,14 @@ def test_unverified_email_does_not_link_to_an_existing_account(served: Served, g
     github.account = Account(subject="66", email="existing@example.com", email_verified=False)
     with browser(served) as b:
         resp = b.get("/api/v1/auth/oauth/github/start")
-        err = api_error(resp, 403, "permission_error")
-        assert "verified" in err["message"]
+        refused(resp, "unverified_email")
         assert "agentrouter_session" not in b.cookies
     assert counts(served) == before
     # An account whose own address is unverified is not linked either, even by a verified one.
     served.user("unverified@example.com", verified=False)
     github.account = Account(subject="67", email="unverified@example.com", email_verified=True)
     with browser(served) as b:
-        err = api_error(b.get("/api/v1/auth/oauth/github/start"), 409, "conflict")
-        assert err["code"] == "identity_not_linked" and "link" in err["message"]
+        refused(b.get("/api/v1/auth/oauth/github/start"), "identity_not_linked")
 
 
 def test_link_from_settings_then_unlink(served: Served, google: FakeGoogle) -> None:
@@ -201,6 +245,15 @@ def test_link_from_settings_then_unlink(served: Served, google: FakeGoogle) -> N
         with browser(served) as other:
             other.get("/api/v1/auth/oauth/google/start")
             assert other.get("/api/v1/me").json()["email"] == email
+        # Linking an identity that another account has: back to the account page, worded there.
+        with browser(served) as other:
+            other_email = "other-linker@example.com"
+            served.user(other_email)
+            signed_other = other.post("/api/v1/auth/signin", json={"email": other_email, "password": STRONG}).json()
+            other.headers["x-csrf-token"] = signed_other["csrf_token"]
+            url = other.post("/api/v1/me/identities/google/link").json()["authorize_url"]
+            query = refused(other.get(url), "identity_conflict", page="/account")
+            assert query["provider"] == ["google"] and "next" not in query
         gone = b.request("DELETE", "/api/v1/me/identities/google:g-link")
         assert gone.status_code == 200, gone.text
         assert b.get("/api/v1/me/identities").json()["data"] == []

@@ -19,7 +19,7 @@ import pytest
 
 from agentrouter.accounts import service as accounts_service
 from agentrouter.actor import INSTANCE
-from agentrouter.api.account_routes import TWO_FACTOR_PAGE
+from agentrouter.api.account_routes import ACCOUNT_PAGE, OAUTH_ERROR_CODES, SIGN_IN_PAGE, TWO_FACTOR_PAGE
 from agentrouter.console import build_site
 from agentrouter.console.app import Console
 from agentrouter.gateway.app import Gateway, create_app
@@ -132,8 +132,35 @@ def test_the_console_serves_the_paths_of_the_mailed_links() -> None:
         accounts_service.INVITE_PATH,
         accounts_service.SETUP_PATH,
         TWO_FACTOR_PAGE,
+        SIGN_IN_PAGE,
+        ACCOUNT_PAGE,
     ):
         assert path in paths, path
+
+
+def test_the_console_words_every_oauth_error_code_of_the_api() -> None:
+    from agentrouter.console.auth import OAUTH_ERRORS
+
+    assert set(OAUTH_ERRORS) == set(OAUTH_ERROR_CODES)
+
+
+async def test_a_refused_oauth_callback_is_worded_on_the_sign_in_page(app: Gateway) -> None:
+    """Where the API's callback sends a browser it refused (tests/test_api_oauth_e2e.py)."""
+    browser = Jar(app)
+    page = text(await browser.get("/sign-in?oauth_error=denied&provider=github&next=/alerts"))
+    assert 'role="alert"' in page and "Sign-in with GitHub was cancelled." in page
+    assert 'value="/alerts"' in page  # signing in with the password still returns there
+    page = text(await browser.get("/sign-in?oauth_error=provider_unavailable&provider=google"))
+    assert "Google could not be reached or answered something unexpected" in page
+    # An unknown code or provider is not echoed: the general message.
+    page = text(await browser.get("/sign-in?oauth_error=%3Cb%3Eboom&provider=%3Ci%3Ex"))
+    assert "Sign-in with the provider was refused" in page and "boom" not in page and "<i>" not in page
+
+
+async def test_a_refused_link_is_worded_on_the_account_page(app: Gateway) -> None:
+    admin = await first_admin(app)
+    page = text(await admin.get("/account?oauth_error=identity_conflict&provider=google"))
+    assert "This Google account is linked to another AgentRouter account already." in page
 
 
 async def test_first_admin_setup_signs_in(app: Gateway) -> None:
@@ -166,6 +193,32 @@ async def test_sign_in_errors_and_the_way_back(app: Gateway) -> None:
     assert (await browser.get("/keys")).status == 303
 
 
+async def test_sign_out_from_every_page_sends_the_csrf_token_and_ends_the_session(app: Gateway) -> None:
+    """Sign-out needs ``X-CSRF-Token`` with a live session: the header's form on each
+    page carries it, and the session is really gone afterwards."""
+    browser = await first_admin(app)
+    pages = ["/keys", "/keys/new", "/alerts", "/devices", "/account", "/admin", "/keys/key_missing"]
+    for i, path in enumerate(pages):
+        if i:
+            signed = await browser.post("/sign-in", email="admin@example.com", password=STRONG, next="/keys")
+            assert signed.status == 303, text(signed)
+        page = text(await browser.get(path))
+        form = re.search(
+            r'<form method="post" action="/sign-out">\s*<input type="hidden" name="csrf_token" value="([^"]*)"', page
+        )
+        assert form and form.group(1), (path, page[:300])
+        out = await browser.post("/sign-out", csrf_token=form.group(1))
+        assert out.status == 303 and out.headers["location"] == "/sign-in", (path, text(out))
+        assert (await browser.get("/keys")).status == 303, path  # signed out: sent to sign in
+
+
+async def test_a_refused_sign_out_does_not_claim_success(app: Gateway) -> None:
+    browser = await first_admin(app)
+    out = await browser.post("/sign-out", csrf_token="not-the-token")
+    assert out.status != 303 or out.headers["location"] != "/sign-in", "claimed 'Signed out.'"
+    assert (await browser.get("/keys")).status == 200  # still signed in, and told so
+
+
 async def test_a_throttled_sign_in_says_when_to_retry(app: Gateway) -> None:
     await first_admin(app)
     browser = Jar(app)
@@ -173,6 +226,15 @@ async def test_a_throttled_sign_in_says_when_to_retry(app: Gateway) -> None:
         await browser.post("/sign-in", email="admin@example.com", password="Wrong-Password-1")
     page = text(await browser.post("/sign-in", email="admin@example.com", password=STRONG))
     assert re.search(r"Try again in \d+ s", page), page
+    assert "You can try again at <time" in page
+
+
+async def test_a_throttled_registration_says_when_to_retry(app: Gateway) -> None:
+    browser = Jar(app)
+    for i in range(app.settings.accounts.register_ip_attempts):
+        await browser.post("/register", email=f"flood{i}@example.com", password=STRONG)
+    page = text(await browser.post("/register", email="late@example.com", password=STRONG))
+    assert "too many registrations" in page and re.search(r"Try again in \d+ s", page), page
     assert "You can try again at <time" in page
 
 

@@ -295,7 +295,7 @@ class KeyAuthenticator:
         if generation is not None and generation != self._shared_generation:
             # A key changed somewhere since the table was loaded: in force before answering
             # (unless the store is down: then the loaded table serves, see _refresh).
-            await self._refresh()
+            await self._refresh_to(generation)
             code, record = table.authenticate(raw)
             if code != AUTH_OK:
                 return _refused(code, raw)
@@ -318,7 +318,7 @@ class KeyAuthenticator:
         if generation is not None:
             if generation == self._shared_generation:
                 return False
-            await self._refresh()
+            await self._refresh_to(generation)
             return True
         return await self.reload_blind()
 
@@ -361,6 +361,15 @@ class KeyAuthenticator:
         if not decision.allowed:
             return AuthResult(Refusal.RATE_LIMITED, _limit_message(decision), record, decision)
         return AuthResult(None, "", record, decision)
+
+    async def _refresh_to(self, generation: int) -> None:
+        """``_refresh`` until the table is loaded at ``generation`` or later. Joining a
+        reload already under way is not enough: it may have read the generation (and
+        the store) before this change, so then one more reload follows."""
+        await self._refresh()
+        loaded = self._shared_generation
+        if loaded is not None and loaded < generation:
+            await self._refresh()
 
     async def _refresh(self) -> None:
         """``reload``, except while the database is unavailable after a first load: then

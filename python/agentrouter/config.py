@@ -256,6 +256,11 @@ class AccountsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     signin_ip_attempts: _Count = 50
     """Sign-in attempts per client IP per ``signin_ip_interval`` seconds."""
     signin_ip_interval: _Seconds = 900.0
+    register_ip_attempts: _Count = 20
+    """Registrations and password-reset requests (together) per client IP per
+    ``register_ip_interval`` seconds: each registration costs an Argon2 hash and a
+    strength estimate, so a client cannot make the server do that work unthrottled."""
+    register_ip_interval: _Seconds = 3600.0
     throttle_buckets: Annotated[int, msgspec.Meta(ge=64, le=1 << 20)] = 16384
     """Buckets per kind (accounts, client IPs) in the throttle's own limiter region;
     names are spread over them by a keyed hash."""

@@ -36,6 +36,7 @@ from agentrouter.audit import AuditLog
 from agentrouter.errors import AgentRouterError
 from agentrouter.limits import KeyId, Limiter, SharedMemoryLimiter
 from agentrouter.store import KeyRow, Store
+from agentrouter.store.base import OwnerNotEnabled
 from agentrouter.store.models import SCOPES
 
 MAX_REQUESTS: Final = 2**32 - 1
@@ -170,24 +171,31 @@ class KeyService:
         raw = generate_key()
         tag = secrets.randbits(63) | 1  # non-zero, fits SQLite's signed 64-bit integer
         new_id = key_id or new_key_id()
-        row = await self._store.insert_key(
-            id=new_id,
-            name=name,
-            prefix=display_prefix(raw),
-            digest=self._digester.digest(raw),
-            tag=tag,
-            requests=requests,
-            interval=interval,
-            metadata=metadata,
-            scope=scope,
-            owner=owner,
-            created_at=now,
-            expires_at=expires_at,
-            slot_capacity=self._limiter.capacity,
-            claim=lambda slot: self._limiter.claim_slot(slot, tag),
-            replaces=replaces,
-            replaced_until=replaced_until,
-        )
+        try:
+            row = await self._store.insert_key(
+                id=new_id,
+                name=name,
+                prefix=display_prefix(raw),
+                digest=self._digester.digest(raw),
+                tag=tag,
+                requests=requests,
+                interval=interval,
+                metadata=metadata,
+                scope=scope,
+                owner=owner,
+                created_at=now,
+                expires_at=expires_at,
+                slot_capacity=self._limiter.capacity,
+                claim=lambda slot: self._limiter.claim_slot(slot, tag),
+                replaces=replaces,
+                replaced_until=replaced_until,
+            )
+        except OwnerNotEnabled:
+            # Disabled or deleted since the caller's checks: no key is made for them.
+            assert owner is not None
+            if await self._store.accounts.get_user(owner) is None:
+                raise KeyInputError(f"owner: no user with id {owner!r}") from None
+            raise KeyInputError(f"owner: the user {owner!r} is disabled; enable them first") from None
         if row is None:
             raise KeyNotFound(f"no active key with id {replaces!r} (deleted or rotated meanwhile)")
         await self._limits.changed()

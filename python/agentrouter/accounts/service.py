@@ -267,7 +267,10 @@ class AccountService:
         mailed that someone tried to register): the same answer in about the same
         time. Raises ``AccountInputError`` / ``WeakPassword`` for bad input,
         ``RegistrationClosed`` when the mode refuses, ``InvalidToken`` for a bad
-        invitation — none of which depends on whether the address is known."""
+        invitation — none of which depends on whether the address is known.
+        ``Throttled`` (before any strength estimate or hashing) past the client IP's
+        quota of registrations."""
+        self.throttle.check_registration(client_ip)
         shown, key = normalize_email(email)
         name = _display_name(display_name)
         check_password(password, user_inputs=user_words(shown, name))
@@ -745,6 +748,7 @@ class AccountService:
     async def request_password_reset(self, email: str, *, client_ip: str | None = None) -> None:
         """Mail a reset link to the account with this address, if any (and not
         disabled); the same answer and about the same time either way."""
+        self.throttle.check_registration(client_ip)
         _shown, key = normalize_email(email)
         self.throttle.check(account=f"reset:{key}", client_ip=client_ip)
         user = await self._db.user_by_email(key)

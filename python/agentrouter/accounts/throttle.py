@@ -3,7 +3,9 @@
 Two GCRA quotas, checked before any password work: per account (the case-folded
 address, known or not: an unknown address is throttled like a known one, so the
 answer tells nothing) and per client IP. A refused attempt raises ``Throttled``
-with the wait and costs no Argon2 work.
+with the wait and costs no Argon2 work. Registrations and password-reset requests
+have a per-client-IP quota of their own (``check_registration``), checked before
+the strength estimate and the hash a registration costs.
 
 The buckets live in a limiter region of their own (``<data dir>/signin.shm``),
 shared by every process of the server like the keys' buckets, in its slot form:
@@ -40,10 +42,25 @@ class SignInThrottle:
         self._key = derive_key(secret, "sign-in throttle v1")
         self._account = (settings.signin_account_attempts, settings.signin_account_interval)
         self._ip = (settings.signin_ip_attempts, settings.signin_ip_interval)
+        self._register = (settings.register_ip_attempts, settings.register_ip_interval)
 
     def _slot(self, kind: int, name: str) -> int:
         h = hmac.new(self._key, name.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
         return kind * self._buckets + int.from_bytes(h[:8], "big") % self._buckets
+
+    def check_registration(self, client_ip: str | None) -> None:
+        """Count one registration or password-reset request for ``client_ip``
+        (``register_ip_attempts`` per ``register_ip_interval``); ``Throttled`` when over.
+        Its buckets are the client IPs' slots under another name."""
+        if not client_ip:
+            return
+        requests, interval = self._register
+        d = self._limiter.acquire_slot(self._slot(1, "register:" + client_ip), requests, interval)
+        if not d.allowed:
+            raise Throttled(
+                "too many registrations or password-reset requests from this address; try again later",
+                retry_after=d.retry_after or interval,
+            )
 
     def check(self, *, account: str | None, client_ip: str | None) -> None:
         """Count one attempt for ``client_ip`` and for ``account`` (a case-folded

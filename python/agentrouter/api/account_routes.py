@@ -12,8 +12,9 @@ first, so one device never holds two.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import msgspec
 
@@ -68,12 +69,38 @@ if TYPE_CHECKING:
     from agentrouter.accounts.service import AccountService, SecondFactorRequired, SignedIn
     from agentrouter.store.models import AuditEvent, IdentityRow, InvitationRow, SessionRow, UserRow
 
-__all__ = ["ACCOUNT_OPERATIONS", "TWO_FACTOR_COOKIE", "TWO_FACTOR_PAGE"]
+__all__ = ["ACCOUNT_OPERATIONS", "OAUTH_ERROR_CODES", "SIGN_IN_PAGE", "TWO_FACTOR_COOKIE", "TWO_FACTOR_PAGE"]
+
+log = logging.getLogger("agentrouter.oauth")
 
 TWO_FACTOR_COOKIE: Final = "agentrouter_2fa"
 """Holds the pending sign-in of an OAuth callback that needs a TOTP code (HttpOnly,
 minutes): the two-factor step takes it when the body has no ``two_factor_token``."""
 TWO_FACTOR_PAGE: Final = "/sign-in/two-factor"
+SIGN_IN_PAGE: Final = "/sign-in"
+ACCOUNT_PAGE: Final = "/account"
+"""Where a refused OAuth callback sends the browser (``ACCOUNT_PAGE`` when linking),
+with ``oauth_error=<code>`` (one of ``OAUTH_ERROR_CODES``) that the page words."""
+OAUTH_ERROR_CODES: Final = frozenset(
+    {
+        "state",  # the state cookie missing, expired, not ours, or another state
+        "denied",  # cancelled at the provider (error=access_denied)
+        "provider_error",  # the provider sent another error to the callback
+        "provider_unavailable",  # unreachable, or it answered nonsense (502)
+        "not_configured",  # no such provider here
+        "code",  # the provider refused the code exchange (used, or PKCE)
+        "id_token",  # Google's ID token refused
+        "unverified_email",  # the provider vouches for no email address
+        "link_signed_out",  # linking, but the account that started it is not signed in
+        "identity_not_linked",
+        "identity_conflict",
+        "account_disabled",
+        "registration_closed",
+        "too_many_attempts",
+        "busy",
+        "account_error",
+    }
+)
 """Where an OAuth sign-in that needs a code sends the browser (a console page)."""
 
 _REGISTER_ACCEPTED = (
@@ -365,28 +392,54 @@ def _oauth_error(ctx: Context, exc: OAuthError) -> ApiError:
     return ApiError(exc.status, str(exc), field=None, headers=[ctx.cookies.clear_named(STATE_COOKIE)])
 
 
+def _oauth_code(exc: OAuthError) -> str:
+    if exc.reason == "provider":
+        if exc.status == 404:
+            return "not_configured"
+        return "provider_unavailable" if exc.status >= 500 else "provider_error"
+    return exc.reason
+
+
+def _refused(provider: str, flow: Any, code: str, detail: str, clear_state: tuple[bytes, bytes]) -> Reply:
+    """A refused callback, for the browser that followed it: back to the console's
+    sign-in page (the account page when linking) with the error as a short code the
+    page words. Never the code or state of the callback, nor the provider's text, in
+    that URL; the details go to the log."""
+    if code not in OAUTH_ERROR_CODES:
+        code = "account_error"
+    log.info("%s sign-in refused (%s): %s", provider[:20], code, detail)
+    query = {"oauth_error": code}
+    if provider in ("github", "google"):
+        query["provider"] = provider
+    if flow is not None and flow.link_user is not None:
+        return Reply(None, 302, [clear_state], redirect=f"{ACCOUNT_PAGE}?{urlencode(query)}")
+    if flow is not None and flow.next != "/":
+        query["next"] = flow.next
+    return Reply(None, 302, [clear_state], redirect=f"{SIGN_IN_PAGE}?{urlencode(query)}")
+
+
 async def oauth_callback(ctx: Context, req: Request) -> Reply:
-    from agentrouter.accounts.errors import AccountError
+    from agentrouter.accounts.errors import AccountError, RegistrationClosed
     from agentrouter.accounts.service import SignedIn
 
     q: OAuthCallbackQuery = req.query
     caller = _caller(req)
     provider = req.params["provider"]
     clear_state = ctx.cookies.clear_named(STATE_COOKIE)
+    flow = None
     try:
-        _provider(ctx, provider)
+        ctx.oauth.config(provider)
         flow = ctx.oauth.read_state(provider, ctx.cookies.named(req.cookies, STATE_COOKIE), q.state)
         query = {k: v for k, v in (("code", q.code), ("state", q.state), ("error", q.error)) if v is not None}
         identity = await ctx.oauth.identity(flow, query)
     except OAuthError as exc:
-        raise _oauth_error(ctx, exc) from None
+        return _refused(provider, flow, _oauth_code(exc), str(exc), clear_state)
     accounts = _accounts(ctx)
     try:
         if flow.link_user is not None:
             if caller.actor is None or caller.session is None or caller.actor.user_id != flow.link_user:
-                raise ApiError(
-                    403, "The account that started linking is not signed in here any more; sign in and link again."
-                )
+                message = "the account that started linking is not signed in here any more"
+                return _refused(provider, flow, "link_signed_out", message, clear_state)
             await accounts.link_identity(
                 caller.actor, provider=identity.provider, subject=identity.subject, email=identity.email
             )
@@ -401,7 +454,10 @@ async def oauth_callback(ctx: Context, req: Request) -> Reply:
             user_agent=caller.user_agent,
         )
     except AccountError as exc:
-        raise ApiError(exc.status, exc.message, field=exc.field, code=exc.code, headers=[clear_state]) from None
+        code = exc.code
+        if isinstance(exc, RegistrationClosed) and not (identity.email and identity.email_verified):
+            code = "unverified_email"
+        return _refused(provider, flow, code, exc.message, clear_state)
     await _end_previous(ctx, caller)
     if isinstance(result, SignedIn):
         return Reply(None, 302, [clear_state, *_signed_in_headers(ctx, result)], redirect=flow.next)
@@ -816,12 +872,14 @@ ACCOUNT_OPERATIONS: tuple[Operation, ...] = (
         "Register this URL at the provider. Checks the state against this browser's cookie, exchanges the code "
         "(with the PKCE verifier), validates Google's ID token, then signs in (or links, when started from "
         "`/api/v1/me/identities/{provider}/link`), sets the session cookie and redirects to `next`. With two-factor "
-        f"sign-in on it redirects to `{TWO_FACTOR_PAGE}`. A refused callback answers with the error body.",
+        f"sign-in on it redirects to `{TWO_FACTOR_PAGE}`. A refused callback (wrong state, cancelled or refused "
+        f"at the provider, the provider unreachable) redirects too, to `{SIGN_IN_PAGE}` (`{ACCOUNT_PAGE}` when "
+        "linking) with `oauth_error` set to a short code that page words.",
         oauth_callback,
         None,
         status=302,
         query=OAuthCallbackQuery,
-        errors=(400, 403, 404, 409, 422, 502),
+        errors=(422,),
         auth="public",
         redirect=True,
     ),

@@ -291,6 +291,15 @@ class OAuthFlows:
     async def _exchange(self, client: Any, url: str, code: str, verifier: str, provider: str) -> dict[str, Any]:
         from authlib.integrations.base_client.errors import OAuthError as AuthlibError  # type: ignore[import-untyped]
 
+        label = _LABELS.get(provider, provider)
+
+        def answer_is_an_object(resp: Any) -> Any:
+            # Before Authlib reads the token response: whatever the status, it must be a
+            # JSON object (a token, or an OAuth error), not a captive portal's page.
+            _json(resp, label, "the token", dict)
+            return resp
+
+        client.register_compliance_hook("access_token_response", answer_is_an_object)
         try:
             token: dict[str, Any] = await client.fetch_token(
                 url,
@@ -303,6 +312,8 @@ class OAuthFlows:
             log.info("%s refused the code exchange: %s", provider, exc.error)
             message = f"{provider} refused the authorization code ({exc.error}); sign in again."
             raise OAuthError("code", message) from None
+        except OAuthError:
+            raise
         except Exception as exc:  # noqa: BLE001 - the provider unreachable or answering nonsense
             log.warning("%s token exchange failed: %s", provider, type(exc).__name__)
             raise _unreachable(provider) from None
@@ -324,14 +335,19 @@ class OAuthFlows:
                 raise _unreachable("GitHub") from None
         if user_resp.status_code != 200:
             raise OAuthError("provider", f"GitHub answered {user_resp.status_code} for the user; try again.", 502)
-        user = user_resp.json()
-        if not isinstance(user, dict) or not isinstance(user.get("id"), int):
+        user = _json(user_resp, "GitHub", "the user", dict)
+        if not isinstance(user.get("id"), int):
             raise OAuthError("provider", "GitHub's answer for the user has no id.", 502)
         email: str | None = None
         verified = False
-        if emails_resp.status_code == 200 and isinstance(emails_resp.json(), list):
-            for item in emails_resp.json():
-                if isinstance(item, dict) and item.get("primary") and isinstance(item.get("email"), str):
+        if emails_resp.status_code == 200:  # another status: no email scope granted
+            emails = _json(emails_resp, "GitHub", "the email addresses", list)
+            if not all(isinstance(item, dict) for item in emails):
+                raise OAuthError(
+                    "provider", "GitHub answered something that is not a list of email addresses (objects).", 502
+                )
+            for item in emails:
+                if item.get("primary") and isinstance(item.get("email"), str):
                     email, verified = item["email"], item.get("verified") is True
                     break
         if email is None and isinstance(user.get("email"), str):
@@ -352,12 +368,10 @@ class OAuthFlows:
             async with httpx2.AsyncClient(timeout=HTTP_TIMEOUT, verify=_tls(), trust_env=False) as client:
                 resp = await client.get(url)
             resp.raise_for_status()
-            data = resp.json()
         except Exception as exc:  # noqa: BLE001
             log.warning("google %s failed: %s", what, type(exc).__name__)
             raise OAuthError("provider", f"Google's {what} could not be fetched; try again.", 502) from None
-        if not isinstance(data, dict):
-            raise OAuthError("provider", f"Google's {what} is not a JSON object.", 502)
+        data: dict[str, Any] = _json(resp, "Google", f"the {what}", dict)
         return data
 
     async def _google_discovery(self, config: ProviderConfig) -> dict[str, Any]:
@@ -378,6 +392,11 @@ class OAuthFlows:
         if cached is not None and cached[0] > now and not force:
             return cached[1]
         jwks = await self._fetch_json(metadata["jwks_uri"], "signing keys (JWKS)")
+        keys = jwks.get("keys")
+        if not isinstance(keys, list) or not all(isinstance(k, dict) for k in keys):
+            raise OAuthError(
+                "provider", "Google answered something that is not a key set for the signing keys (JWKS).", 502
+            )
         self._google_jwks = (now + METADATA_TTL, jwks)
         return jwks
 
@@ -438,6 +457,29 @@ class OAuthFlows:
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
             raise OAuthError("id_token", "Google's ID token names no subject.")
         return dict(claims)
+
+
+_LABELS: Final = {"github": "GitHub", "google": "Google"}
+_KINDS: Final[dict[type[Any], str]] = {dict: "a JSON object", list: "a JSON list"}
+
+
+def _json(resp: Any, provider: str, what: str, kind: type[Any]) -> Any:
+    """The JSON body of the provider's answer for ``what``, when it is of ``kind``
+    (``dict`` or ``list``); else OAuthError ``provider`` (502): a captive portal's
+    page, a proxy's error or an API that changed must not crash the callback."""
+    try:
+        data = resp.json()
+    except ValueError:  # not JSON at all (json.JSONDecodeError, UnicodeDecodeError)
+        data = _NOT_JSON
+    if not isinstance(data, kind):
+        log.warning("%s answered %s for %s (HTTP %s)", provider, type(data).__name__, what, resp.status_code)
+        status = resp.status_code
+        message = f"{provider} answered something that is not {_KINDS[kind]} for {what} (HTTP {status}); try again."
+        raise OAuthError("provider", message, 502)
+    return data
+
+
+_NOT_JSON: Final = object()
 
 
 def _unreachable(provider: str) -> OAuthError:

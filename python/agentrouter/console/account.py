@@ -8,7 +8,7 @@ import base64
 from typing import Any
 
 from agentrouter.console.app import Console, Viewer
-from agentrouter.console.auth import PROVIDER_NAMES, field_errors, sign_in_methods
+from agentrouter.console.auth import PROVIDER_NAMES, field_errors, oauth_error, sign_in_methods
 from agentrouter.console.http import Request, Response
 
 __all__ = [
@@ -132,7 +132,8 @@ async def _account(
 
 async def account_page(c: Console, req: Request) -> Response:
     viewer = await c.require_viewer(req)
-    return await _account(c, req, viewer)
+    refused = oauth_error(req)  # a link refused at the callback comes back here
+    return await _account(c, req, viewer, errors={"identities": refused} if refused else None)
 
 
 async def update_profile(c: Console, req: Request) -> Response:

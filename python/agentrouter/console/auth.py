@@ -28,6 +28,8 @@ from agentrouter.console.client import ApiReply
 from agentrouter.console.http import NO_REFERRER, Request, Response, redirect, safe_next
 
 __all__ = [
+    "OAUTH_ERRORS",
+    "oauth_error",
     "register",
     "register_page",
     "resend",
@@ -98,6 +100,43 @@ async def sign_in_methods(c: Console, req: Request) -> dict[str, Any]:
     }
 
 
+OAUTH_ERRORS: dict[str, str] = {
+    "state": "This sign-in with {provider} was not started in this browser, or took too long: start it again.",
+    "denied": "Sign-in with {provider} was cancelled.",
+    "provider_error": "{provider} refused the sign-in: start it again.",
+    "provider_unavailable": "{provider} could not be reached or answered something unexpected: try again later.",
+    "not_configured": "Sign-in with {provider} is not configured on this server.",
+    "code": "{provider} refused the sign-in (its code was used already or did not match): start it again.",
+    "id_token": "{provider}'s proof of who signed in was refused: start the sign-in again.",
+    "unverified_email": "Your {provider} account has no verified email address: verify one with {provider} "
+    "and try again.",
+    "link_signed_out": "The account that started linking {provider} is not signed in here any more: sign in "
+    "and link again.",
+    "identity_not_linked": "An account with this {provider} email address exists, but its address is not verified "
+    "yet: sign in with your password, verify the address, then link {provider} from your account settings.",
+    "identity_conflict": "This {provider} account is linked to another AgentRouter account already.",
+    "account_disabled": "This account is disabled; ask an admin.",
+    "registration_closed": "Registration is not open to this address: ask an admin for an invitation.",
+    "too_many_attempts": "Too many sign-in attempts: wait a little and try again.",
+    "busy": "The server is busy: try again in a moment.",
+    "account_error": "Sign-in with {provider} was refused: start it again.",
+}
+"""The words for the ``oauth_error`` code that a refused GitHub or Google callback
+brings back to the sign-in page (or the account page, when linking); the API's
+``OAUTH_ERROR_CODES`` (``tests/test_console.py`` checks both name the same codes)."""
+
+
+def oauth_error(req: Request) -> str | None:
+    """The message for the page's ``?oauth_error=`` (None when there is none); an
+    unknown code gets the general message, never its own text."""
+    code = req.arg("oauth_error")
+    if not code:
+        return None
+    provider = PROVIDER_NAMES.get(req.arg("provider") or "", "the provider")
+    message = OAUTH_ERRORS.get(code, OAUTH_ERRORS["account_error"]).replace("{provider}", provider)
+    return message[0].upper() + message[1:]
+
+
 def field_errors(reply: ApiReply, fields: tuple[str, ...]) -> dict[str, str]:
     """The API's error next to the form's input of the same name, else over the form;
     a throttled attempt says when to try again."""
@@ -137,6 +176,9 @@ async def signin_page(c: Console, req: Request) -> Response:
     errors = {}
     if req.arg("ended"):
         errors["form"] = "Your session has ended or expired: sign in again to go on."
+    refused = oauth_error(req)
+    if refused is not None:
+        errors["form"] = refused
     return await _signin_form(c, req, next_path, {}, errors)
 
 
@@ -179,7 +221,9 @@ async def two_factor(c: Console, req: Request) -> Response:
 
 
 async def signout(c: Console, req: Request) -> Response:
-    await c.call(req, "POST", "/api/v1/auth/signout", csrf=req.field("csrf_token"))
+    reply = await c.call(req, "POST", "/api/v1/auth/signout", csrf=req.field("csrf_token"))
+    if not reply.ok and reply.status != 401:  # refused (a stale form's CSRF token): still signed in
+        raise c.fail(req, await c.viewer(req), reply)
     return c.flash("/sign-in", "Signed out.")
 
 
@@ -187,7 +231,7 @@ async def signout(c: Console, req: Request) -> Response:
 
 
 async def _register_form(
-    c: Console, req: Request, token: str, values: dict[str, str], errors: dict[str, str]
+    c: Console, req: Request, token: str, values: dict[str, str], errors: dict[str, str], **extra: Any
 ) -> Response:
     methods = await sign_in_methods(c, req)
     invitation = None
@@ -209,6 +253,7 @@ async def _register_form(
         values=values,
         errors=errors,
         **methods,
+        **extra,
     )
 
 
@@ -242,7 +287,7 @@ async def register(c: Console, req: Request) -> Response:
     errors = field_errors(reply, ("email", "password", "display_name"))
     if reply.field == "invitation":
         errors = {"form": reply.message}
-    return await _register_form(c, req, token, values, errors)
+    return await _register_form(c, req, token, values, errors, **_throttle(reply))
 
 
 async def verify_page(c: Console, req: Request) -> Response:

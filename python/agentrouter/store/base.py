@@ -28,6 +28,11 @@ class StoreError(AgentRouterError):
     """The store refused an operation (for example: no free limiter slot)."""
 
 
+class OwnerNotEnabled(StoreError):
+    """``insert_key`` for an owner who is gone or disabled (checked in the insert's
+    own transaction, so a key cannot slip in while its owner is being disabled)."""
+
+
 class StoreUnavailable(StoreError):
     """The backing database server cannot be reached (down, refusing connections, not
     answering in time). The operation did nothing, or its outcome is unknown; the
@@ -85,7 +90,11 @@ class Store(Protocol):
 
         ``replaces``: rotation. In the same transaction the active key ``replaces``
         (not rotated yet) gets ``expires_at = replaced_until`` and ``rotated_to`` = the
-        new id; None (nothing written) when there is no such key."""
+        new id; None (nothing written) when there is no such key.
+
+        ``owner``: the user must exist and be enabled, checked in the same transaction
+        (PostgreSQL: with the user's row locked ``FOR SHARE``, so a concurrent disable
+        waits for this insert and then revokes its key); ``OwnerNotEnabled`` if not."""
         ...
 
     async def get_key(self, key_id: str) -> KeyRow | None: ...

@@ -43,7 +43,7 @@ from agentrouter.store.analytics import (
     new_alert_id,
     rollups,
 )
-from agentrouter.store.base import StoreError
+from agentrouter.store.base import OwnerNotEnabled, StoreError
 from agentrouter.store.models import (
     ALERT_KINDS,
     MAX_CALLER_REQUEST_ID,
@@ -138,6 +138,10 @@ INSERT_KEY = Query(
     "INSERT INTO keys (id, name, prefix, digest, tag, slot, requests, interval, metadata,"
     " scope, owner, state, created_at, expires_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?)"
+)
+OWNER_ENABLED = Query(
+    "SELECT 1 FROM users WHERE id = ? AND disabled = 0",
+    "SELECT 1 FROM users WHERE id = ? AND disabled = 0 FOR SHARE",
 )
 RETIRE_KEY = Query(
     "UPDATE keys SET expires_at = ?, rotated_to = ? WHERE id = ? AND state = 'active' AND rotated_to IS NULL"
@@ -334,6 +338,8 @@ class SqlStore:
         # The "keys" lock: two hosts never choose the same free slot (the unique index
         # on slot would refuse the second one anyway).
         async with self._transaction(lock="keys") as db:
+            if owner is not None and not await db.fetch(OWNER_ENABLED, (owner,)):
+                raise OwnerNotEnabled(f"the key's owner {owner!r} is gone or disabled")
             if replaces is not None and await db.execute(RETIRE_KEY, (replaced_until, id, replaces)) == 0:
                 return None
             found = await db.fetch(FREE_SLOT)
