@@ -134,3 +134,10 @@ async def test_auth_and_db_from_the_url(redis_servers: RedisServers) -> None:
             await conn.call("PING")
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("wire", [b"$-2\r\n", b"*-2\r\n", b"*1\r\n$-3\r\n"])
+def test_a_length_below_minus_one_is_refused(wire: bytes) -> None:
+    # No server sends one; redis-py reads them as garbage (tests/test_limits_resp_differential.py).
+    with pytest.raises(ConnectionError):
+        parse(wire, 0)

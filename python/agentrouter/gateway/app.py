@@ -280,6 +280,7 @@ class Gateway:
         self.usage.start()
         if self.settings.metrics_enabled:
             self.metrics.usage = self.usage
+            self.metrics.limiter = core.remote  # None without limiter_url
             self._process_start = process_start(os.getpid()) or 0
             self._metrics_publisher = Publisher(self._metrics_snapshot, self._metrics_dir)
             self._metrics_publisher.start()

@@ -64,6 +64,8 @@ def parse(buf: bytes, pos: int) -> tuple[Any, int]:
     if kind == 42:  # '*': an array; its integers and bulk strings read here, without a call each
         count = int(buf[pos + 1 : end])
         if count < 0:
+            if count != -1:
+                raise ConnectionError(f"an array of length {count} from Redis")
             return None, end + 2
         items: list[Any] = []
         pos = end + 2
@@ -78,6 +80,8 @@ def parse(buf: bytes, pos: int) -> tuple[Any, int]:
             elif kind == 36:
                 size = int(buf[pos + 1 : end])
                 if size < 0:
+                    if size != -1:
+                        raise ConnectionError(f"a bulk string of length {size} from Redis")
                     items.append(None)
                     pos = end + 2
                 else:
@@ -94,6 +98,8 @@ def parse(buf: bytes, pos: int) -> tuple[Any, int]:
     if kind == 36:  # '$'
         size = int(buf[pos + 1 : end])
         if size < 0:
+            if size != -1:
+                raise ConnectionError(f"a bulk string of length {size} from Redis")
             return None, end + 2
         start = end + 2
         if len(buf) < start + size + 2:

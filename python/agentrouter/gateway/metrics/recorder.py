@@ -26,6 +26,7 @@ __all__ = [
     "STATUS_CLASSES",
     "TTFB_BUCKETS",
     "UPSTREAM_BUCKETS",
+    "LimiterStats",
     "NullRecorder",
     "Recorder",
     "UsageStats",
@@ -61,6 +62,16 @@ class UsageStats(Protocol):
     dropped_records: int
 
 
+class LimiterStats(Protocol):
+    """What the recorder reports of the worker's Redis limiter (``FailoverLimiter``)."""
+
+    @property
+    def available(self) -> bool: ...
+
+    outages: int
+    degraded_decisions: int
+
+
 class Recorder:
     """One per worker. Indices: ``route`` into ``routes``, ``dialect`` 0/1, ``provider``
     into ``providers`` (0: none)."""
@@ -72,6 +83,7 @@ class Recorder:
         "added_counts",
         "added_sums",
         "input_tokens",
+        "limiter",
         "output_tokens",
         "providers",
         "refusals",
@@ -101,6 +113,7 @@ class Recorder:
         self.ttfb_sums = [0.0] * p
         self.active_streams = 0
         self.usage: UsageStats | None = None
+        self.limiter: LimiterStats | None = None
 
     def route_index(self, label: str) -> int:
         return self.routes.index(label)
@@ -184,6 +197,11 @@ class Recorder:
             counters["usage_batches_written"] = [([], usage.written_batches)]
             counters["usage_batches_failed"] = [([], usage.failed_batches)]
             counters["usage_records_dropped"] = [([], usage.dropped_records)]
+        limiter = self.limiter
+        if limiter is not None:
+            gauges["limiter_redis_available"] = [([], 1 if limiter.available else 0)]
+            counters["limiter_redis_outages"] = [([], limiter.outages)]
+            counters["limiter_failure_mode_decisions"] = [([], limiter.degraded_decisions)]
         return snap
 
 

@@ -63,6 +63,13 @@ FAMILIES: dict[str, Family] = {
     "usage_batches_written": Family("counter", "Usage batches written to the store."),
     "usage_batches_failed": Family("counter", "Usage batches that failed to be written (kept and retried)."),
     "usage_records_dropped": Family("counter", "Request-log records dropped while too many waited for the store."),
+    "limiter_redis_available": Family(
+        "gauge", "Workers whose Redis limiter answers (limiter_url set; of agentrouter_workers)."
+    ),
+    "limiter_redis_outages": Family("counter", "Redis limiter outages begun (limiter_url set)."),
+    "limiter_failure_mode_decisions": Family(
+        "counter", "Requests decided by limiter_failure_mode while the Redis limiter was unavailable."
+    ),
     "workers": Family("gauge", "Worker processes whose counters this answer sums."),
 }
 
