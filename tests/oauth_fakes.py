@@ -30,19 +30,19 @@ list, a JWKS whose ``keys`` is not a list).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import secrets
-import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+
+from tests.threaded_server import ThreadedServer
 
 CLIENT_ID = "fake-client-id"
 CLIENT_SECRET = "fake-client-secret-0123456789"
@@ -82,12 +82,14 @@ def s256(verifier: str) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
 
 
-class _FakeServer:
+class _FakeServer(ThreadedServer):
     """An aiohttp app on a loopback port in a thread of its own."""
 
     name = "fake"
 
     def __init__(self, *, client_id: str = CLIENT_ID, client_secret: str = CLIENT_SECRET) -> None:
+        super().__init__()
+        self.label = f"the fake {self.name}"
         self.client_id = client_id
         self.client_secret = client_secret
         self.redirect_uris: set[str] = set()
@@ -99,11 +101,7 @@ class _FakeServer:
         self.misbehave: dict[str, str] = {}
         """endpoint -> ``html`` or ``shape``: answer that instead (status 200)."""
         self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
         self._runner: web.AppRunner | None = None
-        self._error: BaseException | None = None
 
     @property
     def url(self) -> str:
@@ -113,52 +111,6 @@ class _FakeServer:
         raise NotImplementedError
 
     # -- lifecycle --------------------------------------------------------------
-
-    def start(self) -> Self:
-        self._thread = threading.Thread(target=self._run, name=f"fake-{self.name}", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError(f"the fake {self.name} did not start within 10 s")
-        if self._error is not None:
-            raise RuntimeError(f"the fake {self.name} failed to start") from self._error
-        return self
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        if loop.is_running():
-            fut = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
-            try:
-                fut.result(timeout=10)
-            finally:
-                loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self._startup())
-        except BaseException as exc:  # reported to start()
-            self._error = exc
-            self._ready.set()
-            loop.close()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
 
     async def _startup(self) -> None:
         app = web.Application()

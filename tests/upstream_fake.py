@@ -52,9 +52,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
+
+from tests.threaded_server import ThreadedServer
 
 TEXT = "Hello from the fake upstream, relayed through the gateway."
 LONGEST_WAIT = 30.0
@@ -152,10 +154,13 @@ def _pieces(text: str, n: int) -> list[str]:
     return [text[i : i + step] for i in range(0, len(text), step)]
 
 
-class FakeUpstream:
+class FakeUpstream(ThreadedServer):
     """The fake server; see the module docstring."""
 
+    label = "the fake upstream"
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__()
         self.host = host
         self._want_port = port
         self.port = 0
@@ -166,11 +171,7 @@ class FakeUpstream:
         self._raw_server: asyncio.Server | None = None
         self._lock = threading.Lock()
         self._counter = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
-        self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
 
     # ----------------------------------------------------------- lifecycle
 
@@ -181,52 +182,6 @@ class FakeUpstream:
     @property
     def raw_base_url(self) -> str:
         return f"http://{self.host}:{self.raw_port}"
-
-    def start(self) -> FakeUpstream:
-        self._thread = threading.Thread(target=self._run, name="fake-upstream", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the fake upstream did not start within 10 s")
-        if self._startup_error is not None:
-            raise RuntimeError("the fake upstream failed to start") from self._startup_error
-        return self
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        if loop.is_running():
-            fut = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
-            try:
-                fut.result(timeout=10)
-            finally:
-                loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self._startup())
-        except BaseException as exc:  # reported to start()
-            self._startup_error = exc
-            self._ready.set()
-            loop.close()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
 
     async def _startup(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
