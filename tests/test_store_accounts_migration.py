@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from agentrouter.store import migrate_store, open_store
+from agentrouter.store.base import OwnerNotEnabled
 from agentrouter.store.migrations import LATEST, MIGRATIONS, statements
 from agentrouter.store.postgres import SCHEMA_TABLE
 from tests.conftest import settings_on
@@ -98,7 +99,8 @@ async def test_migration_5_keeps_the_keys_and_makes_owner_a_reference(
             )
             is None
         )
-        with pytest.raises((sqlite3.IntegrityError, asyncpg.ForeignKeyViolationError)):
+        # Refused: by the owner check in the insert's transaction, the foreign key behind it.
+        with pytest.raises((OwnerNotEnabled, sqlite3.IntegrityError, asyncpg.ForeignKeyViolationError)):
             await store.insert_key(
                 id="key_2",
                 name=None,
