@@ -282,20 +282,27 @@ class KeyAuthenticator:
         # generation too: seen here at once, Redis reachable or not.
         if not self._loaded or self._generation() != table.generation:
             await self._refresh()
+        # The generation the table was loaded at, read with the record it gives (no
+        # await between): a reload finishing while the acquire below is under way must
+        # not leave this request judged on the record from before it.
+        seen = self._shared_generation
         code, record = table.authenticate(raw)
         if code == AUTH_STALE or (code == AUTH_UNKNOWN and await self._maybe_reload(shared)):
             if code == AUTH_STALE:
                 await self._refresh()
+            seen = self._shared_generation
             code, record = table.authenticate(raw)
         if code != AUTH_OK:
             return _refused(code, raw)
         assert record is not None
         verdict = await shared.acquire(record, record.requests, record.interval)
         generation = verdict.generation
-        if generation is not None and generation != self._shared_generation:
+        if generation is not None and generation != seen:
             # A key changed somewhere since the table was loaded: in force before answering
-            # (unless the store is down: then the loaded table serves, see _refresh).
-            await self._refresh_to(generation)
+            # (unless the store is down: then the loaded table serves, see _refresh). Another
+            # request may have reloaded meanwhile: then only the record is read again.
+            if generation != self._shared_generation:
+                await self._refresh_to(generation)
             code, record = table.authenticate(raw)
             if code != AUTH_OK:
                 return _refused(code, raw)
